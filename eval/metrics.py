@@ -1,0 +1,309 @@
+"""Metrics for sampled dialogue responses (Zhao et al. 2017 / Zhu et al. 2020 protocol).
+
+For every context the model draws K responses; each is compared with the single reference
+response. A per-sample score ``s_1..s_K`` gives the context's
+
+* precision = mean over the K samples,
+* recall    = max over the K samples,
+
+and the corpus value is the average over contexts (BLEU and bag-of-words scores ×100).
+
+BLEU-n (n = 1..4)
+    sacrebleu sentence BLEU on whitespace tokens: ``BLEU(max_ngram_order=n, tokenize='none',
+    smooth_method='exp', effective_order=True)``, i.e. the geometric mean of the 1..n-gram
+    precisions only (uniform weights 1/n) with the brevity penalty; orders for which the
+    hypothesis has no n-grams are left out (effective order) and zero-match orders are smoothed
+    NIST-style ('exp'). A hypothesis with no matching unigram (in particular an empty one, or
+    an empty reference) scores 0. :func:`bleu_scores` computes the n-gram statistics once up to
+    order 4 and calls sacrebleu's own ``BLEU.compute_bleu`` for every order, which equals
+    ``sentence_score`` of the n-th metric (checked in the tests).
+
+A-bow / E-bow / G-bow (embedding metrics, cosine similarity with the reference)
+    Only tokens with a word vector count. A token missing from the vectors is first split the
+    way GloVe's PTB-style tokenizer would (``don't`` -> ``do n't``, ``it's`` -> ``it 's``,
+    ``kids'`` -> ``kids '``, ``um-hum`` -> ``um hum``); pieces that are still unknown are
+    dropped.
+
+    * A-bow: cosine of the averaged word vectors;
+    * E-bow: cosine of the extrema vectors (per dimension the value with the largest absolute
+      value over the sentence's tokens; a tie keeps the positive value, as in DialogWAE);
+    * G-bow: greedy matching (Rus & Lintean 2012, Liu et al. 2016, DialogWAE): every token's
+      best cosine with the other sentence's tokens, averaged over the tokens, and the two
+      directions averaged.
+
+    If either sentence has no token with a vector (or a zero vector) the score is 0.
+
+Distinct-n (Li et al. 2016), reported as fractions in [0, 1]
+    distinct-n of a set of sentences = number of distinct n-grams / number of n-grams.
+    *intra*: over the K samples of one context pooled together, averaged over contexts;
+    *inter*: over all samples of all contexts. A set with no n-gram (e.g. only empty or
+    one-word responses for n=2) has distinct-n 0.
+
+Latent-variable diagnostics (active units, mutual information, KL bounds) are in
+:mod:`eval.latent` and re-exported here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sacrebleu.metrics import BLEU
+from sacrebleu.metrics.helpers import extract_all_word_ngrams
+
+from eval.latent import (  # noqa: F401  (re-exported)
+    active_units,
+    bn_kl_lower_bound,
+    gaussian_kl,
+    mutual_information,
+    posterior_mean_variance,
+)
+
+MAX_BLEU_ORDER = 4
+BLEU_SETTINGS = {"tokenize": "none", "smooth_method": "exp", "effective_order": True}
+
+Tokens = Sequence[str]
+
+
+# --------------------------------------------------------------------------------------- BLEU
+@functools.cache
+def sacrebleu_metric(order: int) -> BLEU:
+    """The sacrebleu metric object for BLEU-``order`` under this protocol."""
+    return BLEU(max_ngram_order=order, **BLEU_SETTINGS)
+
+
+def sentence_bleu(hypothesis: Tokens, reference: Tokens, order: int = MAX_BLEU_ORDER) -> float:
+    """BLEU-``order`` (0..100) of one hypothesis against one reference, via sacrebleu directly."""
+    return sacrebleu_metric(order).sentence_score(" ".join(hypothesis), [" ".join(reference)]).score
+
+
+class BleuReference:
+    """A reference's n-gram counts, reused for every sample scored against it."""
+
+    def __init__(self, reference: Tokens, max_order: int = MAX_BLEU_ORDER):
+        self.max_order = max_order
+        self.ngrams, self.length = extract_all_word_ngrams(" ".join(reference), 1, max_order)
+
+    def scores(self, hypothesis: Tokens) -> list[float]:
+        """``[BLEU-1, ..., BLEU-max_order]`` (0..100) of ``hypothesis`` against the reference."""
+        hyp_ngrams, hyp_len = extract_all_word_ngrams(" ".join(hypothesis), 1, self.max_order)
+        correct = [0] * self.max_order
+        total = [0] * self.max_order
+        for ngram, count in hyp_ngrams.items():
+            n = len(ngram) - 1
+            total[n] += count
+            if ngram in self.ngrams:
+                correct[n] += min(count, self.ngrams[ngram])
+        return [
+            BLEU.compute_bleu(
+                correct[:n],
+                total[:n],
+                hyp_len,
+                self.length,
+                smooth_method=BLEU_SETTINGS["smooth_method"],
+                effective_order=BLEU_SETTINGS["effective_order"],
+                max_ngram_order=n,
+            ).score
+            for n in range(1, self.max_order + 1)
+        ]
+
+
+def bleu_scores(
+    hypothesis: Tokens, reference: Tokens, max_order: int = MAX_BLEU_ORDER
+) -> list[float]:
+    """``[BLEU-1, ..., BLEU-max_order]`` of one hypothesis against one reference."""
+    return BleuReference(reference, max_order).scores(hypothesis)
+
+
+# ------------------------------------------------------------------------- embedding metrics
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 0 if either vector is zero."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def extrema_vector(vectors: np.ndarray) -> np.ndarray:
+    """Per dimension the value of largest absolute value over the rows (ties: the positive one)."""
+    vmax, vmin = vectors.max(axis=0), vectors.min(axis=0)
+    return np.where(np.abs(vmin) <= vmax, vmax, vmin)
+
+
+def greedy_match(a_unit: np.ndarray, b_unit: np.ndarray) -> float:
+    """Symmetric greedy matching of two sentences given their unit-normalised word vectors."""
+    if len(a_unit) == 0 or len(b_unit) == 0:
+        return 0.0
+    sims = a_unit @ b_unit.T
+    return float((sims.max(axis=1).mean() + sims.max(axis=0).mean()) / 2.0)
+
+
+def split_for_lookup(token: str) -> list[str]:
+    """Pieces of a token unknown to the word vectors, split like GloVe's PTB tokenizer."""
+    if token.endswith("n't") and len(token) > 3:
+        return [token[:-3], "n't"]
+    i = token.rfind("'")
+    if i > 0:
+        return [token[:i], token[i:]]
+    parts = [p for p in token.split("-") if p]
+    return parts if parts != [token] else []
+
+
+@dataclass
+class SentenceVectors:
+    """What the bag-of-words metrics need from one sentence."""
+
+    average: np.ndarray | None  # None: no token with a vector
+    extrema: np.ndarray | None
+    unit: np.ndarray  # [k, d] unit-normalised vectors of its tokens (zero vectors left out)
+
+
+class EmbeddingScorer:
+    """A-bow / E-bow / G-bow similarities with a gensim ``KeyedVectors``."""
+
+    def __init__(self, keyed_vectors, split_oov: bool = True):
+        self.kv = keyed_vectors
+        self.split_oov = split_oov
+        self.dim = int(keyed_vectors.vector_size)
+        self._rows: dict[str, list[int]] = {}
+
+    def rows(self, token: str) -> list[int]:
+        """Rows of ``kv.vectors`` standing for ``token`` (empty if it has no vector)."""
+        cached = self._rows.get(token)
+        if cached is None:
+            cached = self._resolve(token, depth=0)
+            self._rows[token] = cached
+        return cached
+
+    def _resolve(self, token: str, depth: int) -> list[int]:
+        index = self.kv.key_to_index.get(token)
+        if index is not None:
+            return [index]
+        if not self.split_oov or depth > 3:
+            return []
+        return [r for piece in split_for_lookup(token) for r in self._resolve(piece, depth + 1)]
+
+    def coverage(self, sentences: Iterable[Tokens]) -> float:
+        """Fraction of tokens with at least one vector (after splitting)."""
+        hit = total = 0
+        for s in sentences:
+            for t in s:
+                total += 1
+                hit += bool(self.rows(t))
+        return hit / total if total else 1.0
+
+    def sentence(self, tokens: Tokens) -> SentenceVectors:
+        rows = [r for t in tokens for r in self.rows(t)]
+        if not rows:
+            return SentenceVectors(None, None, np.zeros((0, self.dim)))
+        vecs = np.asarray(self.kv.vectors[rows], dtype=np.float64)
+        norms = np.linalg.norm(vecs, axis=1)
+        unit = vecs[norms > 0] / norms[norms > 0, None]
+        return SentenceVectors(vecs.mean(axis=0), extrema_vector(vecs), unit)
+
+    def compare(self, hyp: SentenceVectors, ref: SentenceVectors) -> tuple[float, float, float]:
+        """(A-bow, E-bow, G-bow) cosines in [-1, 1]; all 0 if a sentence has no vector."""
+        if hyp.average is None or ref.average is None:
+            return 0.0, 0.0, 0.0
+        return (
+            cosine(hyp.average, ref.average),
+            cosine(hyp.extrema, ref.extrema),
+            greedy_match(hyp.unit, ref.unit),
+        )
+
+    def similarities(self, hypothesis: Tokens, reference: Tokens) -> tuple[float, float, float]:
+        return self.compare(self.sentence(hypothesis), self.sentence(reference))
+
+
+# -------------------------------------------------------------------------------- diversity
+def ngrams(tokens: Tokens, n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(sentences: Iterable[Tokens], n: int) -> float:
+    """Distinct n-grams / all n-grams over the sentences pooled (0 if there is no n-gram)."""
+    counts: Counter = Counter()
+    for s in sentences:
+        counts.update(ngrams(s, n))
+    total = sum(counts.values())
+    return len(counts) / total if total else 0.0
+
+
+def precision_recall(scores: Sequence[float]) -> tuple[float, float]:
+    """(mean, max) of one context's per-sample scores."""
+    if len(scores) == 0:
+        raise ValueError("a context needs at least one sample")
+    return float(np.mean(scores)), float(np.max(scores))
+
+
+# ------------------------------------------------------------------------------ accumulator
+BOW_NAMES = ("a_bow", "e_bow", "g_bow")
+DISTINCT_ORDERS = (1, 2)
+
+
+def metric_names(max_bleu_order: int = MAX_BLEU_ORDER) -> list[str]:
+    names = [f"bleu{n}_{k}" for n in range(1, max_bleu_order + 1) for k in ("p", "r")]
+    names += [f"{b}_{k}" for b in BOW_NAMES for k in ("p", "r")]
+    names += [f"intra_distinct{n}" for n in DISTINCT_ORDERS]
+    names += [f"inter_distinct{n}" for n in DISTINCT_ORDERS]
+    return names
+
+
+class ResponseMetrics:
+    """Accumulates the per-context metrics over a corpus.
+
+    ``add(samples, reference)`` scores one context (its K sampled responses against the
+    reference) and returns that context's scores; ``result()`` averages over the contexts.
+    Without an :class:`EmbeddingScorer` the bag-of-words metrics are ``None``.
+    """
+
+    def __init__(
+        self, embeddings: EmbeddingScorer | None = None, max_bleu_order: int = MAX_BLEU_ORDER
+    ):
+        self.embeddings = embeddings
+        self.max_bleu_order = max_bleu_order
+        self.contexts = 0
+        self._sums: dict[str, float] = {}
+        self._inter = {n: Counter() for n in DISTINCT_ORDERS}
+
+    def add(self, samples: Sequence[Tokens], reference: Tokens) -> dict[str, float]:
+        if len(samples) == 0:
+            raise ValueError("a context needs at least one sample")
+        scores: dict[str, float] = {}
+        bleu_ref = BleuReference(reference, self.max_bleu_order)
+        per_sample = np.array([bleu_ref.scores(s) for s in samples])  # [K, orders]
+        for n in range(1, self.max_bleu_order + 1):
+            p, r = precision_recall(per_sample[:, n - 1])
+            scores[f"bleu{n}_p"], scores[f"bleu{n}_r"] = p, r
+        if self.embeddings is not None:
+            ref_vec = self.embeddings.sentence(reference)
+            bow = np.array(
+                [self.embeddings.compare(self.embeddings.sentence(s), ref_vec) for s in samples]
+            )
+            for j, name in enumerate(BOW_NAMES):
+                p, r = precision_recall(bow[:, j] * 100.0)
+                scores[f"{name}_p"], scores[f"{name}_r"] = p, r
+        for n in DISTINCT_ORDERS:
+            scores[f"intra_distinct{n}"] = distinct_n(samples, n)
+            for s in samples:
+                self._inter[n].update(ngrams(s, n))
+        for k, v in scores.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self.contexts += 1
+        return scores
+
+    def result(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in metric_names(self.max_bleu_order):
+            if name.startswith("inter_distinct"):
+                counts = self._inter[int(name[-1])]
+                total = sum(counts.values())
+                out[name] = len(counts) / total if total else 0.0
+            elif name in self._sums:
+                out[name] = self._sums[name] / self.contexts
+            else:
+                out[name] = None  # no word vectors given, or no context yet
+        return out

@@ -1,0 +1,408 @@
+"""The hierarchical dialog CVAE and its BN-CVAE variant.
+
+Zhao, Zhao & Eskenazi (ACL 2017), "Learning Discourse-level Diversity for Neural Dialog Models
+using Conditional Variational Autoencoders" (CVAE, CVAE + bag-of-words loss), and Zhu et al.
+(ACL 2020), "A Batch Normalized Inference Network Keeps the KL Vanishing Away" (BN-CVAE).
+
+    c  = ContextEncoder(UtteranceEncoder(u_1..u_k), floor flags)     the dialog context
+    x  = UtteranceEncoder(response)
+    q(z|c,x) = N(mu_q, diag(sigma_q^2))  RecognitionNetwork           (BN on mu_q for bn-cvae)
+    p(z|c)   = N(mu_p, diag(sigma_p^2))  PriorNetwork
+    p(x|c,z)                              Decoder (GRU, initial state from [c; z])
+
+Loss per example (minimised):
+    cvae:      -log p(x|c,z) + w_kl * KL(q(z|c,x) || p(z|c))
+    cvae-bow:  the same + the bag-of-words loss -sum_t log p_bow(x_t|c,z)
+    bn-cvae:   the same as cvae + KL(p(z|c) || N(0, I))      (Eq. 11-12)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from model.batch import DialogBatch
+
+VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
+
+PRESETS: dict[str, dict] = {
+    # The paper's (and Zhao et al.'s) dimensions.
+    "paper": dict(embed_dim=200, utt_hidden=300, ctx_hidden=600, dec_hidden=400, latent_dim=200),
+    # Chosen by measurement so a full Switchboard run fits in ~2 h on 2 CPU cores (README).
+    "cpu": dict(embed_dim=128, utt_hidden=128, ctx_hidden=256, dec_hidden=256, latent_dim=64),
+    # For tests.
+    "tiny": dict(embed_dim=16, utt_hidden=16, ctx_hidden=24, dec_hidden=24, latent_dim=8),
+}
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "bn-cvae"
+    vocab_size: int = 10_005
+    embed_dim: int = 200
+    utt_hidden: int = 300  # per direction of the bidirectional utterance GRU
+    ctx_hidden: int = 600
+    dec_hidden: int = 400
+    latent_dim: int = 200
+    max_context: int = 10
+    max_utt_len: int = 40
+    bn_gamma: float = 0.6  # the frozen BN scale on the posterior mean (bn-cvae)
+    prior_kl_weight: float = 1.0  # weight of KL(p(z|c) || N(0,I)) (bn-cvae)
+    bow_weight: float = 1.0  # weight of the bag-of-words loss (cvae-bow)
+    bow_hidden: int = 400
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name in ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def use_bn(self) -> bool:
+        return self.variant == "bn-cvae"
+
+    @property
+    def use_bow(self) -> bool:
+        return self.variant == "cvae-bow"
+
+    @property
+    def cond_dim(self) -> int:
+        return self.ctx_hidden
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p=None, logvar_p=None) -> torch.Tensor:
+    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) summed over the last dim (N(0,I) if p is None)."""
+    if mu_p is None:
+        return 0.5 * torch.sum(mu_q.pow(2) + logvar_q.exp() - logvar_q - 1.0, dim=-1)
+    return 0.5 * torch.sum(
+        logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0,
+        dim=-1,
+    )
+
+
+class UtteranceEncoder(nn.Module):
+    """A bidirectional GRU; an utterance is the concatenation of both final states."""
+
+    def __init__(self, embedding: nn.Embedding, hidden: int):
+        super().__init__()
+        self.embedding = embedding
+        self.rnn = nn.GRU(embedding.embedding_dim, hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(
+            self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, h = self.rnn(packed)  # [2, N, H]
+        return torch.cat([h[0], h[1]], dim=-1)
+
+
+class ContextEncoder(nn.Module):
+    """A GRU over the utterance vectors of the context, each with its floor flag."""
+
+    def __init__(self, utt_dim: int, hidden: int):
+        super().__init__()
+        self.rnn = nn.GRU(utt_dim + 1, hidden, batch_first=True)
+
+    def forward(self, utt_vecs, floor, lengths) -> torch.Tensor:
+        inputs = torch.cat([utt_vecs, floor.unsqueeze(-1).to(utt_vecs.dtype)], dim=-1)
+        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        return h[0]
+
+
+class RecognitionNetwork(nn.Module):
+    """q(z|c,x). For bn-cvae, Eq. 5: mu_q = BN(mu_q) with the scale gamma frozen, shift beta learnt."""
+
+    def __init__(self, cond_dim: int, resp_dim: int, latent: int, bn_gamma: float | None):
+        super().__init__()
+        self.proj = nn.Linear(cond_dim + resp_dim, 2 * latent)
+        self.mu_bn = None
+        if bn_gamma is not None:
+            self.mu_bn = nn.BatchNorm1d(latent)
+            self.mu_bn.weight.data.fill_(bn_gamma)
+            self.mu_bn.weight.requires_grad_(False)  # gamma is a constant, not a parameter
+
+    def forward(self, c, x):
+        mu, logvar = self.proj(torch.cat([c, x], dim=-1)).chunk(2, dim=-1)
+        if self.mu_bn is not None:
+            mu = self.mu_bn(mu)  # Eq. 5: fixed-gamma BN on the posterior mean
+        return mu, logvar
+
+
+class PriorNetwork(nn.Module):
+    """p(z|c): a one-hidden-layer MLP, as in Zhao et al."""
+
+    def __init__(self, cond_dim: int, latent: int):
+        super().__init__()
+        hidden = max(2 * latent, 100)
+        self.mlp = nn.Sequential(
+            nn.Linear(cond_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent)
+        )
+
+    def forward(self, c):
+        mu, logvar = self.mlp(c).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """A GRU language model over the response whose initial state is a projection of [c; z]."""
+
+    def __init__(
+        self, embedding: nn.Embedding, cond_dim: int, latent: int, hidden: int, vocab: int
+    ):
+        super().__init__()
+        self.embedding = embedding
+        self.init_state = nn.Linear(cond_dim + latent, hidden)
+        self.rnn = nn.GRU(embedding.embedding_dim, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def initial_state(self, c, z):
+        return self.init_state(torch.cat([c, z], dim=-1)).unsqueeze(0)
+
+    def token_nll(self, h0, responses, lengths) -> tuple[torch.Tensor, torch.Tensor]:
+        """-log p(x_t | x_<t, c, z) for every real target token, and the example each belongs to.
+
+        Works on the packed sequence so that padded positions are never projected onto the
+        vocabulary (the vocabulary projection is most of the decoder's cost).
+        """
+        steps = (lengths - 1).cpu()  # inputs <s> w1..wn, targets w1..wn </s>
+        inputs = pack_padded_sequence(
+            self.embedding(responses[:, :-1]), steps, batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.rnn(inputs, h0)
+        targets = pack_padded_sequence(
+            responses[:, 1:], steps, batch_first=True, enforce_sorted=False
+        )
+        owner = torch.arange(responses.shape[0], device=responses.device)
+        owner = owner.unsqueeze(1).expand(-1, responses.shape[1] - 1)
+        owner = pack_padded_sequence(owner, steps, batch_first=True, enforce_sorted=False)
+        nll = F.cross_entropy(self.out(out.data), targets.data, reduction="none")
+        return nll, owner.data
+
+
+@dataclass
+class CVAEOutput:
+    loss: torch.Tensor  # scalar: mean over examples of the variant's objective
+    nll: torch.Tensor  # [E] -log p(x|c,z), summed over tokens incl. </s>
+    tokens: torch.Tensor  # [E] target tokens per response
+    kl: torch.Tensor  # [E] KL(q(z|c,x) || p(z|c))
+    prior_kl: torch.Tensor  # [E] KL(p(z|c) || N(0,I))
+    bow: torch.Tensor  # [E] bag-of-words loss (zeros unless cvae-bow)
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class SampledResponses:
+    token_ids: torch.Tensor  # [E, N, T] words then </s> (unless cut at max_length), 0-padded
+    lengths: torch.Tensor  # [E, N] words, excluding </s>
+    log_probs: torch.Tensor  # [E, N] sum of the chosen tokens' log-probabilities
+
+
+class DialogCVAE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.utt_encoder = UtteranceEncoder(self.embedding, cfg.utt_hidden)
+        self.ctx_encoder = ContextEncoder(2 * cfg.utt_hidden, cfg.ctx_hidden)
+        self.recognition = RecognitionNetwork(
+            cfg.cond_dim, 2 * cfg.utt_hidden, cfg.latent_dim, cfg.bn_gamma if cfg.use_bn else None
+        )
+        self.prior_net = PriorNetwork(cfg.cond_dim, cfg.latent_dim)
+        self.decoder = Decoder(
+            self.embedding, cfg.cond_dim, cfg.latent_dim, cfg.dec_hidden, cfg.vocab_size
+        )
+        self.bow_head = None
+        if cfg.use_bow:
+            self.bow_head = nn.Sequential(
+                nn.Linear(cfg.cond_dim + cfg.latent_dim, cfg.bow_hidden),
+                nn.Tanh(),
+                nn.Linear(cfg.bow_hidden, cfg.vocab_size),
+            )
+
+    # --- encoders -------------------------------------------------------------------------
+
+    def encode_utterances(self, batch: DialogBatch) -> torch.Tensor:
+        """Every distinct utterance of the batch, encoded once: [U, 2 * utt_hidden]."""
+        return self.utt_encoder(batch.utterances, batch.utt_lengths)
+
+    def _context_from(self, utt_vecs: torch.Tensor, batch: DialogBatch) -> torch.Tensor:
+        # Gather each example's window from the shared encodings (padding rows point at row 0
+        # and are masked out by the packed context GRU).
+        windows = utt_vecs[batch.context_index.clamp(min=0)]  # [E, W, D]
+        return self.ctx_encoder(windows, batch.context_floor, batch.context_lengths)
+
+    def encode_context(self, batch: DialogBatch, utt_vecs: torch.Tensor | None = None):
+        if utt_vecs is None:
+            utt_vecs = self.encode_utterances(batch)
+        return self._context_from(utt_vecs, batch)
+
+    def prior(self, c):
+        return self.prior_net(c)
+
+    def posterior(self, batch: DialogBatch, c=None, utt_vecs=None):
+        if utt_vecs is None:
+            utt_vecs = self.encode_utterances(batch)
+        if c is None:
+            c = self._context_from(utt_vecs, batch)
+        return self.recognition(c, utt_vecs[batch.response_index])
+
+    def _encode_per_window(self, batch: DialogBatch):
+        """Reference path: re-encode each window's utterances and each response separately.
+
+        This is what a straightforward implementation does (every utterance is encoded once per
+        window it appears in, up to max_context + 1 times). Kept to check the fast path against.
+        """
+        mask = batch.context_index >= 0
+        rows = batch.context_index[mask]
+        flat = self.utt_encoder(batch.utterances[rows], batch.utt_lengths[rows])
+        windows = flat.new_zeros(*batch.context_index.shape, flat.shape[-1])
+        windows[mask] = flat
+        c = self.ctx_encoder(windows, batch.context_floor, batch.context_lengths)
+        r = batch.response_index
+        x = self.utt_encoder(batch.utterances[r], batch.utt_lengths[r])
+        return c, x
+
+    # --- training objective ---------------------------------------------------------------
+
+    def forward(self, batch: DialogBatch, kl_weight: float = 1.0, per_window: bool = False):
+        cfg = self.config
+        if batch.response_index is None:
+            raise ValueError("forward needs a batch with responses; use sample_responses")
+        if per_window:
+            c, x = self._encode_per_window(batch)
+        else:
+            utt_vecs = self.encode_utterances(batch)
+            c = self._context_from(utt_vecs, batch)
+            x = utt_vecs[batch.response_index]
+
+        mu_q, logvar_q = self.recognition(c, x)
+        mu_p, logvar_p = self.prior_net(c)
+        # Reparameterisation: z ~ q(z|c,x)
+        z = mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * logvar_q)
+
+        responses = batch.responses()
+        lengths = batch.utt_lengths[batch.response_index]
+        h0 = self.decoder.initial_state(c, z)
+        token_nll, owner = self.decoder.token_nll(h0, responses, lengths)
+        n = responses.shape[0]
+        nll = token_nll.new_zeros(n).index_add_(0, owner, token_nll)
+        tokens = (lengths - 1).to(nll.dtype)
+
+        kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
+        prior_kl = gaussian_kl(mu_p, logvar_p)  # Eq. 12: KL(p(z|c) || N(0, I))
+        bow = torch.zeros_like(nll)
+        if self.bow_head is not None:
+            # Zhao et al.'s bag-of-words loss: every response word predicted from [c; z] at once.
+            log_p = F.log_softmax(self.bow_head(torch.cat([c, z], dim=-1)), dim=-1)
+            targets = responses[:, 1:]
+            bow = -(log_p.gather(1, targets) * (targets != 0)).sum(dim=1)
+
+        per_example = nll + kl_weight * kl
+        if cfg.use_bow:
+            per_example = per_example + cfg.bow_weight * bow
+        if cfg.use_bn:
+            # Eq. 11: L' = L - KL(p(z|c) || N(0,I)); minimised here as -L'
+            per_example = per_example + cfg.prior_kl_weight * prior_kl
+        return CVAEOutput(
+            loss=per_example.mean(),
+            nll=nll,
+            tokens=tokens,
+            kl=kl,
+            prior_kl=prior_kl,
+            bow=bow,
+            extras={"mu_q": mu_q, "logvar_q": logvar_q},
+        )
+
+    # --- generation -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def sample_responses(
+        self,
+        batch: DialogBatch,
+        num_samples: int,
+        max_length: int = 40,
+        decoding: str = "greedy",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> SampledResponses:
+        """Draw ``num_samples`` responses per context: z ~ p(z|c), then decode given z.
+
+        ``noise`` ([E, N, latent_dim]) fixes the standard-normal draws of z (used by the service
+        to keep a seeded request reproducible whatever else shares its batch).
+        """
+        if decoding not in ("greedy", "sample"):
+            raise ValueError("decoding must be 'greedy' or 'sample'")
+        if num_samples < 1 or max_length < 1:
+            raise ValueError("num_samples and max_length must be >= 1")
+        if decoding == "sample" and not temperature > 0:
+            raise ValueError("temperature must be > 0")
+        c = self.encode_context(batch)
+        e, n = c.shape[0], num_samples
+        c = c.repeat_interleave(n, dim=0)  # [E*N, C]: every sample gets its own z
+        mu, logvar = self.prior_net(c)
+        if noise is None:
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + noise.reshape(mu.shape).to(mu) * torch.exp(0.5 * logvar)
+        h = self.decoder.initial_state(c, z)
+
+        b = e * n
+        bos, eos = 2, 3  # Vocabulary.bos_id, Vocabulary.eos_id
+        token = torch.full((b,), bos, dtype=torch.long, device=c.device)
+        out = torch.zeros((b, max_length), dtype=torch.long, device=c.device)
+        log_probs = torch.zeros(b, device=c.device)
+        lengths = torch.full((b,), max_length, dtype=torch.long, device=c.device)
+        alive = torch.ones(b, dtype=torch.bool, device=c.device)
+        # <pad>, <s> and <d> are never a next word; <unk> stays possible, as in training.
+        banned = torch.tensor([0, bos, 4], device=c.device)
+        for t in range(max_length):
+            step, h = self.decoder.rnn(self.decoder.embedding(token).unsqueeze(1), h)
+            logits = self.decoder.out(step.squeeze(1))
+            logits[:, banned] = float("-inf")
+            logp = F.log_softmax(logits, dim=-1)
+            if decoding == "greedy":
+                token = logp.argmax(dim=-1)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            chosen = logp.gather(1, token.unsqueeze(1)).squeeze(1)
+            log_probs = log_probs + torch.where(alive, chosen, torch.zeros_like(chosen))
+            out[:, t] = torch.where(alive, token, torch.zeros_like(token))
+            ended = alive & (token == eos)
+            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
+            alive = alive & ~ended
+            if not alive.any():
+                break
+        width = int(out.ne(0).sum(1).max().item()) if b else 0
+        return SampledResponses(
+            token_ids=out[:, : max(width, 1)].reshape(e, n, -1),
+            lengths=lengths.reshape(e, n),
+            log_probs=log_probs.reshape(e, n),
+        )
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

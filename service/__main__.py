@@ -1,0 +1,40 @@
+"""``python -m service``: serve a checkpoint with uvicorn (see ``--help``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from service.config import ConfigError, ServiceConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = ServiceConfig.from_args(argv)
+    except ConfigError as e:
+        print(f"python -m service: error: {e}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.engine import InferenceEngine
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("service").info(
+        "serving %s on %s (batching %s) at http://%s:%d",
+        config.checkpoint,
+        config.device,
+        "on" if config.batching else "off",
+        config.host,
+        config.port,
+    )
+    app = create_app(InferenceEngine.from_checkpoint(config))
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

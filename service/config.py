@@ -1,0 +1,169 @@
+"""The service's configuration: one dataclass, built from the command line and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINT_ENV = "BNCVAE_CHECKPOINT"
+# The project's default checkpoint, relative to the repository root (or the working directory,
+# as in the Docker image, where the package is installed and the checkpoint sits under /app).
+DEFAULT_CHECKPOINT = Path("checkpoints") / "bn-cvae-switchboard"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """The service cannot start with this configuration; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    checkpoint: Path | None = None  # None: a model is handed to the engine directly (tests)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "cpu"  # "auto" is resolved to "cuda" or "cpu" by from_args
+    # Engine: requests waiting in the queue are decoded together, up to max_batch_size samples
+    # (contexts x num_samples) per model call, waiting at most max_wait_ms for company.
+    max_batch_size: int = 256
+    max_wait_ms: float = 5.0
+    queue_size: int = 256
+    timeout_s: float = 30.0
+    batching: bool = True
+    max_body_bytes: int = 256 * 1024
+    log_level: str = "info"
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.max_batch_size < 1:
+            raise ConfigError("max_batch_size must be >= 1")
+        if self.max_wait_ms < 0:
+            raise ConfigError("max_wait_ms must be >= 0")
+        if self.queue_size < 1:
+            raise ConfigError("queue_size must be >= 1")
+        if not self.timeout_s > 0:
+            raise ConfigError("timeout_s must be > 0")
+        if self.max_body_bytes < 1:
+            raise ConfigError("max_body_bytes must be >= 1")
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServiceConfig:
+        """Parse ``python -m service`` arguments; resolve the checkpoint and the device.
+
+        Raises :class:`ConfigError` when no checkpoint can be found or the device is missing.
+        """
+        environ = os.environ if environ is None else environ
+        args = build_parser().parse_args(argv)
+        return cls(
+            checkpoint=resolve_checkpoint(args.checkpoint, environ),
+            host=args.host,
+            port=args.port,
+            device=resolve_device(args.device),
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            queue_size=args.queue_size,
+            timeout_s=args.timeout_s,
+            batching=not args.no_batching,
+            max_body_bytes=args.max_body_bytes,
+            log_level=args.log_level,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServiceConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve BN-CVAE dialogue responses over HTTP (POST /respond).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help=f"checkpoint directory (default: ${CHECKPOINT_ENV}, else {DEFAULT_CHECKPOINT})",
+    )
+    p.add_argument("--host", default=d.host, help=f"interface to listen on (default {d.host})")
+    p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    p.add_argument(
+        "--device", choices=DEVICES, default="auto", help="auto: the GPU when present (default)"
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        help="most samples (contexts x num_samples) decoded in one model call "
+        f"(default {d.max_batch_size})",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=d.max_wait_ms,
+        help=f"how long an idle engine waits for more requests to batch (default {d.max_wait_ms})",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=d.queue_size,
+        help=f"requests that may wait; beyond that 503 + Retry-After (default {d.queue_size})",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=d.timeout_s,
+        help=f"per-request time limit, queueing included; then 504 (default {d.timeout_s})",
+    )
+    p.add_argument(
+        "--no-batching", action="store_true", help="decode every request on its own (baseline)"
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help=f"larger request bodies get 413 (default {d.max_body_bytes})",
+    )
+    p.add_argument(
+        "--log-level",
+        default=d.log_level,
+        choices=("critical", "error", "warning", "info", "debug"),
+        help=f"(default {d.log_level})",
+    )
+    return p
+
+
+def resolve_checkpoint(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """--checkpoint, else $BNCVAE_CHECKPOINT, else the default checkpoint."""
+    for value, origin in (
+        (explicit, "--checkpoint"),
+        (environ.get(CHECKPOINT_ENV), CHECKPOINT_ENV),
+    ):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise ConfigError(f"checkpoint directory {path} (from {origin}) does not exist")
+            return path.resolve()
+    candidates = [REPO_ROOT / DEFAULT_CHECKPOINT, Path.cwd() / DEFAULT_CHECKPOINT]
+    for path in candidates:
+        if path.is_dir():
+            return path.resolve()
+    looked = " and ".join(str(c) for c in dict.fromkeys(candidates))
+    raise ConfigError(
+        f"no checkpoint: the default checkpoint {DEFAULT_CHECKPOINT} is not there (looked in "
+        f"{looked}; it has not shipped yet). Pass one with --checkpoint DIR or set "
+        f"{CHECKPOINT_ENV}=DIR (a directory written by model.checkpoint.save_pretrained)."
+    )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no CUDA device; use --device auto or cpu")
+    return device

@@ -1,0 +1,427 @@
+"""The inference engine: a bounded queue, micro-batching, one model call at a time in a thread.
+
+Requests wait in a bounded asyncio queue (full -> :class:`EngineOverloaded`, the app's 503).
+A single batcher task takes the oldest request and, when batching is on, whatever else arrives
+within ``max_wait_ms``, up to ``max_batch_size`` samples in all. The requests are grouped by
+their decoding parameters (``num_samples``, ``max_length``, ``decoding``, ``temperature``: one
+``model.sample_responses`` call takes one of each); a group's contexts go through
+``context_batch`` together, are encoded once and all their samples are decoded in one batched
+loop. Model calls run in a single worker thread (the event loop stays free to accept and queue
+requests), one at a time.
+
+Seeds: a request with a ``seed`` is decoded in a model call of its own, with a fresh
+``torch.Generator`` seeded with it drawing both its z noise and (for ``decoding="sample"``) its
+words. Its responses therefore never depend on what else was queued, on whether batching is on,
+or on floating-point differences between batch shapes: the same seed gives the same responses
+(on the same device and checkpoint). Unseeded requests share one engine generator, seeded at
+random at start-up.
+
+Every request has a deadline (``timeout_s``, queueing included; -> :class:`EngineTimeout`, the
+app's 504). A request that times out or whose client went away before its batch started is
+dropped from the batch instead of being decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model.batch import context_batch, next_speaker
+from model.cvae import DialogCVAE, num_parameters
+from model.vocab import Vocabulary
+from service.config import ServiceConfig
+
+log = logging.getLogger("service.engine")
+
+Loader = Callable[[], tuple[DialogCVAE, Vocabulary]]
+
+
+class EngineError(RuntimeError):
+    """A request could not be answered (the app maps each subclass to a status)."""
+
+
+class EngineNotReady(EngineError):
+    """The model is still loading, failed to load, or the engine is shutting down."""
+
+    retry_after = 1
+
+
+class EngineOverloaded(EngineError):
+    """The request queue is full."""
+
+    retry_after = 1
+
+
+class EngineTimeout(EngineError):
+    """The request was not answered within ``timeout_s``."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    turns: Sequence[tuple[str, Sequence[str]]]  # (speaker, normalized tokens), oldest first
+    num_samples: int = 5
+    max_length: int = 40
+    decoding: str = "greedy"
+    temperature: float = 1.0
+    seed: int | None = None
+    responder: str | None = None
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one ``sample_responses`` call."""
+        temperature = self.temperature if self.decoding == "sample" else None
+        return (self.num_samples, self.max_length, self.decoding, temperature)
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    tokens: list[str]
+    log_prob: float
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    responses: list[Generated]
+    responder: str
+
+
+@dataclass
+class _Pending:
+    request: GenerationRequest
+    responder: str
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0  # answered
+    rejected: int = 0  # queue full
+    timeouts: int = 0
+    batches: int = 0  # model calls
+    batched_contexts: int = 0
+    largest_batch: int = 0  # contexts in one model call
+    model_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["mean_batch"] = self.batched_contexts / self.batches if self.batches else 0.0
+        return d
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        loader: Loader,
+        config: ServiceConfig,
+        *,
+        device: str | None = None,
+        metadata: dict | None = None,
+    ):
+        self.config = config
+        self.device = torch.device(device or config.device)
+        self.checkpoint = config.checkpoint
+        self.metadata = metadata or {}
+        self.state = "stopped"  # -> loading -> ready | failed; stop() -> stopped
+        self.error: str | None = None
+        self.stats = EngineStats()
+        self.model: DialogCVAE | None = None
+        self.vocab: Vocabulary | None = None
+        self._loader = loader
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._generator: torch.Generator | None = None
+
+    # --- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, config: ServiceConfig) -> InferenceEngine:
+        """Load ``config.checkpoint`` onto ``config.device`` when the engine starts."""
+        from model.checkpoint import load_config, load_pretrained
+
+        if config.checkpoint is None:
+            raise ValueError("config.checkpoint is not set")
+        directory, device = Path(config.checkpoint), config.device
+        metadata = {}
+        with contextlib.suppress(ValueError):  # a bad config.json is reported by the load itself
+            metadata = load_config(directory)[1]
+        return cls(lambda: load_pretrained(directory, device=device), config, metadata=metadata)
+
+    @classmethod
+    def from_model(
+        cls, model: DialogCVAE, vocab: Vocabulary, config: ServiceConfig | None = None
+    ) -> InferenceEngine:
+        """An engine around an already loaded model (tests, benchmarks, notebooks)."""
+        config = config or ServiceConfig()
+        device = next(model.parameters()).device
+        return cls(lambda: (model.eval(), vocab), config, device=str(device))
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batcher and load the model in the worker thread (``state`` -> ready)."""
+        if self._tasks:
+            return
+        self._queue = asyncio.Queue(self.config.queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bncvae-engine")
+        self.state, self.error = "loading", None
+        self._tasks = [
+            asyncio.create_task(self._load(), name="engine-load"),
+            asyncio.create_task(self._batch_loop(), name="engine-batcher"),
+        ]
+
+    async def stop(self) -> None:
+        self.state = "stopped"
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        while self._queue is not None and not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(EngineNotReady("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.state == "loading" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.state != "ready":
+            raise EngineNotReady(self.error or f"engine is {self.state}")
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            model, vocab = await loop.run_in_executor(self._executor, self._load_and_warm_up)
+        except Exception as e:  # reported by /ready and /health; the process stays up to say so
+            self.state, self.error = "failed", f"{type(e).__name__}: {e}"
+            log.error("loading the model failed: %s", self.error)
+            return
+        self.model, self.vocab = model, vocab
+        self.state = "ready"
+        log.info(
+            "model ready on %s in %.1fs: %s, %d words, %d parameters",
+            self.device,
+            time.perf_counter() - started,
+            model.config.variant,
+            len(vocab),
+            num_parameters(model),
+        )
+
+    def _load_and_warm_up(self) -> tuple[DialogCVAE, Vocabulary]:
+        model, vocab = self._loader()
+        model.eval()
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(secrets.randbits(63))
+        # One tiny decode, so the first real request does not pay for lazy initialisation.
+        batch = context_batch([[]], vocab).to(self.device)
+        model.sample_responses(batch, 1, max_length=2, generator=self._generator)
+        return model, vocab
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Queue ``request`` and wait for its responses.
+
+        Raises EngineNotReady, EngineOverloaded (queue full) or EngineTimeout.
+        """
+        if self.state != "ready" or self._queue is None:
+            if self.state == "loading":
+                raise EngineNotReady("the model is still loading; retry shortly")
+            raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
+        responder = request.responder or next_speaker(list(request.turns))
+        pending = _Pending(request, responder, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            self.stats.rejected += 1
+            raise EngineOverloaded(
+                f"the service is overloaded ({self.config.queue_size} requests waiting); "
+                "retry later"
+            ) from None
+        try:
+            # On timeout (or if our caller is cancelled) the future is cancelled, and the
+            # batcher skips it if its batch has not started yet.
+            return await asyncio.wait_for(pending.future, self.config.timeout_s)
+        except asyncio.TimeoutError:
+            self.stats.timeouts += 1
+            raise EngineTimeout(
+                f"no response within {self.config.timeout_s:g} s (the service is busy)"
+            ) from None
+
+    # --- batching ---------------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        assert self._queue is not None
+        carry: _Pending | None = None
+        while True:
+            first = carry or await self._queue.get()
+            carry = None
+            if first.future.done():  # timed out or cancelled while waiting
+                continue
+            items = [first]
+            if self.config.batching:
+                items, carry = await self._collect(first)
+            for group in _groups(items):
+                await self._run_group(group)
+
+    async def _collect(self, first: _Pending) -> tuple[list[_Pending], _Pending | None]:
+        """``first`` plus what arrives within max_wait_ms, up to max_batch_size samples."""
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        items, budget = [first], self.config.max_batch_size - first.request.num_samples
+        deadline = loop.time() + self.config.max_wait_ms / 1000
+        while budget > 0:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if item.future.done():
+                continue
+            if item.request.num_samples > budget:
+                return items, item  # first in line for the next batch
+            items.append(item)
+            budget -= item.request.num_samples
+        return items, None
+
+    async def _run_group(self, group: list[_Pending]) -> None:
+        group = [p for p in group if not p.future.done()]
+        if not group:
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._decode, group)
+        except Exception as e:
+            log.exception("decoding a batch of %d failed", len(group))
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(EngineError(f"decoding failed: {type(e).__name__}"))
+            return
+        elapsed = time.perf_counter() - started
+        s = self.stats
+        s.batches += 1
+        s.batched_contexts += len(group)
+        s.largest_batch = max(s.largest_batch, len(group))
+        s.model_seconds += elapsed
+        for p, result in zip(group, results, strict=True):
+            if not p.future.done():
+                s.requests += 1
+                p.future.set_result(result)
+        log.debug(
+            "decoded %d contexts x %d samples in %.1f ms (queue %d)",
+            len(group),
+            group[0].request.num_samples,
+            elapsed * 1e3,
+            self.queue_depth(),
+        )
+
+    def _decode(self, group: list[_Pending]) -> list[GenerationResult]:
+        """Runs in the worker thread: one ``sample_responses`` call for the whole group."""
+        model, vocab = self.model, self.vocab
+        assert model is not None and vocab is not None
+        req = group[0].request
+        if req.seed is None:
+            generator = self._generator
+        else:
+            assert len(group) == 1, "a seeded request is decoded on its own"
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(req.seed)
+        with torch.inference_mode():
+            batch = context_batch(
+                [p.request.turns for p in group],
+                vocab,
+                responders=[p.responder for p in group],
+                max_context=model.config.max_context,
+                max_utt_len=model.config.max_utt_len,
+            ).to(self.device)
+            out = model.sample_responses(
+                batch,
+                num_samples=req.num_samples,
+                max_length=req.max_length,
+                decoding=req.decoding,
+                temperature=req.temperature,
+                generator=generator,
+            )
+            token_ids = out.token_ids.cpu().tolist()
+            log_probs = out.log_probs.cpu().tolist()
+        results = []
+        for i, p in enumerate(group):
+            responses = []
+            for ids, lp in zip(token_ids[i], log_probs[i], strict=True):
+                tokens = vocab.decode(ids)
+                responses.append(Generated(" ".join(tokens), tokens, lp))
+            results.append(GenerationResult(responses, p.responder))
+        return results
+
+    # --- description ------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        """What /info shows: the model's variant and dimensions, the device, the engine."""
+        model, vocab = self.model, self.vocab
+        assert model is not None and vocab is not None
+        cfg = model.config
+        c = self.config
+        return {
+            "variant": cfg.variant,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "device": str(self.device),
+            "vocab_size": len(vocab),
+            "dims": {
+                k: getattr(cfg, k)
+                for k in ("embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
+            },
+            "max_context": cfg.max_context,
+            "max_utt_len": cfg.max_utt_len,
+            "parameters": num_parameters(model),
+            "metadata": self.metadata,
+            "engine": {
+                "batching": c.batching,
+                "max_batch_size": c.max_batch_size,
+                "max_wait_ms": c.max_wait_ms,
+                "queue_size": c.queue_size,
+                "timeout_s": c.timeout_s,
+                "queue_depth": self.queue_depth(),
+                "stats": self.stats.as_dict(),
+            },
+        }
+
+    @property
+    def name(self) -> str:
+        return Path(self.checkpoint).name if self.checkpoint else "in-memory"
+
+
+def _groups(items: list[_Pending]) -> list[list[_Pending]]:
+    """Split a batch into model calls: equal decoding parameters together, seeded ones alone."""
+    groups: dict[object, list[_Pending]] = {}
+    for i, p in enumerate(items):
+        key = ("seeded", i) if p.request.seed is not None else p.request.batch_key()
+        groups.setdefault(key, []).append(p)
+    return list(groups.values())
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,165 @@
+"""Request and response bodies of the HTTP API (pydantic models; FastAPI turns violations into 422).
+
+Every bound is enforced here so that a request that reaches the engine is always decodable.
+The models are strict: ``"5"`` is not a number and ``true`` is not 1; as in JSON Schema, an
+integer may be written ``5.0`` but not ``5.5``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_TURNS = 50
+MAX_TURN_CHARS = 1000
+MAX_SPEAKER_CHARS = 32
+MAX_SAMPLES = 32
+MAX_LENGTH = 60
+MAX_TEMPERATURE = 5.0
+MAX_SEED = 2**63 - 1
+
+
+def _integral(value):
+    """JSON Schema's integers include 5.0; strict pydantic would refuse it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+Speaker = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_SPEAKER_CHARS,
+        description='Who said the turn ("A", "B", or any other name).',
+        examples=["A"],
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Turn(_Strict):
+    speaker: Speaker
+    text: str = Field(
+        max_length=MAX_TURN_CHARS,
+        description="What was said. Normalized like the training data (lower case, no "
+        "punctuation, fillers uh/um dropped); words outside the vocabulary become <unk>.",
+        examples=["Do you have any pets?"],
+    )
+
+
+class RespondRequest(_Strict):
+    conversation: list[Turn] = Field(
+        max_length=MAX_TURNS,
+        description="The turns so far, oldest first (may be empty: the opening line). Only the "
+        "last turns that fit the model's context window are used.",
+    )
+    responder: Speaker | None = Field(
+        default=None,
+        description="Who answers; default: the speaker other than the last turn's "
+        '("B" for an empty conversation).',
+    )
+    num_samples: Integer = Field(
+        default=5, ge=1, le=MAX_SAMPLES, description="How many responses (each its own z)."
+    )
+    max_length: Integer = Field(
+        default=40, ge=1, le=MAX_LENGTH, description="Most words per response."
+    )
+    decoding: Literal["greedy", "sample"] = Field(
+        default="greedy",
+        description="greedy: the most likely word at each step given z (the diversity comes "
+        "from z); sample: words drawn from the softmax at `temperature`.",
+    )
+    temperature: float = Field(
+        default=1.0,
+        gt=0,
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description="Softmax temperature for decoding='sample' (ignored by greedy).",
+    )
+    seed: Integer | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Makes the responses reproducible: the same request with the same seed "
+        "gives the same responses (on the same device and checkpoint).",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "conversation": [
+                        {"speaker": "A", "text": "Do you have any pets?"},
+                        {"speaker": "B", "text": "Yeah, we have two dogs."},
+                    ],
+                    "num_samples": 5,
+                    "max_length": 40,
+                    "decoding": "greedy",
+                    "temperature": 1.0,
+                    "seed": None,
+                }
+            ]
+        },
+    )
+
+
+class SampledResponse(BaseModel):
+    text: str = Field(description="The response's words joined by spaces (may be empty).")
+    log_prob: float | None = Field(
+        description="Sum of the model's log-probabilities of the chosen words (and </s>), "
+        "given the sampled z; null if not finite."
+    )
+    num_words: int
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(description="The checkpoint directory's name.")
+    variant: str
+    device: str
+
+
+class RespondResponse(BaseModel):
+    responses: list[SampledResponse]
+    responder: str
+    model: ModelSummary
+
+
+class Status(BaseModel):
+    status: str
+    error: str | None = None
+
+
+class Info(BaseModel):
+    variant: str
+    checkpoint: str | None
+    device: str
+    vocab_size: int
+    dims: dict[str, int]
+    max_context: int
+    max_utt_len: int
+    parameters: int
+    metadata: dict
+    engine: dict
+    limits: dict[str, int | float]
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+LIMITS: dict[str, int | float] = {
+    "max_turns": MAX_TURNS,
+    "max_turn_chars": MAX_TURN_CHARS,
+    "max_samples": MAX_SAMPLES,
+    "max_length": MAX_LENGTH,
+    "max_temperature": MAX_TEMPERATURE,
+}

@@ -1,0 +1,198 @@
+"""End-to-end runs of ``python -m eval.switchboard`` on a tiny randomly initialised checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from eval.switchboard import (
+    METRIC_KEYS,
+    EvalConfig,
+    EvalError,
+    evaluate,
+    main,
+    markdown_table,
+    plan_batches,
+)
+from model.checkpoint import save_pretrained
+from model.cvae import DialogCVAE, ModelConfig
+from model.text import normalize_utterance
+from model.vocab import Vocabulary
+
+DIALOGS = [
+    [
+        ["A", "Hi, how are you doing today?", ["greeting", [0, 0, 0, 0]]],
+        ["B", "I'm fine, thanks. Uh, and you?", ["greeting", [0, 0, 0, 0]]],
+        ["A", "Pretty good. Do you like dogs?", ["question", [0, 0, 0, 0]]],
+        ["B", "Uh-huh.", ["backchannel", [0, 0, 0, 0]]],
+        ["B", "I have two dogs and a cat.", ["statement", [0, 0, 0, 0]]],
+        ["A", "That's nice.", ["statement", [0, 0, 0, 0]]],
+    ],
+    [
+        ["A", "What do you think about taxes?", ["question", [0, 0, 0, 0]]],
+        ["B", "Um, I don't like taxes at all.", ["statement", [0, 0, 0, 0]]],
+        ["A", "Right, nobody does.", ["agree", [0, 0, 0, 0]]],
+    ],
+    [
+        ["A", "Uh.", ["filler", [0, 0, 0, 0]]],  # empty after normalization: dropped
+        ["B", "Do you play golf?", ["question", [0, 0, 0, 0]]],
+        ["A", "No, I play tennis.", ["statement", [0, 0, 0, 0]]],
+    ],
+]
+EXAMPLES = 6 + 3 + 2
+
+# A tiny word-vector file in GloVe's text format (no header) covering some of the words.
+GLOVE = """i 0.1 0.2 0.3 0.4
+you 0.2 0.1 0.0 -0.1
+dogs 0.9 -0.2 0.1 0.0
+cat 0.8 -0.1 0.2 0.1
+taxes -0.5 0.5 0.3 0.2
+golf 0.3 0.3 -0.6 0.1
+tennis 0.3 0.4 -0.5 0.2
+do -0.1 0.2 0.2 0.2
+n't -0.3 -0.3 0.1 0.0
+like 0.4 0.1 0.1 0.6
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    data = base / "dialogs.jsonl"
+    data.write_text("\n".join(json.dumps({"topic": "x", "utts": d}) for d in DIALOGS) + "\n")
+    glove = base / "glove.txt"
+    glove.write_text(GLOVE)
+    words = [normalize_utterance(u[1]) for d in DIALOGS for u in d]
+    vocab = Vocabulary.build(words[:-2])  # leave some words out: <unk> in the vocabulary view
+    torch.manual_seed(0)
+    model = DialogCVAE(ModelConfig.preset("tiny", variant="bn-cvae", vocab_size=len(vocab)))
+    ckpt = base / "ckpt"
+    save_pretrained(model, vocab, ckpt, metadata={"note": "random init"})
+    cvae = base / "ckpt-cvae"
+    save_pretrained(
+        DialogCVAE(ModelConfig.preset("tiny", variant="cvae", vocab_size=len(vocab))), vocab, cvae
+    )
+    return {"base": base, "data": data, "glove": glove, "ckpt": ckpt, "cvae": cvae}
+
+
+def run_cli(setup, out, *extra) -> dict:
+    argv = ["--checkpoint", str(setup["ckpt"]), "--data", str(setup["data"])]
+    argv += ["--glove", str(setup["glove"]), "--samples", "3", "--max-length", "8"]
+    argv += ["--progress", "false", "--out", str(out), *extra]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_end_to_end_json_has_every_key(setup, capsys):
+    out = setup["base"] / "run1" / "metrics.json"
+    result = run_cli(setup, out)
+    assert set(result) == {
+        "checkpoint", "split", "examples", "samples_per_context", "seed", "runtime_s",
+        "protocol", "metrics", "config",
+    }  # fmt: skip
+    assert list(result["metrics"]) == list(METRIC_KEYS)
+    m = result["metrics"]
+    assert result["examples"] == EXAMPLES and result["samples_per_context"] == 3
+    assert result["split"] == str(setup["data"]) and result["seed"] == 0
+    assert result["config"]["samples"] == 3 and result["config"]["glove"] == str(setup["glove"])
+    for key in METRIC_KEYS:
+        assert m[key] is not None, key
+        assert math.isfinite(m[key]), key
+    assert m["ppl"] > 1 and m["elbo_ppl"] >= m["ppl"] and m["kl"] >= 0
+    for n in range(1, 5):
+        assert 0 <= m[f"bleu{n}_p"] <= m[f"bleu{n}_r"] <= 100
+    for b in ("a_bow", "e_bow", "g_bow"):
+        assert -100 <= m[f"{b}_p"] <= m[f"{b}_r"] <= 100
+    assert 0 <= m["intra_distinct1"] <= 1 and 0 <= m["inter_distinct2"] <= 1
+    assert 0 <= m["active_units"] <= 8 and isinstance(m["active_units"], int)
+    assert m["kl_lower_bound"] >= 8 * 0.6**2 / 2 - 1e-9  # beta starts at 0
+    assert m["kl_prior_standard"] >= 0
+    assert "mutual_info" in result["protocol"] and "kl_lower_bound" in result["protocol"]
+    # stdout: the markdown table with the paper's rows and this checkpoint's row
+    table = capsys.readouterr().out
+    assert "| BN-VAE (paper) | 30.67 | 5.18 | 8.64 |" in table
+    assert "this checkpoint (bn-cvae)" in table and "GloVe 6B 50-d" in table
+    # the samples file next to --out: every example with its reference and 3 samples
+    samples = (out.parent / "metrics.samples.txt").read_text()
+    assert samples.count("=== example") == EXAMPLES
+    assert samples.count("sample  3:") == EXAMPLES
+    assert "reference B: i have two dogs and a cat" in samples
+
+
+def test_same_seed_gives_identical_metrics(setup):
+    a = run_cli(setup, setup["base"] / "a.json")
+    b = run_cli(
+        setup, setup["base"] / "b.json", "--batch-dialogs", "1", "--max-batch-examples", "2"
+    )
+    c = run_cli(setup, setup["base"] / "c.json")
+    assert a["metrics"] == c["metrics"]
+    # the generated responses do not depend on the batching
+    assert (setup["base"] / "a.samples.txt").read_text() == (
+        setup["base"] / "b.samples.txt"
+    ).read_text()
+    for key in METRIC_KEYS:
+        if key not in ("ppl", "elbo_ppl"):  # z ~ q(z|c,x) comes from the global RNG
+            assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-6), key
+    d = run_cli(setup, setup["base"] / "d.json", "--seed", "1")
+    assert d["metrics"] != a["metrics"]
+
+
+def test_limit_and_jsonl_samples(setup):
+    out = setup["base"] / "limited.json"
+    samples_out = setup["base"] / "limited.samples.jsonl"
+    result = run_cli(setup, out, "--limit", "4", "--samples-out", str(samples_out))
+    assert result["examples"] == 4
+    records = [json.loads(line) for line in samples_out.read_text().splitlines()]
+    assert [r["turn"] for r in records] == [0, 1, 2, 3]
+    assert records[1]["context"] == [["A", "hi how are you doing today"]]
+    assert records[1]["reference"] == "i'm fine thanks and you" and len(records[1]["samples"]) == 3
+
+
+def test_non_bn_variant_has_null_bn_diagnostics(setup):
+    config = EvalConfig(
+        checkpoint=str(setup["cvae"]), data=str(setup["data"]), glove=str(setup["glove"]),
+        samples=2, max_length=5, progress=False,
+    )  # fmt: skip
+    result = evaluate(config)
+    assert result["metrics"]["kl_prior_standard"] is None
+    assert result["metrics"]["kl_lower_bound"] is None
+    assert "this checkpoint (cvae)" in markdown_table(result)
+
+
+def test_prepared_split(setup, synthetic_prepared):
+    config = EvalConfig(
+        checkpoint=str(setup["ckpt"]), prepared=str(synthetic_prepared), split="valid",
+        glove=str(setup["glove"]), samples=2, max_length=5, limit=20, progress=False,
+    )  # fmt: skip
+    result = evaluate(config)
+    assert result["split"] == "valid" and result["examples"] == 20
+    assert "prepared corpus" in result["protocol"]["data"]
+
+
+def test_errors(setup, tmp_path, caplog):
+    with pytest.raises(EvalError, match="no such file"):
+        evaluate(EvalConfig(checkpoint=str(setup["ckpt"]), data=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(EvalError, match="--samples"):
+        EvalConfig(checkpoint="x", samples=0).validate()
+    with pytest.raises(EvalError, match="split"):
+        EvalConfig(checkpoint="x", split="train").validate()
+    assert main(["--checkpoint", str(tmp_path / "missing"), "--data", str(setup["data"])]) == 2
+    assert "missing" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["--data", str(setup["data"])])  # no --checkpoint
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x", "--data", "y", "--split", "valid"])
+
+
+def test_plan_batches():
+    assert plan_batches([3, 5, 2], batch_dialogs=2, max_examples=4) == [
+        [(0, 0, 3)],
+        [(1, 0, 4)],
+        [(1, 4, 5), (2, 0, 2)],
+    ]
+    assert plan_batches([3, 5, 2], batch_dialogs=3, max_examples=100, limit=4) == [
+        [(0, 0, 3), (1, 0, 1)]
+    ]

@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from model.batch import context_batch, dialog_batch, next_speaker
+from model.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from model.cvae import DialogCVAE, ModelConfig, gaussian_kl
+from model.vocab import Vocabulary
+
+WORDS = [f"w{i}" for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return Vocabulary.build([WORDS])
+
+
+def random_dialogs(n_dialogs=3, seed=0, max_turns=25, min_turns=2):
+    rng = random.Random(seed)
+    return [
+        [
+            (rng.choice("AB"), [rng.choice(WORDS) for _ in range(rng.randint(1, 12))])
+            for _ in range(rng.randint(min_turns, max_turns))
+        ]
+        for _ in range(n_dialogs)
+    ]
+
+
+def make_model(vocab, variant="bn-cvae", **kw) -> DialogCVAE:
+    torch.manual_seed(0)
+    return DialogCVAE(ModelConfig.preset("tiny", variant=variant, vocab_size=len(vocab), **kw))
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def test_dialog_batch_windows_follow_zhao(vocab):
+    turns = [("A", ["w1"]), ("B", ["w2"]), ("B", ["w3"]), ("A", ["w4"])]
+    b = dialog_batch([turns], vocab, max_context=2)
+    assert b.num_examples == 4  # every utterance is a response once
+    # rows: 0 marker, 1..4 the turns; response k sees the 2 positions before it
+    assert b.context_index.tolist() == [[0, -1], [0, 1], [1, 2], [2, 3]]
+    assert b.response_index.tolist() == [1, 2, 3, 4]
+    # floor: 1 where the context utterance is by the responding speaker; the marker is nobody's
+    assert b.context_floor.tolist() == [[0, 0], [0, 0], [0, 1], [0, 0]]
+    assert b.utterances[0].tolist()[:3] == [vocab.bos_id, vocab.bod_id, vocab.eos_id]
+
+
+def test_utterances_truncated_to_max_len(vocab):
+    b = dialog_batch([[("A", WORDS[:50])]], vocab, max_utt_len=40)
+    assert b.utt_lengths[1].item() == 42  # <s> + 40 words + </s>
+
+
+def test_spans_give_the_same_contexts_as_the_whole_dialog(vocab):
+    dialogs = random_dialogs(1, max_turns=30)
+    model = make_model(vocab).eval()
+    whole = model.encode_context(dialog_batch(dialogs, vocab))
+    n = len(dialogs[0])
+    spans = [(0, n // 3), (n // 3, n)]
+    parts = torch.cat(
+        [model.encode_context(dialog_batch(dialogs, vocab, spans=[s])) for s in spans]
+    )
+    torch.testing.assert_close(whole, parts)
+
+
+def test_context_batch_matches_training_windows(vocab):
+    turns = random_dialogs(1, min_turns=20)[0]
+    train = dialog_batch([turns], vocab)
+    for k in (0, 3, 9, 10, 15):
+        inf = context_batch([turns[:k]], vocab, responders=[turns[k][0]])
+        n = int(train.context_lengths[k])
+        assert int(inf.context_lengths[0]) == n
+
+        def rows(b, i, n=n):
+            return [[t for t in b.utterances[r].tolist() if t] for r in b.context_index[i, :n]]
+
+        assert rows(inf, 0) == rows(train, k)
+        assert inf.context_floor[0, :n].tolist() == train.context_floor[k, :n].tolist()
+
+
+def test_next_speaker():
+    assert next_speaker([]) == "B"
+    assert next_speaker([("A", ["x"]), ("B", ["y"])]) == "A"
+    assert next_speaker([("alice", ["x"]), ("bob", ["y"]), ("bob", ["z"])]) == "alice"
+
+
+# --- the objective --------------------------------------------------------------------------
+
+
+def test_gaussian_kl_equals_torch_distributions():
+    torch.manual_seed(0)
+    mu_q, lv_q, mu_p, lv_p = (torch.randn(5, 7) for _ in range(4))
+    q = Normal(mu_q, torch.exp(0.5 * lv_q))
+    p = Normal(mu_p, torch.exp(0.5 * lv_p))
+    torch.testing.assert_close(gaussian_kl(mu_q, lv_q, mu_p, lv_p), kl_divergence(q, p).sum(-1))
+    std = Normal(torch.zeros_like(mu_q), torch.ones_like(mu_q))
+    torch.testing.assert_close(gaussian_kl(mu_q, lv_q), kl_divergence(q, std).sum(-1))
+
+
+def test_model_kl_terms_equal_torch_distributions(vocab):
+    model = make_model(vocab)
+    batch = dialog_batch(random_dialogs(), vocab)
+    out = model(batch)
+    mu_q, lv_q = model.posterior(batch)
+    mu_p, lv_p = model.prior(model.encode_context(batch))
+    q, p = Normal(mu_q, torch.exp(0.5 * lv_q)), Normal(mu_p, torch.exp(0.5 * lv_p))
+    torch.testing.assert_close(out.kl, kl_divergence(q, p).sum(-1))
+    std = Normal(torch.zeros_like(mu_p), torch.ones_like(mu_p))
+    torch.testing.assert_close(out.prior_kl, kl_divergence(p, std).sum(-1))
+
+
+@pytest.mark.parametrize("variant", ["cvae", "cvae-bow", "bn-cvae"])
+def test_dialog_level_and_per_window_paths_give_the_same_loss(vocab, variant):
+    model = make_model(vocab, variant)
+    batch = dialog_batch(random_dialogs(4), vocab)
+    torch.manual_seed(1)
+    fast = model(batch, kl_weight=0.3)
+    torch.manual_seed(1)
+    slow = model(batch, kl_weight=0.3, per_window=True)
+    torch.testing.assert_close(fast.loss, slow.loss)
+    torch.testing.assert_close(fast.nll, slow.nll)
+    torch.testing.assert_close(fast.kl, slow.kl)
+    # and the gradients agree too
+    g_fast = torch.autograd.grad(fast.loss, model.decoder.out.weight)[0]
+    g_slow = torch.autograd.grad(slow.loss, model.decoder.out.weight)[0]
+    torch.testing.assert_close(g_fast, g_slow)
+
+
+def test_objectives_of_the_variants(vocab):
+    batch = dialog_batch(random_dialogs(), vocab)
+    for variant in ("cvae", "cvae-bow", "bn-cvae"):
+        model = make_model(vocab, variant)
+        torch.manual_seed(2)
+        o = model(batch, kl_weight=0.5)
+        expected = o.nll + 0.5 * o.kl
+        if variant == "cvae-bow":
+            assert (o.bow > 0).all()
+            expected = expected + o.bow
+        if variant == "bn-cvae":
+            expected = expected + o.prior_kl  # Eq. 11
+        torch.testing.assert_close(o.loss, expected.mean())
+    assert o.tokens.sum().item() == sum(len(t) + 1 for d in random_dialogs() for _, t in d)
+
+
+def test_frozen_gamma_gets_no_gradient_and_never_changes(vocab):
+    model = make_model(vocab, "bn-cvae", bn_gamma=0.6)
+    bn = model.recognition.mu_bn
+    assert not bn.weight.requires_grad and bn.bias.requires_grad
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    batch = dialog_batch(random_dialogs(), vocab)
+    beta0 = bn.bias.detach().clone()
+    for _ in range(5):
+        opt.zero_grad()
+        model(batch).loss.backward()
+        assert bn.weight.grad is None
+        opt.step()
+    assert torch.equal(bn.weight, torch.full_like(bn.weight, 0.6))
+    assert not torch.equal(bn.bias, beta0)  # the shift is learnt
+
+
+def test_bn_posterior_mean_has_batch_mean_beta_and_std_gamma(vocab):
+    model = make_model(vocab, "bn-cvae", bn_gamma=0.6)
+    with torch.no_grad():
+        model.recognition.mu_bn.bias.copy_(torch.linspace(-1, 1, model.config.latent_dim))
+    model.train()
+    batch = dialog_batch(random_dialogs(6), vocab)
+    mu, _ = model.posterior(batch)
+    beta = model.recognition.mu_bn.bias
+    torch.testing.assert_close(mu.mean(0), beta, atol=1e-5, rtol=0)
+    # BN normalises with the biased variance, so the biased std equals gamma
+    torch.testing.assert_close(
+        mu.std(0, unbiased=False), torch.full_like(beta, 0.6), atol=1e-2, rtol=0
+    )
+
+
+def test_cvae_has_no_batch_norm(vocab):
+    assert make_model(vocab, "cvae").recognition.mu_bn is None
+
+
+# --- generation -----------------------------------------------------------------------------
+
+
+def test_sample_responses_shapes_and_seed(vocab):
+    model = make_model(vocab).eval()
+    batch = context_batch([[], random_dialogs(1)[0]], vocab)
+    a = model.sample_responses(batch, 4, max_length=7, decoding="sample",
+                               generator=torch.Generator().manual_seed(3))  # fmt: skip
+    b = model.sample_responses(batch, 4, max_length=7, decoding="sample",
+                               generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert a.token_ids.shape[:2] == (2, 4) and a.token_ids.shape[2] <= 7
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.log_probs, b.log_probs)
+    assert (a.lengths <= 7).all() and (a.log_probs <= 0).all()
+    banned = {vocab.pad_id, vocab.bos_id, vocab.bod_id}
+    for e in range(2):
+        for n in range(4):
+            words = a.token_ids[e, n, : a.lengths[e, n]].tolist()
+            assert not banned & set(words)
+
+
+def test_greedy_samples_differ_through_z(vocab):
+    model = make_model(vocab).eval()
+    with torch.no_grad():  # a prior with a large variance, so different z give different words
+        model.prior_net.mlp[-1].bias[model.config.latent_dim :] = 3.0
+    batch = context_batch([random_dialogs(1)[0]], vocab)
+    out = model.sample_responses(batch, 8, max_length=6, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(r.tolist()) for r in out.token_ids[0]}) > 1
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip(vocab, tmp_path):
+    model = make_model(vocab, "cvae-bow")
+    save_pretrained(model, vocab, tmp_path / "ck", metadata={"note": "x"})
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "config.json", "model.safetensors", "vocab.json"]  # fmt: skip
+    loaded, v2 = load_pretrained(tmp_path / "ck")
+    assert v2.words == vocab.words and loaded.config == model.config and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    batch = dialog_batch(random_dialogs(), vocab)
+    model.eval()
+    torch.manual_seed(0)
+    a = model(batch).loss
+    torch.manual_seed(0)
+    assert torch.equal(a, loaded(batch).loss)
+
+
+def test_half_precision_checkpoint_loads_as_float32(vocab, tmp_path):
+    model = make_model(vocab)
+    save_pretrained(model, vocab, tmp_path / "ck", dtype=torch.float16)
+    loaded, _ = load_pretrained(tmp_path / "ck")
+    w = loaded.decoder.out.weight
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, model.decoder.out.weight, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "damage, names",
+    [
+        (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "model.safetensors"),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors"),
+        (lambda d: (d / "config.json").write_text("{not json"), "config.json"),
+        (lambda d: (d / "vocab.json").write_text('{"words": [1, 2]}'), "vocab.json"),
+        (
+            lambda d: (d / "vocab.json").write_text(
+                json.dumps({"words": ["<pad>", "<unk>", "<s>", "</s>", "<d>"]})
+            ),
+            "vocab.json",
+        ),
+        (lambda d: _edit_config(d, latent_dim=9), "model.safetensors"),
+        (lambda d: _edit_config(d, variant="nope"), "config.json"),
+    ],
+)
+def test_corrupt_checkpoint_names_the_file(vocab, tmp_path, damage, names):
+    save_pretrained(make_model(vocab), vocab, tmp_path / "ck")
+    damage(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=names):
+        load_pretrained(tmp_path / "ck")
+
+
+def _edit_config(directory, **changes):
+    path = directory / "config.json"
+    raw = json.loads(path.read_text())
+    raw["model"].update(changes)
+    path.write_text(json.dumps(raw))
+
+
+def test_missing_checkpoint_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        load_pretrained(tmp_path / "nothing")
+
+
+def test_unknown_preset_and_variant():
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelConfig.preset("huge")
+    with pytest.raises(ValueError, match="variant"):
+        ModelConfig(variant="vae")

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_pretrained
+from training.batching import SegmentBatches, eval_batches
+from training.prepare import load_prepared
+from training.switchboard import TrainConfig, main, train, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--threads", "1", "--segment-size", "4", "--batch-segments", "4",
+        "--kl-anneal-steps", "40", "--log-every", "10"]  # fmt: skip
+
+
+def records(run: Path, split: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_segment_batches_cover_every_example_once_per_epoch(synthetic_prepared):
+    corpus = load_prepared(synthetic_prepared)
+    dialogs = [d.turns() for d in corpus.train]
+    sb = SegmentBatches(dialogs, corpus.vocab, segment_size=3, segments_per_batch=5, seed=1)
+    seen = []
+    for b in sb.epoch(0):
+        seen += [tuple(b.utterances[r][b.utterances[r] > 0].tolist()) for r in b.response_index]
+    assert len(seen) == sum(len(d) for d in dialogs)
+    assert sb.order(0) == sb.order(0) and sb.order(0) != sb.order(1)
+
+
+def test_tiny_training_lowers_validation_loss_and_round_trips(synthetic_prepared, tmp_path):
+    run = tmp_path / "run"
+    main(["--data", str(synthetic_prepared), "--out", str(run), "--max-steps", "150",
+          "--eval-every", "30", *TINY])  # fmt: skip
+    valid = records(run, "valid")
+    assert valid[-1]["valid_loss"] < valid[0]["valid_loss"] - 1.0
+    assert (run / "curves.png").stat().st_size > 10_000
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["train"]["max_steps"] == 150 and resolved["model"]["variant"] == "bn-cvae"
+
+    # The best checkpoint reproduces its recorded validation loss after loading.
+    model, vocab = load_pretrained(run / "best")
+    meta = json.loads((run / "best" / "config.json").read_text())["metadata"]
+    corpus = load_prepared(synthetic_prepared)
+    batches = list(eval_batches([d.turns() for d in corpus.valid], vocab))
+    again = validate(model, batches, torch.device("cpu"), seed=0)
+    assert again["valid_loss"] == pytest.approx(meta["valid_loss"], rel=1e-5)
+
+
+def test_existing_run_needs_resume(synthetic_prepared, tmp_path):
+    cfg = TrainConfig(data=str(synthetic_prepared), out=str(tmp_path / "r"), preset="tiny",
+                      max_steps=5, eval_every=5, threads=1)  # fmt: skip
+    train(cfg)
+    with pytest.raises(SystemExit, match="--resume"):
+        train(cfg)
+
+
+def _train_cmd(data: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "training.switchboard", "--data", str(data), "--out", str(out),
+            "--max-steps", str(steps), "--eval-every", "50", "--save-every", "7",
+            "--variant", "cvae-bow", *TINY]  # fmt: skip
+
+
+def test_resume_after_sigkill_equals_uninterrupted(synthetic_prepared, tmp_path):
+    steps = 400
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(synthetic_prepared, full, steps), cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+
+    proc = subprocess.Popen(_train_cmd(synthetic_prepared, killed, steps), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        m = killed / "metrics.jsonl"
+        if m.exists() and any(
+            r["step"] >= 120 for r in map(json.loads, m.read_text().splitlines())
+        ):
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+
+    subprocess.run(_train_cmd(synthetic_prepared, killed, steps) + ["--resume"], cwd=ROOT,
+                   check=True, capture_output=True)  # fmt: skip
+    a = torch.load(full / "training_state.pt", weights_only=True)
+    b = torch.load(killed / "training_state.pt", weights_only=True)
+    assert a["progress"]["step"] == b["progress"]["step"] == steps
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert [r["step"] for r in records(killed, "train")] == [
+        r["step"] for r in records(full, "train")
+    ]
+
+
+def test_two_process_gloo_run(synthetic_prepared, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.switchboard", "--data", str(synthetic_prepared), "--out", str(out),
+           "--max-steps", "20", "--eval-every", "10", "--device", "cpu", *TINY]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert json.loads((out / "summary.json").read_text())["step"] == 20
+    valid = records(out, "valid")
+    assert len(valid) == 2 and all(v["valid_loss"] < 1e4 for v in valid)
+    load_pretrained(out / "last")

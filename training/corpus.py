@@ -1,0 +1,394 @@
+"""Readers and writers for the two Switchboard releases the project uses.
+
+Formats
+-------
+* **Zhao's JSONL** (``zhao/valid.jsonl``, ``zhao/test.jsonl``, and the prepared corpus written by
+  :mod:`training.prepare`): one dialog per line,
+  ``{"A": ..., "B": ..., "topic": ..., "utts": [[speaker, text, [act, sentiment]], ...]}``.
+  The prepared corpus adds ``"id"`` and ``"source"`` and writes ``[act_or_null, []]``.
+* **Zhao's pickle** (NeuralDialog-CVAE's ``full_swda_clean_42da_sentiment_dialog_corpus.p``): a
+  dict with ``train``/``valid``/``test`` keys, each a list of dialogs in the same dict layout. It
+  is read with :class:`RestrictedUnpickler`, which refuses to load *any* class or function, so
+  only pickle's built-in containers and scalars (dict, list, tuple, set, str, bytes, int, float,
+  bool, None) can come out of it and no code is ever run.
+* **SwDA export** (NathanDuran/Switchboard-Corpus): a directory of ``NNNN.txt`` files, one
+  conversation per file named by its conversation number, one ``speaker|text|tag`` utterance per
+  line; or a directory whose ``train/`` and ``val/`` subdirectories hold such files.
+
+Text
+----
+Every utterance's text goes through :func:`model.text.normalize_utterance` (the identity on
+Zhao's already-normalized text). An utterance that is empty after normalization (``"Uh."``) is
+dropped and counted in :class:`ReadStats`; a dialog left without utterances is dropped and
+counted too.
+
+Malformed input policy
+----------------------
+Readers never guess: a line or record that does not have the documented shape raises
+:class:`CorpusError` (a :class:`ValueError`) whose message starts with ``file:line:`` (JSONL, SwDA)
+or ``file: split[index]:`` (pickle) and shows the offending text. Blank lines are skipped. Files
+must be UTF-8. Files in a SwDA directory whose name is not ``<digits>.txt`` (e.g.
+``dialogue_acts.txt``) are not conversations and are ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.text import normalize_utterance
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+SWDA_SUBDIRS = ("train", "val")
+
+
+class CorpusError(ValueError):
+    """Malformed, missing or unreadable corpus input; the message names the file (and line)."""
+
+
+@dataclass
+class Utterance:
+    speaker: str
+    tokens: list[str]
+    act: str | None = None
+
+
+@dataclass
+class Dialog:
+    id: str
+    source: str  # "swda" | "zhao"
+    utterances: list[Utterance] = field(default_factory=list)
+
+    def turns(self) -> list[tuple[str, list[str]]]:
+        """``[(speaker, tokens), ...]``: the form :mod:`model.batch` takes."""
+        return [(u.speaker, u.tokens) for u in self.utterances]
+
+    def tokens(self) -> Iterator[str]:
+        """All tokens of the dialog in order (utterance boundaries ignored)."""
+        for u in self.utterances:
+            yield from u.tokens
+
+
+@dataclass
+class ReadStats:
+    """What a reader kept and dropped; pass one in to accumulate over several reads."""
+
+    dialogs: int = 0
+    utterances: int = 0
+    dropped_empty_utterances: int = 0
+    dropped_empty_dialogs: int = 0
+
+    def add(self, other: ReadStats) -> None:
+        self.dialogs += other.dialogs
+        self.utterances += other.utterances
+        self.dropped_empty_utterances += other.dropped_empty_utterances
+        self.dropped_empty_dialogs += other.dropped_empty_dialogs
+
+
+def _short(text: Any, limit: int = 80) -> str:
+    s = repr(text)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _make_dialog(
+    dialog_id: str, source: str, raw: Iterable[tuple[str, str, str | None]], stats: ReadStats
+) -> Dialog | None:
+    """Normalize ``(speaker, text, act)`` triples; drop empty utterances (and an empty dialog)."""
+    utts = []
+    for speaker, text, act in raw:
+        tokens = normalize_utterance(text)
+        if tokens:
+            utts.append(Utterance(speaker, tokens, act))
+        else:
+            stats.dropped_empty_utterances += 1
+    if not utts:
+        stats.dropped_empty_dialogs += 1
+        return None
+    stats.dialogs += 1
+    stats.utterances += len(utts)
+    return Dialog(dialog_id, source, utts)
+
+
+# --------------------------------------------------------------------------- Zhao dict layout
+
+
+def _parse_utt(utt: Any, where: str) -> tuple[str, str, str | None]:
+    """One ``[speaker, text, [act, sentiment]]`` entry (the act list may be missing or null)."""
+    if not isinstance(utt, (list, tuple)) or len(utt) not in (2, 3):
+        raise CorpusError(f"{where}: expected [speaker, text, [act, ...]], got {_short(utt)}")
+    speaker, text = utt[0], utt[1]
+    if not isinstance(speaker, str) or not speaker.strip():
+        raise CorpusError(f"{where}: speaker must be a non-empty string, got {_short(speaker)}")
+    if not isinstance(text, str):
+        raise CorpusError(f"{where}: text must be a string, got {_short(text)}")
+    act = None
+    if len(utt) == 3 and utt[2] is not None:
+        feat = utt[2]
+        if not isinstance(feat, (list, tuple)):
+            raise CorpusError(f"{where}: expected [act, sentiment], got {_short(feat)}")
+        if feat:
+            act = feat[0]
+            if act is not None and not isinstance(act, str):
+                raise CorpusError(
+                    f"{where}: dialog act must be a string or null, got {_short(act)}"
+                )
+    return speaker.strip(), text, act
+
+
+def _parse_dialog_obj(obj: Any, where: str) -> tuple[str | None, str | None, list]:
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{where}: expected a dialog object, got {_short(obj)}")
+    utts = obj.get("utts")
+    if not isinstance(utts, list):
+        raise CorpusError(f"{where}: dialog has no 'utts' list (keys: {sorted(map(str, obj))})")
+    dialog_id, source = obj.get("id"), obj.get("source")
+    if dialog_id is not None and not isinstance(dialog_id, str):
+        raise CorpusError(f"{where}: 'id' must be a string, got {_short(dialog_id)}")
+    if source is not None and source not in ("swda", "zhao"):
+        raise CorpusError(f"{where}: 'source' must be 'swda' or 'zhao', got {_short(source)}")
+    return dialog_id, source, [_parse_utt(u, f"{where}: utts[{i}]") for i, u in enumerate(utts)]
+
+
+def read_zhao_jsonl(path: str | Path, stats: ReadStats | None = None) -> list[Dialog]:
+    """Read one JSONL split (Zhao's release or a prepared corpus file).
+
+    Dialog ids are the ``"id"`` field when present (prepared corpus), else ``"<file stem>/<n>"``
+    with ``n`` the 0-based dialog index in the file (``"test/17"``); the source is ``"source"``
+    when present, else ``"zhao"``. Raises :class:`CorpusError` ``"path:line: ..."`` for invalid
+    JSON or a record without the ``utts`` layout; blank lines are skipped.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    dialogs: list[Dialog] = []
+    index = 0
+    for lineno, line in _read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{where}: invalid JSON ({e.msg}): {_short(line)}") from e
+        dialog_id, source, raw = _parse_dialog_obj(obj, where)
+        d = _make_dialog(dialog_id or f"{path.stem}/{index}", source or "zhao", raw, stats)
+        index += 1
+        if d is not None:
+            dialogs.append(d)
+    return dialogs
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that loads no class or function at all.
+
+    Pickle builds dicts, lists, tuples, sets, str, bytes, int, float, bool and None from opcodes
+    without :meth:`find_class`; everything else (class instances, ``__reduce__`` tricks such as
+    ``os.system``, even numpy scalars) needs a global, which is refused here.
+    """
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(
+            f"refusing to load global '{module}.{name}' "
+            "(only built-in containers, str, int and float may be unpickled)"
+        )
+
+
+def _decode_bytes(obj: Any) -> Any:
+    """Python 2 pickles may carry byte strings; decode them (UTF-8) recursively."""
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8")
+    if isinstance(obj, dict):
+        return {_decode_bytes(k): _decode_bytes(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_decode_bytes(v) for v in obj)
+    return obj
+
+
+def read_zhao_pickle(path: str | Path, stats: ReadStats | None = None) -> dict[str, list[Dialog]]:
+    """Read Zhao's single pickle with ``train``/``valid``/``test`` keys (see module docstring).
+
+    Dialog ids are ``"<split>/<n>"``. Raises :class:`CorpusError` naming the file if the pickle
+    is unreadable, tries to load any class/function, lacks a split, or a dialog is malformed
+    (``"path: train[3]: utts[5]: ..."``).
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read: {e}") from e
+    try:
+        data = RestrictedUnpickler(io.BytesIO(raw_bytes), encoding="utf-8").load()
+        data = _decode_bytes(data)
+    except Exception as e:  # pickle raises many types on corrupt input
+        raise CorpusError(f"{path}: not a loadable Zhao corpus pickle: {e}") from e
+    if not isinstance(data, dict):
+        raise CorpusError(f"{path}: expected a dict with keys {SPLITS}, got {type(data).__name__}")
+    missing = [s for s in SPLITS if s not in data]
+    if missing:
+        raise CorpusError(f"{path}: missing split(s) {missing} (keys: {sorted(map(str, data))})")
+    out: dict[str, list[Dialog]] = {}
+    for split in SPLITS:
+        items = data[split]
+        if not isinstance(items, (list, tuple)):
+            raise CorpusError(f"{path}: split '{split}' must be a list of dialogs")
+        dialogs = []
+        for i, obj in enumerate(items):
+            _, _, raw = _parse_dialog_obj(obj, f"{path}: {split}[{i}]")
+            d = _make_dialog(f"{split}/{i}", "zhao", raw, stats)
+            if d is not None:
+                dialogs.append(d)
+        out[split] = dialogs
+    return out
+
+
+def read_zhao(path: str | Path, stats: ReadStats | None = None) -> dict[str, list[Dialog]]:
+    """Zhao's release: a pickle file, or a directory with ``valid.jsonl``/``test.jsonl``
+    (and optionally ``train.jsonl``). Returns the splits found; valid and test are required."""
+    path = Path(path)
+    if path.is_file():
+        return read_zhao_pickle(path, stats)
+    if not path.is_dir():
+        raise CorpusError(f"{path}: Zhao corpus not found (expected a directory or a pickle)")
+    out = {}
+    for split in SPLITS:
+        f = path / f"{split}.jsonl"
+        if f.is_file():
+            out[split] = read_zhao_jsonl(f, stats)
+        elif split != "train":
+            raise CorpusError(f"{f}: missing (a Zhao directory needs valid.jsonl and test.jsonl)")
+    return out
+
+
+# --------------------------------------------------------------------------- SwDA export
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(1-based line number, line without the newline)``; UTF-8, errors name file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read: {e}") from e
+    for lineno, raw in enumerate(data.splitlines(), 1):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from e
+
+
+def parse_swda_line(line: str, where: str) -> tuple[str, str, str | None]:
+    """``"speaker|text|tag"`` -> ``(speaker, text, tag or None)``.
+
+    The speaker is the text before the first ``|`` and the tag the text after the last one, so a
+    ``|`` inside the text survives. A line without two ``|`` or with an empty speaker raises
+    :class:`CorpusError`; an empty tag becomes ``None``.
+    """
+    parts = line.split("|", 1)
+    if len(parts) != 2 or "|" not in parts[1]:
+        raise CorpusError(f"{where}: expected 'speaker|text|tag', got {_short(line)}")
+    speaker = parts[0].strip()
+    text, tag = parts[1].rsplit("|", 1)
+    if not speaker:
+        raise CorpusError(f"{where}: empty speaker in {_short(line)}")
+    return speaker, text, tag.strip() or None
+
+
+def read_swda_file(
+    path: str | Path, dialog_id: str | None = None, stats: ReadStats | None = None
+) -> Dialog | None:
+    """One SwDA conversation file. ``dialog_id`` defaults to the file stem (conversation number).
+
+    Returns ``None`` (and counts it) when no utterance survives normalization.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    raw = [
+        parse_swda_line(line, f"{path}:{lineno}")
+        for lineno, line in _read_lines(path)
+        if line.strip()
+    ]
+    return _make_dialog(dialog_id or path.stem, "swda", raw, stats)
+
+
+def swda_files(path: str | Path) -> list[Path]:
+    """The conversation files of a SwDA export directory (see :func:`read_swda`), in order."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CorpusError(f"{path}: SwDA directory not found")
+    subdirs = [path / s for s in SWDA_SUBDIRS if (path / s).is_dir()]
+    files = []
+    for d in subdirs or [path]:
+        convs = [f for f in d.glob("*.txt") if f.stem.isdigit() and f.is_file()]
+        files.extend(sorted(convs, key=lambda f: (int(f.stem), f.name)))
+    if not files:
+        raise CorpusError(f"{path}: no SwDA conversation files (<number>.txt) found")
+    return files
+
+
+def read_swda(
+    path: str | Path, stats: ReadStats | None = None, progress: bool = False
+) -> list[Dialog]:
+    """Every conversation of a SwDA export: ``path/{train,val}/NNNN.txt`` if those subdirectories
+    exist, else ``path/NNNN.txt``. Dialog ids are the conversation numbers; the same number twice
+    (e.g. in both train/ and val/) raises :class:`CorpusError`."""
+    from tqdm import tqdm
+
+    stats = stats if stats is not None else ReadStats()
+    files = swda_files(path)
+    dialogs, seen = [], {}
+    for f in tqdm(files, desc="read swda", unit="conv", disable=not progress):
+        if f.stem in seen:
+            raise CorpusError(f"{f}: conversation {f.stem} already read from {seen[f.stem]}")
+        seen[f.stem] = f
+        d = read_swda_file(f, f.stem, stats)
+        if d is not None:
+            dialogs.append(d)
+    return dialogs
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def dialog_to_json(dialog: Dialog) -> dict:
+    """The prepared-corpus record: Zhao's layout plus ``id``/``source``, sentiment left empty."""
+    return {
+        "id": dialog.id,
+        "source": dialog.source,
+        "utts": [[u.speaker, " ".join(u.tokens), [u.act, []]] for u in dialog.utterances],
+    }
+
+
+def file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(dialogs: Iterable[Dialog], path: str | Path) -> None:
+    """Write dialogs in the prepared JSONL format (atomically); :func:`read_zhao_jsonl` reads it."""
+    text = "".join(json.dumps(dialog_to_json(d), ensure_ascii=False) + "\n" for d in dialogs)
+    atomic_write_text(path, text)

@@ -1,0 +1,430 @@
+"""Prepare the Switchboard corpus for training: ``python -m training.prepare --out DIR``.
+
+Inputs (defaults: ``../shared/data/switchboard/{zhao,swda}`` relative to the project root, used
+only if they exist; otherwise ``--zhao``/``--swda`` are required):
+
+* ``--zhao``: Zhao et al.'s release, a directory with ``valid.jsonl``/``test.jsonl`` (and
+  optionally ``train.jsonl``) or NeuralDialog-CVAE's pickle with ``train``/``valid``/``test``.
+* ``--swda``: the SwDA export (``train/`` + ``val/`` of ``NNNN.txt``), the training set when the
+  Zhao release has no train split.
+
+valid/test are Zhao's. The train set is Zhao's train split if there is one, else every SwDA
+conversation. Either way, every training dialog that is the same conversation as a valid or
+test dialog (see :mod:`training.leakage`) is excluded.
+
+Output directory (every file written to a temporary name and renamed; ``manifest.json`` last, so
+its presence means the directory is complete):
+
+* ``train.jsonl``, ``valid.jsonl``, ``test.jsonl``: one dialog per line,
+  ``{"id", "source", "utts": [[speaker, "normalized text", [act_or_null, []]], ...]}``
+  (Zhao's layout, read back by :func:`training.corpus.read_zhao_jsonl`);
+* ``vocab.json``: :class:`model.vocab.Vocabulary` of the ``max_words`` most frequent train words;
+* ``config.json``: the resolved :class:`PrepareConfig`;
+* ``manifest.json``: counts per split, excluded conversations with their scores and matches,
+  normalization/OOV statistics, dropped utterances, run time, inputs and file checksums.
+
+Read it back with :func:`load_prepared`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import typing
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from model.vocab import SPECIALS, Vocabulary
+from training.corpus import (
+    SPLITS,
+    CorpusError,
+    Dialog,
+    ReadStats,
+    atomic_write_text,
+    file_mode,
+    parse_swda_line,
+    read_swda,
+    read_zhao,
+    read_zhao_jsonl,
+    swda_files,
+    write_jsonl,
+)
+from training.leakage import (
+    DEFAULT_MIN_SHARED,
+    DEFAULT_N,
+    DEFAULT_THRESHOLD,
+    filter_leaks,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "switchboard"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class PrepareConfig:
+    """Everything :func:`prepare` depends on; each field is a ``--option`` of the CLI."""
+
+    out: str = field(metadata={"help": "output directory"})
+    zhao: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zhao release: directory with valid/test[/train].jsonl, or the pickle "
+            f"(default: {DEFAULT_DATA / 'zhao'} if present)"
+        },
+    )
+    swda: str | None = field(
+        default=None,
+        metadata={
+            "help": "SwDA export directory (train/ + val/); the train set unless Zhao has "
+            f"a train split (default: {DEFAULT_DATA / 'swda'} if present)"
+        },
+    )
+    max_words: int = field(default=10_000, metadata={"help": "vocabulary size (without specials)"})
+    ngram: int = field(default=DEFAULT_N, metadata={"help": "n of the leakage n-grams"})
+    leak_threshold: float = field(
+        default=DEFAULT_THRESHOLD, metadata={"help": "containment score that marks a leak"}
+    )
+    leak_min_shared: int = field(
+        default=DEFAULT_MIN_SHARED, metadata={"help": "minimum shared n-grams for a leak"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def resolved(self) -> PrepareConfig:
+        """Absolute paths, defaults filled in; :class:`CorpusError` if the Zhao input is missing.
+
+        ``swda`` stays ``None`` when there is no SwDA input; :func:`prepare` needs it only if the
+        Zhao release has no train split.
+        """
+        zhao, swda = self.zhao, self.swda
+        if zhao is None:
+            if not (DEFAULT_DATA / "zhao").exists():
+                raise CorpusError(
+                    f"--zhao is required: the default {DEFAULT_DATA / 'zhao'} does not exist"
+                )
+            zhao = DEFAULT_DATA / "zhao"
+        if swda is None and (DEFAULT_DATA / "swda").exists():
+            swda = DEFAULT_DATA / "swda"
+        return dataclasses.replace(
+            self,
+            out=str(Path(self.out).resolve()),
+            zhao=str(Path(zhao).resolve()),
+            swda=str(Path(swda).resolve()) if swda is not None else None,
+        )
+
+
+@dataclass
+class PreparedCorpus:
+    train: list[Dialog]
+    valid: list[Dialog]
+    test: list[Dialog]
+    vocab: Vocabulary
+    manifest: dict
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def split_counts(dialogs: Sequence[Dialog]) -> dict:
+    """Dialogs, utterances, examples (= responses = utterances), tokens, mean utterance length."""
+    utts = sum(len(d.utterances) for d in dialogs)
+    tokens = sum(len(u.tokens) for d in dialogs for u in d.utterances)
+    return {
+        "dialogs": len(dialogs),
+        "utterances": utts,
+        # Every utterance after the begin-of-dialog marker is a response (model/batch.py).
+        "examples": utts,
+        "tokens": tokens,
+        "mean_utt_len": round(tokens / utts, 3) if utts else 0.0,
+    }
+
+
+def _oov(tokens: Counter, known: set[str]) -> dict:
+    total = sum(tokens.values())
+    oov = sum(c for w, c in tokens.items() if w not in known)
+    return {
+        "tokens": total,
+        "oov_tokens": oov,
+        "oov_rate": round(oov / total, 5) if total else 0.0,
+        "oov_types": sum(1 for w in tokens if w not in known),
+    }
+
+
+def _token_counts(dialogs: Sequence[Dialog]) -> Counter:
+    return Counter(t for d in dialogs for u in d.utterances for t in u.tokens)
+
+
+def vocabulary_stats(
+    train: Sequence[Dialog], evals: dict[str, Sequence[Dialog]], vocab: Vocabulary
+) -> dict:
+    """OOV rates of the evaluation splits against the vocabulary and against all train types."""
+    train_counts = _token_counts(train)
+    in_vocab = set(vocab.words[len(SPECIALS) :])
+    train_types = set(train_counts)
+    out = {
+        "vocab_size": len(vocab),
+        "train_word_types": len(train_types),
+        "train_oov_rate_vs_vocab": _oov(train_counts, in_vocab)["oov_rate"],
+        "oov_vs_vocab": {},
+        "oov_vs_train_types": {},
+    }
+    for split, dialogs in evals.items():
+        counts = _token_counts(dialogs)
+        out["oov_vs_vocab"][split] = _oov(counts, in_vocab)
+        out["oov_vs_train_types"][split] = _oov(counts, train_types)
+    return out
+
+
+def unnormalized_baseline(
+    swda_dir: str, keep_ids: set[str], evals: dict[str, Sequence[Dialog]], max_words: int
+) -> dict:
+    """The same statistics with SwDA text only split on whitespace (no normalization): what
+    normalization buys. Empty lines only are skipped; the kept conversations are ``keep_ids``."""
+    counts: Counter = Counter()
+    utts = 0
+    for f in swda_files(swda_dir):
+        if f.stem not in keep_ids:
+            continue
+        for lineno, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                _, text, _ = parse_swda_line(line, f"{f}:{lineno}")
+                counts.update(text.split())
+                utts += 1
+    vocab_words = {w for w, _ in counts.most_common(max_words)}
+    tokens = sum(counts.values())
+    return {
+        "tokenization": "SwDA text split on whitespace (case, punctuation, fillers kept)",
+        "train_word_types": len(counts),
+        "train_mean_utt_len": round(tokens / utts, 3) if utts else 0.0,
+        "oov_rate_vs_vocab": {
+            s: _oov(_token_counts(d), vocab_words)["oov_rate"] for s, d in evals.items()
+        },
+        "oov_rate_vs_train_types": {
+            s: _oov(_token_counts(d), set(counts))["oov_rate"] for s, d in evals.items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Build the prepared corpus in ``config.out``; returns the manifest (also written)."""
+    t0 = time.perf_counter()
+    cfg = config.resolved()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    zhao_stats = ReadStats()
+    log.info("reading Zhao release %s", cfg.zhao)
+    zhao = read_zhao(cfg.zhao, zhao_stats)
+    evals = {"valid": zhao["valid"], "test": zhao["test"]}
+
+    swda_stats = ReadStats()
+    if "train" in zhao:
+        train_source, candidates = "zhao", zhao["train"]
+        if config.swda is not None:
+            log.warning("Zhao release has a train split: ignoring --swda %s", cfg.swda)
+        cfg = dataclasses.replace(cfg, swda=None)
+    else:
+        if cfg.swda is None:
+            raise CorpusError(
+                f"{cfg.zhao} has no train split, so --swda is required "
+                f"(the default {DEFAULT_DATA / 'swda'} does not exist)"
+            )
+        train_source = "swda"
+        log.info("reading SwDA export %s", cfg.swda)
+        candidates = read_swda(cfg.swda, swda_stats, progress=cfg.progress)
+    log.info("%d %s training candidates", len(candidates), train_source)
+
+    leaks = filter_leaks(
+        candidates,
+        evals,
+        n=cfg.ngram,
+        threshold=cfg.leak_threshold,
+        min_shared=cfg.leak_min_shared,
+        progress=cfg.progress,
+    )
+    train = leaks.kept
+    log.info(
+        "excluded %d leaked conversations (%s); best kept score %.3f, lowest excluded %s",
+        len(leaks.excluded),
+        leaks.excluded_per_split,
+        leaks.max_kept.score if leaks.max_kept else 0.0,
+        f"{min(m.score for m in leaks.excluded):.3f}" if leaks.excluded else "-",
+    )
+
+    vocab = Vocabulary.build((u.tokens for d in train for u in d.utterances), cfg.max_words)
+    splits = {"train": train, **evals}
+    normalization = vocabulary_stats(train, evals, vocab)
+    normalization["mean_utt_len"] = {s: split_counts(d)["mean_utt_len"] for s, d in splits.items()}
+    if train_source == "swda":
+        normalization["without_normalization"] = unnormalized_baseline(
+            cfg.swda, {d.id for d in train}, evals, cfg.max_words
+        )
+
+    log.info("writing %s", out)
+    for split, dialogs in splits.items():
+        write_jsonl(dialogs, out / f"{split}.jsonl")
+    fd, tmp = tempfile.mkstemp(prefix=".vocab.json.", suffix=".tmp", dir=out)
+    os.close(fd)
+    try:
+        vocab.save(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, out / "vocab.json")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    config_dict = dataclasses.asdict(cfg)
+    atomic_write_text(out / "config.json", json.dumps(config_dict, indent=2) + "\n")
+
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {"zhao": cfg.zhao, "swda": cfg.swda, "train_source": train_source},
+        "config": config_dict,
+        "splits": {
+            s: {"source": train_source if s == "train" else "zhao", **split_counts(d)}
+            for s, d in splits.items()
+        },
+        "dropped_empty_utterances": {
+            "zhao": zhao_stats.dropped_empty_utterances,
+            "swda": swda_stats.dropped_empty_utterances,
+            "total": zhao_stats.dropped_empty_utterances + swda_stats.dropped_empty_utterances,
+            "note": "utterances empty after normalization (e.g. 'Uh.'); the SwDA count covers "
+            "all conversations read, including the ones excluded as leaks",
+        },
+        "dropped_empty_dialogs": zhao_stats.dropped_empty_dialogs
+        + swda_stats.dropped_empty_dialogs,
+        "leakage": leaks.summary(),
+        "normalization": normalization,
+        "files": {
+            name: {"sha256": _sha256(out / name)}
+            for name in [f"{s}.jsonl" for s in SPLITS] + ["vocab.json"]
+        },
+    }
+    manifest["run_time_seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    log.info(
+        "done in %.1fs: %s",
+        manifest["run_time_seconds"],
+        ", ".join(
+            f"{s} {c['dialogs']} dialogs/{c['examples']} examples"
+            for s, c in manifest["splits"].items()
+        ),
+    )
+    return manifest
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_prepared(directory: str | Path) -> PreparedCorpus:
+    """Read a directory written by :func:`prepare`.
+
+    Raises :class:`CorpusError` naming the file when one is missing, is not valid, does not match
+    the checksum recorded in ``manifest.json`` or holds a different number of dialogs.
+    """
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise CorpusError(
+            f"{manifest_path}: missing (not a prepared corpus, or prepare did not finish)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+            raise ValueError("no 'splits' section")
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"{manifest_path}: corrupt manifest: {e}") from e
+    files = manifest.get("files", {})
+
+    def check(path: Path) -> None:
+        if not path.is_file():
+            raise CorpusError(f"{path}: missing")
+        expected = files.get(path.name, {}).get("sha256")
+        if expected is not None and _sha256(path) != expected:
+            raise CorpusError(
+                f"{path}: checksum differs from {manifest_path} (file changed or corrupt)"
+            )
+
+    vocab_path = directory / "vocab.json"
+    check(vocab_path)
+    try:
+        vocab = Vocabulary.load(vocab_path)
+    except ValueError as e:
+        raise CorpusError(str(e)) from e
+    loaded = {}
+    for split in SPLITS:
+        path = directory / f"{split}.jsonl"
+        check(path)
+        dialogs = read_zhao_jsonl(path)
+        want = manifest["splits"].get(split, {}).get("dialogs")
+        if want is not None and want != len(dialogs):
+            raise CorpusError(f"{path}: {len(dialogs)} dialogs, {manifest_path} says {want}")
+        loaded[split] = dialogs
+    return PreparedCorpus(loaded["train"], loaded["valid"], loaded["test"], vocab, manifest)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An ``argparse`` parser with one ``--option`` per :class:`PrepareConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.prepare",
+        description="Prepare Switchboard (Zhao valid/test + SwDA train minus leaked "
+        "conversations) for training.",
+    )
+    hints = typing.get_type_hints(PrepareConfig)
+    for f in dataclasses.fields(PrepareConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict = {"dest": f.name, "help": f.metadata.get("help", "")}
+        hint = hints[f.name]
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            kwargs["type"] = args[0] if args else hint
+            kwargs["metavar"] = f.name.upper()
+        if f.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+            kwargs["help"] += f" (default: {f.default})" if f.default is not None else ""
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = PrepareConfig(**vars(args))
+    try:
+        manifest = prepare(config)
+    except CorpusError as e:
+        log.error("%s", e)
+        return 2
+    print(json.dumps({"out": manifest["config"]["out"], "splits": manifest["splits"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Train a CVAE / CVAE+BOW / BN-CVAE on a prepared Switchboard corpus.
+
+    python -m training.prepare --out runs/data/switchboard
+    python -m training.switchboard --variant bn-cvae --preset cpu --out runs/bn-cvae
+
+The run directory gets the resolved ``config.json``, ``metrics.jsonl`` (train and validation
+records), ``curves.png``, the best checkpoint in ``best/`` (by validation -ELBO), the final one
+in ``last/``, and ``training_state.pt`` (weights, optimizer, step, data position and RNG state)
+from which ``--resume`` continues exactly where the run was, even after SIGKILL.
+
+Several processes: ``torchrun --nproc_per_node N -m training.switchboard ...`` trains with
+DistributedDataParallel (gloo on CPU, nccl on GPUs); each batch's segments are split between
+the processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model.checkpoint import save_pretrained
+from model.config import add_dataclass_args, overrides_from_args
+from model.cvae import DialogCVAE, ModelConfig
+from training.batching import SegmentBatches, eval_batches
+from training.curves import plot_curves
+from training.prepare import load_prepared
+
+log = logging.getLogger("training")
+
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/bn-cvae"
+    data: str = "runs/data/switchboard"  # a prepared corpus (python -m training.prepare)
+    variant: str = "bn-cvae"
+    preset: str = "cpu"
+    seed: int = 0
+    segment_size: int = 16  # consecutive responses of one dialog encoded together
+    batch_segments: int = 4  # segments (from different dialogs) per batch
+    lr: float = 1e-3
+    grad_clip: float = 5.0
+    kl_anneal_steps: int = 5000  # KL weight rises linearly from 0 to 1 over these steps
+    epochs: int = 20
+    max_steps: int = 0  # stop after this many steps (0: run all epochs)
+    eval_every: int = 500
+    save_every: int = 200  # training-state saves, for --resume
+    patience: int = 6  # validations without improvement (after annealing) before stopping
+    valid_dialogs: int = 0  # validate on the first N valid dialogs (0: all)
+    log_every: int = 50
+    threads: int = 0  # torch threads (0: torch's default)
+    device: str = "auto"
+    resume: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def validate(model: DialogCVAE, batches, device, seed: int) -> dict:
+    """Validation -ELBO with z ~ q(z|c,x), drawn from a fixed seed so the training RNG is untouched."""
+    was_training = model.training
+    model.eval()
+    nll = kl = tokens = examples = prior_kl = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for batch in batches:
+            out = model(batch.to(device))
+            nll += out.nll.sum().item()
+            kl += out.kl.sum().item()
+            prior_kl += out.prior_kl.sum().item()
+            tokens += out.tokens.sum().item()
+            examples += batch.num_examples
+    model.train(was_training)
+    return {
+        "valid_loss": (nll + kl) / examples,
+        "valid_nll": nll / examples,
+        "valid_kl": kl / examples,
+        "valid_prior_kl": prior_kl / examples,
+        "valid_ppl": math.exp(nll / tokens),
+        "valid_elbo_ppl": math.exp((nll + kl) / tokens),
+    }
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_metrics(path: Path, upto_step: int) -> list[dict]:
+    """Records up to ``upto_step`` (a resumed run drops what it is about to redo)."""
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= upto_step]
+
+
+def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    state_path = out / STATE_FILE
+    if state_path.exists() and not cfg.resume:
+        raise SystemExit(f"{out} already holds a run; pass --resume or choose another --out")
+
+    corpus = load_prepared(cfg.data)
+    vocab = corpus.vocab
+    train_dialogs = [d.turns() for d in corpus.train]
+    valid_dialogs = [d.turns() for d in corpus.valid]
+    if cfg.valid_dialogs > 0:
+        valid_dialogs = valid_dialogs[: cfg.valid_dialogs]
+    mcfg = ModelConfig.preset(
+        cfg.preset, variant=cfg.variant, vocab_size=len(vocab), **(model_overrides or {})
+    )
+    torch.manual_seed(cfg.seed)
+    model = DialogCVAE(mcfg).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    batches = SegmentBatches(
+        train_dialogs, vocab, cfg.segment_size, cfg.batch_segments,
+        mcfg.max_context, mcfg.max_utt_len, seed=cfg.seed,
+    )  # fmt: skip
+    valid = list(eval_batches(valid_dialogs, vocab, 4, mcfg.max_context, mcfg.max_utt_len))
+
+    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_rounds": 0,
+                "best_step": 0, "train_seconds": 0.0, "stopped_early": False}  # fmt: skip
+    if cfg.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["model_config"] != mcfg.to_dict():
+            raise SystemExit(f"{state_path}: saved with a different model config; cannot resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        progress.update(state["progress"])
+        torch.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        log.info("resumed from %s at step %d", state_path, progress["step"])
+    else:
+        torch.manual_seed(cfg.seed + rank)
+
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+    metrics_path = out / "metrics.jsonl"
+    history = _read_metrics(metrics_path, progress["step"])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(), "world_size": world}
+        (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        log.info("model: %s, %.2fM parameters; %d train dialogs, %d segments, %d batches/epoch",
+                 mcfg.variant, sum(p.numel() for p in model.parameters()) / 1e6,
+                 len(train_dialogs), len(batches.segments), len(batches))  # fmt: skip
+
+    def record(entry: dict) -> None:
+        history.append(entry)
+        if rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def save_state() -> None:
+        rng = [torch.get_rng_state()]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, torch.get_rng_state())
+            rng = gathered
+        if rank == 0:
+            _atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "progress": dict(progress), "rng": rng, "model_config": mcfg.to_dict()},
+                state_path,
+            )  # fmt: skip
+
+    def run_validation() -> bool:
+        """Validate, keep the best checkpoint; True when early stopping should end the run."""
+        stop = False
+        if rank == 0:
+            v = validate(model, valid, device, cfg.seed)
+            record({"step": progress["step"], "split": "valid", **v})
+            log.info("step %d valid: %s", progress["step"],
+                     " ".join(f"{k}={x:.3f}" for k, x in v.items()))  # fmt: skip
+            if v["valid_loss"] < progress["best"]:
+                progress.update(best=v["valid_loss"], best_step=progress["step"], bad_rounds=0)
+                meta = {"step": progress["step"], **v, "train_config": dataclasses.asdict(cfg)}
+                save_pretrained(model, vocab, out / "best", metadata=meta)
+            elif progress["step"] >= cfg.kl_anneal_steps:
+                progress["bad_rounds"] += 1
+            stop = progress["bad_rounds"] >= cfg.patience
+            plot_curves(history, out / "curves.png", title=f"{mcfg.variant} ({cfg.preset})")
+        if world > 1:
+            flag = [stop, progress["best"], progress["bad_rounds"], progress["best_step"]]
+            dist.broadcast_object_list(flag, src=0)
+            stop, progress["best"], progress["bad_rounds"], progress["best_step"] = flag
+        return stop
+
+    total = cfg.max_steps or cfg.epochs * len(batches)
+    bar = tqdm(total=total, initial=progress["step"], disable=rank != 0, desc=mcfg.variant)
+    running: dict[str, float] = {}
+    ddp.train()
+    started = time.perf_counter()
+    done = progress["stopped_early"] or progress["step"] >= total
+    while not done and progress["epoch"] < cfg.epochs:
+        for batch in batches.epoch(progress["epoch"], progress["batch_in_epoch"], rank, world):
+            kl_weight = min(1.0, progress["step"] / max(1, cfg.kl_anneal_steps))
+            o = ddp(batch.to(device), kl_weight=kl_weight)
+            optimizer.zero_grad(set_to_none=True)
+            o.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
+            bar.update(1)
+            for k, v in (("loss", o.loss.item()), ("nll", o.nll.sum().item()),
+                         ("kl", o.kl.sum().item()), ("tokens", o.tokens.sum().item()),
+                         ("examples", float(batch.num_examples))):  # fmt: skip
+                running[k] = running.get(k, 0.0) + v
+            step = progress["step"]
+            if step % cfg.log_every == 0:
+                n = running["examples"]
+                entry = {"step": step, "split": "train", "epoch": progress["epoch"],
+                         "kl_weight": kl_weight, "train_loss": (running["nll"] + running["kl"]) / n,
+                         "train_objective": running["loss"] / cfg.log_every,
+                         "train_kl": running["kl"] / n,
+                         "train_ppl": math.exp(running["nll"] / running["tokens"]),
+                         "elapsed_s": progress["train_seconds"] + time.perf_counter() - started}  # fmt: skip
+                record(entry)
+                bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
+                                ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
+                running = {}
+            if step % cfg.eval_every == 0 and run_validation():
+                progress["stopped_early"] = True
+                log.info("early stopping at step %d (best step %d)", step, progress["best_step"])
+            if step % cfg.save_every == 0 or progress["stopped_early"] or step >= total:
+                progress["train_seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                save_state()
+            if progress["stopped_early"] or step >= total:
+                done = True
+                break
+        else:
+            progress["epoch"] += 1
+            progress["batch_in_epoch"] = 0
+    bar.close()
+
+    if progress["step"] % cfg.eval_every != 0:
+        run_validation()
+    progress["train_seconds"] += time.perf_counter() - started
+    save_state()
+    if rank == 0:
+        meta = {"step": progress["step"], "train_config": dataclasses.asdict(cfg)}
+        save_pretrained(model, vocab, out / "last", metadata=meta)
+        summary = {**progress, "variant": mcfg.variant, "preset": cfg.preset}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("done: %d steps in %.0f s; best valid loss %.3f at step %d", progress["step"],
+                 progress["train_seconds"], progress["best"], progress["best_step"])  # fmt: skip
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_dataclass_args(parser, TrainConfig)
+    add_dataclass_args(parser, ModelConfig, prefix="model.")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**overrides_from_args(args, TrainConfig))
+    model_overrides = overrides_from_args(args, ModelConfig, prefix="model.")
+    if {"variant", "vocab_size"} & set(model_overrides):
+        parser.error("the variant comes from --variant and vocab_size from the corpus vocabulary")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    train(cfg, model_overrides)
+
+
+if __name__ == "__main__":
+    main()
