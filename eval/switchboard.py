@@ -69,7 +69,10 @@ SETUP_DIFFERENCES = (
     "Differences from the paper's setup: word vectors GloVe 6B 50-d (paper: GloVe Twitter 200-d); "
     "BLEU is sacrebleu sentence BLEU with 'exp' smoothing and effective order (paper: NLTK); "
     "training on SwDA (~1.1k conversations minus those leaked into valid/test) instead of Zhao's "
-    "2,316 train dialogs; the paper's single BLEU-4 value is shown in the 'BLEU-4 (paper)' column."
+    "2,316 train dialogs; one reference per context, so P = mean and R = max over the samples "
+    "(Zhao et al. 2017 scored against several references per context, which is how the paper's "
+    "precision can exceed its recall); the paper's single BLEU-4 value is shown in the "
+    "'BLEU-4 (paper)' column."
 )
 
 METRIC_KEYS = (
@@ -193,26 +196,29 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------------------------ data
-def load_dialogs(config: EvalConfig) -> tuple[list, str]:
-    """The dialogs to evaluate and a description of where they came from."""
+def load_dialogs(config: EvalConfig) -> tuple[list, str, EvalConfig]:
+    """The dialogs to evaluate, a description of where they came from and ``config`` with the
+    data paths actually used filled in."""
     from training.corpus import read_zhao_jsonl
 
     if config.data is not None:
         path = Path(config.data)
         if not path.is_file():
             raise EvalError(f"--data {path}: no such file")
-        return read_zhao_jsonl(path), f"file {path}"
+        return read_zhao_jsonl(path), f"file {path}", config
     prepared = Path(config.prepared or DEFAULT_PREPARED)
     if (prepared / "manifest.json").is_file() or config.prepared is not None:
         from training.prepare import load_prepared
 
         corpus = load_prepared(prepared)
-        return getattr(corpus, config.split), f"prepared corpus {prepared} ({config.split})"
+        used = dataclasses.replace(config, prepared=str(prepared))
+        return getattr(corpus, config.split), f"prepared corpus {prepared} ({config.split})", used
     zhao = Path(config.zhao) if config.zhao else DEFAULT_ZHAO
     path = zhao / f"{config.split}.jsonl"
     if path.is_file():
         log.info("no prepared corpus at %s; reading %s directly", prepared, path)
-        return read_zhao_jsonl(path), f"Zhao release {path}"
+        used = dataclasses.replace(config, zhao=str(zhao))
+        return read_zhao_jsonl(path), f"Zhao release {path}", used
     raise EvalError(
         f"no evaluation data: neither a prepared corpus at {prepared} (python -m training.prepare "
         f"--out {DEFAULT_PREPARED}) nor {path}; or pass --data FILE"
@@ -267,7 +273,8 @@ def evaluate(config: EvalConfig) -> dict:
     model, vocab = load_pretrained(config.checkpoint)
     _, metadata = load_config(config.checkpoint)
     mcfg = model.config
-    dialogs, source = load_dialogs(config)
+    dialogs, source, resolved = load_dialogs(config)
+    resolved = dataclasses.replace(resolved, glove=config.glove or DEFAULT_EMBEDDINGS)
     turns = [d.turns() for d in dialogs]
     if not any(turns):
         raise EvalError(f"no utterances to evaluate in {source}")
@@ -286,6 +293,8 @@ def evaluate(config: EvalConfig) -> dict:
     specials = set(SPECIALS)
 
     samples_path = config.samples_path()
+    if samples_path is not None:
+        resolved = dataclasses.replace(resolved, samples_out=str(samples_path))
     samples_file = None
     if samples_path is not None:
         samples_path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,11 +317,16 @@ def evaluate(config: EvalConfig) -> dict:
                 )
                 with torch.inference_mode():
                     out = model(batch, kl_weight=1.0)
+                    extras = getattr(out, "extras", None) or {}
+                    if "mu_q" in extras and "logvar_q" in extras:
+                        mu_q, logvar_q = extras["mu_q"], extras["logvar_q"]
+                    else:  # not part of the API contract: recompute the posterior
+                        mu_q, logvar_q = model.posterior(batch)
                 nll_sum += float(out.nll.double().sum())
                 tok_sum += float(out.tokens.double().sum())
                 kl_sum += float(out.kl.double().sum())
-                mus.append(out.extras["mu_q"].detach().double())
-                logvars.append(out.extras["logvar_q"].detach().double())
+                mus.append(mu_q.detach().double())
+                logvars.append(logvar_q.detach().double())
 
                 e = batch.num_examples
                 noise = torch.stack(
@@ -394,7 +408,7 @@ def evaluate(config: EvalConfig) -> dict:
         "runtime_s": round(time.perf_counter() - start_time, 3),
         "protocol": protocol,
         "metrics": metrics,
-        "config": dataclasses.asdict(config),
+        "config": dataclasses.asdict(resolved),
     }
     if config.out:
         out = Path(config.out)

@@ -371,11 +371,12 @@ class DialogCVAE(nn.Module):
 
         b = e * n
         bos, eos = 2, 3  # Vocabulary.bos_id, Vocabulary.eos_id
-        token = torch.full((b,), bos, dtype=torch.long, device=c.device)
         out = torch.zeros((b, max_length), dtype=torch.long, device=c.device)
         log_probs = torch.zeros(b, device=c.device)
         lengths = torch.full((b,), max_length, dtype=torch.long, device=c.device)
-        alive = torch.ones(b, dtype=torch.bool, device=c.device)
+        # Only rows still decoding are computed: most responses end long before max_length.
+        rows = torch.arange(b, device=c.device)
+        token = torch.full((b,), bos, dtype=torch.long, device=c.device)
         # <pad>, <s> and <d> are never a next word; <unk> stays possible, as in training.
         banned = torch.tensor([0, bos, 4], device=c.device)
         for t in range(max_length):
@@ -388,14 +389,14 @@ class DialogCVAE(nn.Module):
             else:
                 probs = F.softmax(logits / temperature, dim=-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            chosen = logp.gather(1, token.unsqueeze(1)).squeeze(1)
-            log_probs = log_probs + torch.where(alive, chosen, torch.zeros_like(chosen))
-            out[:, t] = torch.where(alive, token, torch.zeros_like(token))
-            ended = alive & (token == eos)
-            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
-            alive = alive & ~ended
-            if not alive.any():
+            log_probs[rows] += logp.gather(1, token.unsqueeze(1)).squeeze(1)
+            out[rows, t] = token
+            ended = token == eos
+            lengths[rows[ended]] = t
+            if ended.all():
                 break
+            keep = ~ended
+            rows, token, h = rows[keep], token[keep], h[:, keep]
         width = int(out.ne(0).sum(1).max().item()) if b else 0
         return SampledResponses(
             token_ids=out[:, : max(width, 1)].reshape(e, n, -1),

@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 
 from model.text import normalize_utterance
 from service.engine import (
+    EngineError,
     EngineNotReady,
     EngineOverloaded,
     EngineTimeout,
     GenerationRequest,
     InferenceEngine,
-    finite_or_none,
 )
 from service.schemas import (
     LIMITS,
@@ -96,6 +96,7 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         "/respond",
         response_model=RespondResponse,
         responses={
+            400: {"model": ErrorDetail, "description": "Body is not UTF-8 text"},
             413: {"model": ErrorDetail, "description": "Request body too large"},
             503: unavailable,
             504: {"model": ErrorDetail, "description": "Not answered within the time limit"},
@@ -118,10 +119,14 @@ def create_app(engine: InferenceEngine) -> FastAPI:
             raise HTTPException(503, str(e), {"Retry-After": str(e.retry_after)}) from None
         except EngineTimeout as e:
             raise HTTPException(504, str(e)) from None
+        except EngineError as e:  # a bug, logged by the engine; the server keeps serving
+            raise HTTPException(500, str(e)) from None
         return RespondResponse(
             responses=[
                 SampledResponse(
-                    text=r.text, log_prob=finite_or_none(r.log_prob), num_words=len(r.tokens)
+                    text=r.text,
+                    log_prob=r.log_prob if math.isfinite(r.log_prob) else None,
+                    num_words=len(r.tokens),
                 )
                 for r in result.responses
             ],

@@ -16,6 +16,7 @@ MAX_TURN_CHARS = 1000
 MAX_SPEAKER_CHARS = 32
 MAX_SAMPLES = 32
 MAX_LENGTH = 60
+MIN_TEMPERATURE = 0.01
 MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**63 - 1
 
@@ -78,15 +79,15 @@ class RespondRequest(_Strict):
     )
     temperature: float = Field(
         default=1.0,
-        gt=0,
+        ge=MIN_TEMPERATURE,
         le=MAX_TEMPERATURE,
         allow_inf_nan=False,
-        description="Softmax temperature for decoding='sample' (ignored by greedy).",
+        description="Softmax temperature for decoding='sample' (ignored by greedy). Lower is "
+        f"closer to greedy; {MIN_TEMPERATURE} at least, as logits divided by much smaller "
+        "numbers overflow float32.",
     )
-    seed: Integer | None = Field(
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)] | None = Field(
         default=None,
-        ge=0,
-        le=MAX_SEED,
         description="Makes the responses reproducible: the same request with the same seed "
         "gives the same responses (on the same device and checkpoint).",
     )
@@ -161,5 +162,6 @@ LIMITS: dict[str, int | float] = {
     "max_turn_chars": MAX_TURN_CHARS,
     "max_samples": MAX_SAMPLES,
     "max_length": MAX_LENGTH,
+    "min_temperature": MIN_TEMPERATURE,
     "max_temperature": MAX_TEMPERATURE,
 }

@@ -98,6 +98,7 @@ def test_end_to_end_json_has_every_key(setup, capsys):
     assert result["examples"] == EXAMPLES and result["samples_per_context"] == 3
     assert result["split"] == str(setup["data"]) and result["seed"] == 0
     assert result["config"]["samples"] == 3 and result["config"]["glove"] == str(setup["glove"])
+    assert result["config"]["samples_out"] == str(out.parent / "metrics.samples.txt")
     for key in METRIC_KEYS:
         assert m[key] is not None, key
         assert math.isfinite(m[key]), key
@@ -170,6 +171,8 @@ def test_prepared_split(setup, synthetic_prepared):
     result = evaluate(config)
     assert result["split"] == "valid" and result["examples"] == 20
     assert "prepared corpus" in result["protocol"]["data"]
+    assert result["config"]["prepared"] == str(synthetic_prepared)
+    assert result["config"]["glove"] == str(setup["glove"])
 
 
 def test_errors(setup, tmp_path, caplog):
@@ -196,3 +199,21 @@ def test_plan_batches():
     assert plan_batches([3, 5, 2], batch_dialogs=3, max_examples=100, limit=4) == [
         [(0, 0, 3), (1, 0, 1)]
     ]
+
+
+def test_zhao_release_fallback(setup, tmp_path, monkeypatch):
+    import eval.switchboard as sb
+
+    zhao = tmp_path / "zhao"
+    zhao.mkdir()
+    (zhao / "valid.jsonl").write_text(setup["data"].read_text())
+    monkeypatch.setattr(sb, "DEFAULT_PREPARED", str(tmp_path / "no-prepared-corpus"))
+    common = dict(checkpoint=str(setup["ckpt"]), glove=str(setup["glove"]), samples=2, max_length=5)
+    from_zhao = evaluate(EvalConfig(split="valid", zhao=str(zhao), progress=False, **common))
+    from_file = evaluate(EvalConfig(data=str(setup["data"]), progress=False, **common))
+    assert (
+        from_zhao["config"]["zhao"] == str(zhao) and "Zhao release" in from_zhao["protocol"]["data"]
+    )
+    assert from_zhao["metrics"] == from_file["metrics"]
+    with pytest.raises(EvalError, match="no evaluation data"):
+        evaluate(EvalConfig(split="test", zhao=str(zhao), progress=False, **common))

@@ -54,10 +54,10 @@ class TrainConfig:
     lr: float = 1e-3
     grad_clip: float = 5.0
     kl_anneal_steps: int = 5000  # KL weight rises linearly from 0 to 1 over these steps
-    epochs: int = 20
+    epochs: int = 4
     max_steps: int = 0  # stop after this many steps (0: run all epochs)
-    eval_every: int = 500
-    save_every: int = 200  # training-state saves, for --resume
+    eval_every: int = 1000
+    save_every: int = 250  # training-state saves, for --resume
     patience: int = 6  # validations without improvement (after annealing) before stopping
     valid_dialogs: int = 0  # validate on the first N valid dialogs (0: all)
     log_every: int = 50

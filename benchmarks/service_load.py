@@ -1,0 +1,344 @@
+"""Load test of the HTTP service: latency and throughput with micro-batching on and off.
+
+Starts the real server (``python -m service``, a subprocess on a free loopback port) twice, with
+batching on and off, and sends the same request from 1, 4 and 16 concurrent clients; also times
+the bare model call for that request in-process (``model.sample_responses``). Prints a table and
+checks two targets:
+
+* p50 latency at 1 client (batching on) <= 1.5 x the bare decode time;
+* requests/s at 16 clients: batching on >= 3 x batching off.
+
+Every load level is bounded in requests and in time; all traffic goes to 127.0.0.1.
+
+    python benchmarks/service_load.py --random-preset cpu     # a random checkpoint, cpu dims
+    python benchmarks/service_load.py --random-tiny           # quick smoke run
+    python benchmarks/service_load.py --checkpoint DIR        # default: the shipped checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from model.batch import context_batch  # noqa: E402
+from model.checkpoint import load_config, load_pretrained, save_pretrained  # noqa: E402
+from model.cvae import DialogCVAE, ModelConfig  # noqa: E402
+from model.text import normalize_utterance  # noqa: E402
+from model.vocab import SPECIALS, Vocabulary  # noqa: E402
+from service.config import DEFAULT_CHECKPOINT, default_torch_threads  # noqa: E402
+
+CONVERSATION = [
+    {"speaker": "A", "text": "So do you have any pets at home?"},
+    {"speaker": "B", "text": "Yeah, we have two dogs and uh a cat."},
+    {"speaker": "A", "text": "Oh really? What kind of dogs are they?"},
+]
+WORDS = "so do you have any pets at home yeah we two dogs and a cat oh really what kind of are they"
+
+
+def make_random_checkpoint(directory: Path, preset: str, vocab_size: int) -> Path:
+    """A randomly initialised bn-cvae checkpoint with ``preset``'s dimensions."""
+    n = vocab_size - len(SPECIALS)
+    words = list(dict.fromkeys(WORDS.split()))
+    words += [f"w{i}" for i in range(max(0, n - len(words)))]
+    vocab = Vocabulary(list(SPECIALS) + words[:n])
+    torch.manual_seed(0)
+    model = DialogCVAE(ModelConfig.preset(preset, variant="bn-cvae", vocab_size=len(vocab)))
+    save_pretrained(model, vocab, directory, metadata={"note": f"random init, preset {preset}"})
+    return directory
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def bare_decode_ms(
+    checkpoint: Path, device: str, payload: dict, repeats: int, contexts: int = 1
+) -> float:
+    """Median time of the model call alone for ``contexts`` copies of the request, in-process."""
+    model, vocab = load_pretrained(checkpoint, device=device)
+    turns = [(t["speaker"], normalize_utterance(t["text"])) for t in payload["conversation"]]
+    batch = context_batch([turns] * contexts, vocab, max_context=model.config.max_context)
+    batch = batch.to(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0)
+
+    def call():
+        model.sample_responses(
+            batch,
+            num_samples=payload["num_samples"],
+            max_length=payload["max_length"],
+            decoding=payload["decoding"],
+            generator=generator,
+        )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m service`` in a subprocess on a free loopback port."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: str,
+        batching: bool,
+        threads: int,
+        log_dir: Path,
+        extra: Sequence[str] = (),
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"server-batching-{'on' if batching else 'off'}.log"
+        cmd = [
+            *(sys.executable, "-m", "service", "--checkpoint", str(checkpoint)),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--device", device),
+            *("--log-level", "warning", "--torch-threads", str(threads)),
+        ]
+        if not batching:
+            cmd.append("--no-batching")
+        cmd += extra
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/info", timeout=10).json()["engine"]["stats"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def load(url: str, payload: dict, clients: int, requests: int, time_budget: float) -> dict:
+    """``clients`` concurrent clients send ``requests`` requests in all (or stop at the budget)."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    deadline = time.perf_counter() + time_budget
+
+    async def client(http: httpx.AsyncClient):
+        nonlocal sent
+        while sent < requests and time.perf_counter() < deadline:
+            sent += 1
+            start = time.perf_counter()
+            try:
+                r = await http.post("/respond", json=payload)
+                ok = r.status_code == 200 and len(r.json()["responses"]) == payload["num_samples"]
+                key = None if ok else str(r.status_code)
+            except httpx.HTTPError as e:
+                key = type(e).__name__
+            if key is None:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors[key] = errors.get(key, 0) + 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "p50": percentile(latencies, 0.5) * 1e3,
+        "p99": percentile(latencies, 0.99) * 1e3,
+        "rps": len(latencies) / elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help=f"default: {DEFAULT_CHECKPOINT}")
+    src.add_argument("--random-preset", choices=("tiny", "cpu", "paper"))
+    src.add_argument("--random-tiny", action="store_const", const="tiny", dest="random_preset")
+    p.add_argument(
+        "--vocab-size", type=int, default=10_005, help="for --random-*, specials included"
+    )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests-per-client", type=int, default=10, help="at least 30 per level")
+    p.add_argument("--time-budget", type=float, default=60.0, help="seconds per load level")
+    p.add_argument("--num-samples", type=int, default=5)
+    p.add_argument("--max-length", type=int, default=40)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="CPU threads per model call, in-process and in the servers (default 0: the "
+        f"service's default, all cores but one: here {default_torch_threads()})",
+    )
+    p.add_argument("--server-args", default="", help='more server options, e.g. "--max-wait-ms 10"')
+    p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = p.parse_args(argv)
+
+    payload = {
+        "conversation": CONVERSATION,
+        "num_samples": args.num_samples,
+        "max_length": args.max_length,
+        "decoding": "greedy",
+    }
+    with tempfile.TemporaryDirectory(prefix="bncvae-load-") as tmp:
+        tmp = Path(tmp)
+        if args.random_preset:
+            checkpoint = make_random_checkpoint(
+                tmp / f"random-{args.random_preset}", args.random_preset, args.vocab_size
+            )
+            source = f"random init, preset {args.random_preset}"
+        else:
+            checkpoint = args.checkpoint or REPO / DEFAULT_CHECKPOINT
+            if not checkpoint.is_dir():
+                p.error(f"no checkpoint at {checkpoint}; pass --checkpoint DIR or --random-preset")
+            source = "trained"
+        model_config = load_config(checkpoint)[0]
+        print(
+            f"checkpoint {checkpoint.name} ({source}: {model_config.variant}, vocab "
+            f"{model_config.vocab_size}, dec_hidden {model_config.dec_hidden}), device "
+            f"{args.device}, torch threads {args.torch_threads or default_torch_threads()}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"request: {len(CONVERSATION)} turns, num_samples {args.num_samples}, max_length "
+            f"{args.max_length}, greedy (z sampled; a random model decodes all max_length steps)"
+        )
+        threads = args.torch_threads or default_torch_threads()
+        torch.set_num_threads(threads)
+        bare = bare_decode_ms(checkpoint, args.device, payload, repeats=20)
+        print(f"bare decode (in-process model.sample_responses): {bare:.1f} ms (median of 20)")
+        most = max(args.clients)
+        bare_many = bare_decode_ms(checkpoint, args.device, payload, repeats=5, contexts=most)
+        print(
+            f"bare decode of {most} such contexts in one call: {bare_many:.1f} ms, i.e. at most "
+            f"{most * bare / bare_many:.2f}x the throughput of {most} single calls\n"
+        )
+
+        rows = []
+        for batching in (True, False):
+            server = Server(
+                checkpoint,
+                args.device,
+                batching,
+                threads,
+                tmp,
+                shlex.split(args.server_args),
+            )
+            try:
+                server.wait_ready()
+                asyncio.run(load(server.url, payload, 1, 5, 30))  # warm-up
+                for clients in args.clients:
+                    before = server.stats()
+                    requests = max(30, args.requests_per_client * clients)
+                    result = asyncio.run(
+                        load(server.url, payload, clients, requests, args.time_budget)
+                    )
+                    after = server.stats()
+                    batches = after["batches"] - before["batches"]
+                    contexts = after["batched_contexts"] - before["batched_contexts"]
+                    result["mean_batch"] = contexts / batches if batches else float("nan")
+                    rows.append({"batching": batching, "clients": clients, **result})
+            finally:
+                server.stop()
+
+        header = (
+            f"{'batching':>8} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} "
+            f"{'p99 ms':>8} {'req/s':>7} {'mean batch':>10}"
+        )
+        print(header)
+        print("-" * len(header))
+        for r in rows:
+            errors = sum(r["errors"].values())
+            print(
+                f"{'on' if r['batching'] else 'off':>8} {r['clients']:>7} {r['requests']:>8} "
+                f"{errors:>6} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['rps']:>7.1f} "
+                f"{r['mean_batch']:>10.2f}"
+            )
+            if r["errors"]:
+                print(f"{'':>17} errors: {r['errors']}")
+
+        def row(batching: bool, clients: int) -> dict | None:
+            return next(
+                (r for r in rows if r["batching"] == batching and r["clients"] == clients), None
+            )
+
+        ok = True
+        print()
+        single = row(True, 1)
+        if single:
+            passed = single["p50"] <= 1.5 * bare
+            ok &= passed
+            print(
+                f"target: p50 at 1 client {single['p50']:.1f} ms <= 1.5 x bare decode "
+                f"({1.5 * bare:.1f} ms): {'PASS' if passed else 'MISS'}"
+            )
+        on, off = row(True, 16), row(False, 16)
+        if on and off:
+            ratio = on["rps"] / off["rps"]
+            passed = ratio >= 3
+            ok &= passed
+            print(
+                f"target: req/s at 16 clients, batching on {on['rps']:.1f} / off {off['rps']:.1f}"
+                f" = {ratio:.2f}x >= 3x: {'PASS' if passed else 'MISS'}"
+            )
+        if any(r["errors"] for r in rows):
+            ok = False
+            print("some requests failed")
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
