@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # The package (its torch requirement is met by the base image's CUDA build, which pip keeps).
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY model ./model
 COPY training ./training
 COPY eval ./eval

@@ -358,8 +358,9 @@ class DialogCVAE(nn.Module):
             raise ValueError("decoding must be 'greedy' or 'sample'")
         if num_samples < 1 or max_length < 1:
             raise ValueError("num_samples and max_length must be >= 1")
-        if decoding == "sample" and not temperature > 0:
-            raise ValueError("temperature must be > 0")
+        if decoding == "sample" and not temperature >= 1e-3:
+            # logits / T overflows to inf (then NaN probabilities) for vanishing T
+            raise ValueError("temperature must be >= 0.001 (use greedy decoding for T -> 0)")
         c = self.encode_context(batch)
         e, n = c.shape[0], num_samples
         c = c.repeat_interleave(n, dim=0)  # [E*N, C]: every sample gets its own z
