@@ -81,7 +81,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default=str(ROOT / "runs/data/switchboard"))
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per configuration")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
     parser.add_argument("--segment-size", type=int, default=16)
     parser.add_argument("--batch-segments", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)

@@ -63,6 +63,8 @@ def save_pretrained(
         # The embedding is shared by the utterance encoder and the decoder; store it once.
         state = {k: v for k, v in state.items() if k in _canonical_keys(model)}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # readable by other users, e.g. the Docker image's non-root user
         old = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")

@@ -281,3 +281,10 @@ def test_unknown_preset_and_variant():
         ModelConfig.preset("huge")
     with pytest.raises(ValueError, match="variant"):
         ModelConfig(variant="vae")
+
+
+def test_checkpoint_files_are_world_readable(vocab, tmp_path):
+    save_pretrained(make_model(vocab), vocab, tmp_path / "ck")
+    for f in (tmp_path / "ck").iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, f
+    assert (tmp_path / "ck").stat().st_mode & 0o055 == 0o055

@@ -67,7 +67,7 @@ def test_existing_run_needs_resume(synthetic_prepared, tmp_path):
 def _train_cmd(data: Path, out: Path, steps: int) -> list[str]:
     return [sys.executable, "-m", "training.switchboard", "--data", str(data), "--out", str(out),
             "--max-steps", str(steps), "--eval-every", "50", "--save-every", "7",
-            "--variant", "cvae-bow", *TINY]  # fmt: skip
+            "--variant", "cvae-bow", "--epochs", "1000", *TINY]  # fmt: skip
 
 
 def test_resume_after_sigkill_equals_uninterrupted(synthetic_prepared, tmp_path):
