@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.batch import DialogBatch
+from model.vocab import Vocabulary
 
 VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
 
@@ -372,7 +373,7 @@ class DialogCVAE(nn.Module):
         h = self.decoder.initial_state(c, z)
 
         b = e * n
-        bos, eos = 2, 3  # Vocabulary.bos_id, Vocabulary.eos_id
+        bos, eos = Vocabulary.bos_id, Vocabulary.eos_id
         out = torch.zeros((b, max_length), dtype=torch.long, device=c.device)
         log_probs = torch.zeros(b, device=c.device)
         lengths = torch.full((b,), max_length, dtype=torch.long, device=c.device)
@@ -380,7 +381,7 @@ class DialogCVAE(nn.Module):
         rows = torch.arange(b, device=c.device)
         token = torch.full((b,), bos, dtype=torch.long, device=c.device)
         # <pad>, <s> and <d> are never a next word; <unk> stays possible, as in training.
-        banned = torch.tensor([0, bos, 4], device=c.device)
+        banned = torch.tensor([Vocabulary.pad_id, bos, Vocabulary.bod_id], device=c.device)
         for t in range(max_length):
             step, h = self.decoder.rnn(self.decoder.embedding(token).unsqueeze(1), h)
             logits = self.decoder.out(step.squeeze(1))
