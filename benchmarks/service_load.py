@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
 import socket
@@ -34,12 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from model.batch import context_batch  # noqa: E402
 from model.checkpoint import load_config, load_pretrained, save_pretrained  # noqa: E402
-from model.cvae import DialogCVAE, ModelConfig  # noqa: E402
+from model.cvae import DECODE_DTYPES, DialogCVAE, ModelConfig, decode_dtype  # noqa: E402
 from model.text import normalize_utterance  # noqa: E402
 from model.vocab import SPECIALS, Vocabulary  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT, default_torch_threads  # noqa: E402
@@ -74,10 +76,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bare_decode_ms(
-    checkpoint: Path, device: str, payload: dict, repeats: int, contexts: int = 1
+    checkpoint: Path, device: str, dtype: str, payload: dict, repeats: int, contexts: int = 1
 ) -> float:
-    """Median time of the model call alone for ``contexts`` copies of the request, in-process."""
+    """Median time of the model call alone for ``contexts`` copies of the request, in-process,
+    set up as the engine sets it up (``dtype``: the vocabulary projection's, as --decode-dtype).
+    """
     model, vocab = load_pretrained(checkpoint, device=device)
+    model.eval().set_decode_dtype(decode_dtype(dtype, device))
     turns = [(t["speaker"], normalize_utterance(t["text"])) for t in payload["conversation"]]
     batch = context_batch([turns] * contexts, vocab, max_context=model.config.max_context)
     batch = batch.to(device)
@@ -120,6 +125,7 @@ class Server:
         device: str,
         batching: bool,
         threads: int,
+        dtype: str,
         log_dir: Path,
         extra: Sequence[str] = (),
     ):
@@ -129,7 +135,7 @@ class Server:
         cmd = [
             *(sys.executable, "-m", "service", "--checkpoint", str(checkpoint)),
             *("--host", "127.0.0.1", "--port", str(self.port), "--device", device),
-            *("--log-level", "warning", "--torch-threads", str(threads)),
+            *("--log-level", "warning", "--torch-threads", str(threads), "--decode-dtype", dtype),
         ]
         if not batching:
             cmd.append("--no-batching")
@@ -155,6 +161,14 @@ class Server:
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/info", timeout=10).json()["engine"]["stats"]
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (Linux /proc; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -165,39 +179,77 @@ class Server:
 
 
 async def load(url: str, payload: dict, clients: int, requests: int, time_budget: float) -> dict:
-    """``clients`` concurrent clients send ``requests`` requests in all (or stop at the budget)."""
+    """``clients`` concurrent clients send ``requests`` requests in all (or stop at the budget).
+
+    The clients share this process and one core with nothing else; aiohttp (a C HTTP parser)
+    costs about a third of httpx's CPU per request, which would otherwise be taken from the
+    server on a 2-core machine (the table reports both processes' CPU per request).
+    """
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
     deadline = time.perf_counter() + time_budget
+    body = json.dumps(payload).encode()
+    headers = {"content-type": "application/json"}
 
-    async def client(http: httpx.AsyncClient):
+    async def client(http: aiohttp.ClientSession):
         nonlocal sent
         while sent < requests and time.perf_counter() < deadline:
             sent += 1
             start = time.perf_counter()
             try:
-                r = await http.post("/respond", json=payload)
-                ok = r.status_code == 200 and len(r.json()["responses"]) == payload["num_samples"]
-                key = None if ok else str(r.status_code)
-            except httpx.HTTPError as e:
+                async with http.post(f"{url}/respond", data=body, headers=headers) as r:
+                    data = await r.read()
+                    ok = r.status == 200
+                    ok = ok and len(json.loads(data)["responses"]) == payload["num_samples"]
+                    key = None if ok else str(r.status)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 key = type(e).__name__
             if key is None:
                 latencies.append(time.perf_counter() - start)
             else:
                 errors[key] = errors.get(key, 0) + 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "rps": len(latencies) / elapsed}
+
+
+def measure(server: Server, payload: dict, clients: int, requests: int, budget: float) -> dict:
+    """One load level against one server, with the engine's batch sizes and both CPU times."""
+    before = server.stats()
+    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
+    result = asyncio.run(load(server.url, payload, clients, requests, budget))
+    result["client_cpu"] = time.process_time() - client_cpu
+    result["server_cpu"] = server.cpu_seconds() - server_cpu
+    after = server.stats()
+    result["batches"] = after["batches"] - before["batches"]
+    result["contexts"] = after["batched_contexts"] - before["batched_contexts"]
+    return result
+
+
+def combine(results: list[dict]) -> dict:
+    """The rounds of one level: pooled latencies, median req/s, CPU per answered request."""
+    latencies = [x for r in results for x in r["latencies"]]
+    done = max(len(latencies), 1)
+    errors: dict[str, int] = {}
+    for r in results:
+        for key, n in r["errors"].items():
+            errors[key] = errors.get(key, 0) + n
+    batches = sum(r["batches"] for r in results)
     return {
         "requests": len(latencies),
         "errors": errors,
         "p50": percentile(latencies, 0.5) * 1e3,
         "p99": percentile(latencies, 0.99) * 1e3,
-        "rps": len(latencies) / elapsed,
+        "rps": statistics.median(r["rps"] for r in results),
+        "mean_batch": sum(r["contexts"] for r in results) / batches if batches else float("nan"),
+        "server_cpu_ms": sum(r["server_cpu"] for r in results) / done * 1e3,
+        "client_cpu_ms": sum(r["client_cpu"] for r in results) / done * 1e3,
     }
 
 
@@ -212,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests-per-client", type=int, default=10, help="at least 30 per level")
+    p.add_argument(
+        "--requests-per-client", type=int, default=40, help="per level and round; at least 30"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all levels")
     p.add_argument("--time-budget", type=float, default=60.0, help="seconds per load level")
     p.add_argument("--num-samples", type=int, default=5)
     p.add_argument("--max-length", type=int, default=40)
@@ -221,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="CPU threads per model call, in-process and in the servers (default 0: the "
-        f"service's default, all cores but one: here {default_torch_threads()})",
+        f"service's default: here {default_torch_threads()})",
+    )
+    p.add_argument(
+        "--decode-dtype",
+        default="auto",
+        choices=("auto", *DECODE_DTYPES),
+        help="the vocabulary projection's dtype, in-process and in the servers (default auto)",
     )
     p.add_argument("--server-args", default="", help='more server options, e.g. "--max-wait-ms 10"')
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
@@ -249,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"checkpoint {checkpoint.name} ({source}: {model_config.variant}, vocab "
             f"{model_config.vocab_size}, dec_hidden {model_config.dec_hidden}), device "
-            f"{args.device}, torch threads {args.torch_threads or default_torch_threads()}, "
+            f"{args.device}, decode dtype {decode_dtype(args.decode_dtype, args.device)}, "
+            f"torch threads {args.torch_threads or default_torch_threads()}, "
             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
         )
         print(
@@ -258,45 +320,55 @@ def main(argv: list[str] | None = None) -> int:
         )
         threads = args.torch_threads or default_torch_threads()
         torch.set_num_threads(threads)
-        bare = bare_decode_ms(checkpoint, args.device, payload, repeats=20)
+        bare = bare_decode_ms(checkpoint, args.device, args.decode_dtype, payload, repeats=20)
         print(f"bare decode (in-process model.sample_responses): {bare:.1f} ms (median of 20)")
         most = max(args.clients)
-        bare_many = bare_decode_ms(checkpoint, args.device, payload, repeats=5, contexts=most)
+        bare_many = bare_decode_ms(
+            checkpoint, args.device, args.decode_dtype, payload, repeats=5, contexts=most
+        )
         print(
             f"bare decode of {most} such contexts in one call: {bare_many:.1f} ms, i.e. at most "
             f"{most * bare / bare_many:.2f}x the throughput of {most} single calls\n"
         )
 
-        rows = []
-        for batching in (True, False):
-            server = Server(
+        # Both servers run side by side (the idle one uses no CPU) and the measurements are
+        # interleaved, level by level, for --rounds rounds: slow drifts of a shared machine then
+        # hit batching on and off alike. Latencies are pooled over the rounds; req/s is the
+        # median of the rounds'.
+        servers = {
+            batching: Server(
                 checkpoint,
                 args.device,
                 batching,
                 threads,
+                args.decode_dtype,
                 tmp,
                 shlex.split(args.server_args),
             )
-            try:
+            for batching in (True, False)
+        }
+        runs: dict[tuple[bool, int], list[dict]] = {}
+        try:
+            for server in servers.values():
                 server.wait_ready()
                 asyncio.run(load(server.url, payload, 1, 5, 30))  # warm-up
+            for _ in range(args.rounds):
                 for clients in args.clients:
-                    before = server.stats()
-                    requests = max(30, args.requests_per_client * clients)
-                    result = asyncio.run(
-                        load(server.url, payload, clients, requests, args.time_budget)
-                    )
-                    after = server.stats()
-                    batches = after["batches"] - before["batches"]
-                    contexts = after["batched_contexts"] - before["batched_contexts"]
-                    result["mean_batch"] = contexts / batches if batches else float("nan")
-                    rows.append({"batching": batching, "clients": clients, **result})
-            finally:
+                    for batching, server in servers.items():
+                        requests = max(30, args.requests_per_client * clients)
+                        result = measure(server, payload, clients, requests, args.time_budget)
+                        runs.setdefault((batching, clients), []).append(result)
+        finally:
+            for server in servers.values():
                 server.stop()
+        rows = [
+            {"batching": batching, "clients": clients, **combine(results)}
+            for (batching, clients), results in sorted(runs.items(), key=lambda kv: -kv[0][0])
+        ]
 
         header = (
             f"{'batching':>8} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} "
-            f"{'p99 ms':>8} {'req/s':>7} {'mean batch':>10}"
+            f"{'p99 ms':>8} {'req/s':>7} {'mean batch':>10} {'server CPU':>10} {'client CPU':>10}"
         )
         print(header)
         print("-" * len(header))
@@ -305,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{'on' if r['batching'] else 'off':>8} {r['clients']:>7} {r['requests']:>8} "
                 f"{errors:>6} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['rps']:>7.1f} "
-                f"{r['mean_batch']:>10.2f}"
+                f"{r['mean_batch']:>10.2f} {r['server_cpu_ms']:>7.2f} ms {r['client_cpu_ms']:>7.2f} ms"
             )
             if r["errors"]:
                 print(f"{'':>17} errors: {r['errors']}")

@@ -49,6 +49,7 @@ from eval.metrics import BLEU_SETTINGS, EmbeddingScorer, ResponseMetrics
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.config import add_dataclass_args, overrides_from_args
+from model.cvae import DECODE_DTYPES, decode_dtype
 from model.vocab import SPECIALS
 
 log = logging.getLogger("eval.switchboard")
@@ -165,6 +166,14 @@ class EvalConfig:
     max_length: int = field(default=40, metadata={"help": "max words of a sampled response"})
     decoding: str = field(default="greedy", metadata={"help": "greedy or sample"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)"})
+    decode_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the decoder's vocabulary projection (model.cvae.set_decode_dtype): "
+            "float32 (the reference), "
+            "bfloat16 (what the service uses on CPUs with native bf16), float16 or auto"
+        },
+    )
     split_oov: bool = field(
         default=True, metadata={"help": "split unknown contractions for the word-vector lookup"}
     )
@@ -184,6 +193,8 @@ class EvalConfig:
             raise EvalError("--limit must be >= 1")
         if self.decoding not in ("greedy", "sample"):
             raise EvalError("--decoding must be 'greedy' or 'sample'")
+        if self.decode_dtype not in ("auto", *DECODE_DTYPES):
+            raise EvalError(f"--decode-dtype must be auto or one of {list(DECODE_DTYPES)}")
         return self
 
     def samples_path(self) -> Path | None:
@@ -271,6 +282,7 @@ def evaluate(config: EvalConfig) -> dict:
     torch.manual_seed(config.seed)
 
     model, vocab = load_pretrained(config.checkpoint)
+    model.set_decode_dtype(decode_dtype(config.decode_dtype, "cpu"))
     _, metadata = load_config(config.checkpoint)
     mcfg = model.config
     dialogs, source, resolved = load_dialogs(config)

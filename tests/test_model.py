@@ -9,7 +9,14 @@ from torch.distributions import Normal, kl_divergence
 
 from model.batch import context_batch, dialog_batch, next_speaker
 from model.checkpoint import CheckpointError, load_pretrained, save_pretrained
-from model.cvae import DialogCVAE, ModelConfig, gaussian_kl
+from model.cvae import (
+    DECODE_DTYPES,
+    DialogCVAE,
+    ModelConfig,
+    decode_dtype,
+    fast_decode_dtype,
+    gaussian_kl,
+)
 from model.vocab import Vocabulary
 
 WORDS = [f"w{i}" for i in range(60)]
@@ -209,6 +216,42 @@ def test_greedy_samples_differ_through_z(vocab):
     batch = context_batch([random_dialogs(1)[0]], vocab)
     out = model.sample_responses(batch, 8, max_length=6, generator=torch.Generator().manual_seed(0))
     assert len({tuple(r.tolist()) for r in out.token_ids[0]}) > 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_output_projection_keeps_float32_results(vocab, dtype):
+    model = make_model(vocab).eval()
+    dialogs = random_dialogs(2, seed=4)
+    batch = dialog_batch(dialogs, vocab)
+    contexts = context_batch([d[:3] for d in dialogs], vocab)
+    noise = torch.randn(2, 3, model.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.manual_seed(1)
+        nll_ref = model(batch).nll
+        model.set_decode_dtype(dtype)
+        assert model.decoder.out.weight.dtype == dtype
+        assert model.decoder.rnn.weight_hh_l0.dtype == torch.float32  # only the projection
+        torch.manual_seed(1)
+        nll = model(batch).nll
+        low = model.sample_responses(contexts, 3, max_length=8, noise=noise)
+    assert nll.dtype == low.log_probs.dtype == torch.float32
+    # A tiny random model's logits are nearly flat, so the argmax may differ; the scores agree
+    # to within the rounding of 16-bit weights.
+    torch.testing.assert_close(nll, nll_ref, rtol=2e-2, atol=0)
+    assert (low.log_probs <= 0).all() and low.token_ids.shape[:2] == (2, 3)
+    model.set_decode_dtype(torch.float32)
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(batch).nll, nll_ref, rtol=1e-2, atol=0)
+
+
+def test_decode_dtype_names():
+    assert decode_dtype("float32", "cpu") == torch.float32
+    assert decode_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert decode_dtype("auto", "cpu") == fast_decode_dtype("cpu")
+    assert fast_decode_dtype("cpu") in DECODE_DTYPES.values()
+    with pytest.raises(ValueError, match="decode dtype must be"):
+        decode_dtype("int8", "cpu")
 
 
 # --- checkpoints ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from model.checkpoint import load_pretrained, save_pretrained
-from model.cvae import DialogCVAE, ModelConfig
+from model.cvae import DialogCVAE, ModelConfig, fast_decode_dtype
 from model.vocab import Vocabulary
 from service import config as service_config
 from service.app import create_app
@@ -100,7 +100,8 @@ def test_health_ready_info(client, tiny_checkpoint):
     assert info["dims"]["latent_dim"] == ModelConfig.preset("tiny").latent_dim
     assert info["metadata"] == {"note": "random init, for tests"}
     assert info["engine"]["batching"] is True
-    assert info["engine"]["torch_threads"] == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert info["engine"]["torch_threads"] == min(len(os.sched_getaffinity(0)), 4)
+    assert info["engine"]["decode_dtype"] == str(fast_decode_dtype("cpu")).removeprefix("torch.")
     assert info["limits"]["max_samples"] == 32
     assert client.get("/docs").status_code == 200
     assert "/respond" in client.get("/openapi.json").json()["paths"]
@@ -377,7 +378,7 @@ def test_concurrent_requests_are_batched(tiny_checkpoint, batching):
         assert stats.batches == 9 and stats.largest_batch == 1
 
 
-def test_the_engine_waits_for_company_only_under_concurrent_traffic(tiny_checkpoint):
+def test_the_engine_waits_for_company_up_to_the_previous_batch_size(tiny_checkpoint):
     async def scenario(client, engine):
         start = time.perf_counter()
         assert (await client.post("/respond", json=body(num_samples=1))).status_code == 200
@@ -396,6 +397,13 @@ def test_the_engine_waits_for_company_only_under_concurrent_traffic(tiny_checkpo
         b = asyncio.create_task(client.post("/respond", json=body()))
         assert all(r.status_code == 200 for r in await asyncio.gather(a, b))
         assert engine.stats.batches == 4
+        # ... but only until the batch is as large as the previous one (2), not max_wait_ms
+        start = time.perf_counter()
+        c = asyncio.create_task(client.post("/respond", json=body()))
+        await asyncio.sleep(0.2)
+        d = asyncio.create_task(client.post("/respond", json=body()))
+        assert all(r.status_code == 200 for r in await asyncio.gather(c, d))
+        assert engine.stats.batches == 5 and time.perf_counter() - start < 0.9
 
     run_in_app(tiny_checkpoint, scenario, max_wait_ms=1000)
 
@@ -563,7 +571,7 @@ def test_config_from_cli_and_environment(tiny_checkpoint, tmp_path):
             *("--checkpoint", str(tmp_path), "--port", "9001", "--device", "cpu"),
             *("--max-batch-size", "64", "--max-wait-ms", "2", "--queue-size", "8"),
             *("--timeout-s", "3", "--no-batching", "--max-body-bytes", "5000"),
-            *("--torch-threads", "1"),
+            *("--torch-threads", "1", "--decode-dtype", "float32"),
         ],
         env,
     )
@@ -575,6 +583,9 @@ def test_config_from_cli_and_environment(tiny_checkpoint, tmp_path):
         5000,
         1,
     )
+    assert cfg.decode_dtype == "float32"
+    with pytest.raises(ConfigError, match="decode_dtype"):
+        ServiceConfig(decode_dtype="int8")
     with pytest.raises(ConfigError, match="does not exist"):
         ServiceConfig.from_args(["--checkpoint", str(tmp_path / "nope")], {})
     with pytest.raises(ConfigError, match="queue_size"):
