@@ -34,7 +34,8 @@ PRESETS: dict[str, dict] = {
     # The paper's (and Zhao et al.'s) dimensions.
     "paper": dict(embed_dim=200, utt_hidden=300, ctx_hidden=600, dec_hidden=400, latent_dim=200),
     # Chosen by measurement: ~440 training examples/s on 2 CPU cores, so a 4-epoch Switchboard
-    # run (12k steps) takes ~35-65 min; the paper dims train at ~210 examples/s (README).
+    # run (12k steps) takes ~25 min alone (up to ~65 when sharing the cores); the paper dims
+    # train at ~210 examples/s (README).
     "cpu": dict(embed_dim=128, utt_hidden=128, ctx_hidden=256, dec_hidden=256, latent_dim=64),
     # For tests.
     "tiny": dict(embed_dim=16, utt_hidden=16, ctx_hidden=24, dec_hidden=24, latent_dim=8),
