@@ -354,19 +354,24 @@ async def wait_until(condition, timeout=10.0):
         await asyncio.sleep(0.005)
 
 
+async def queue_behind_busy_model(client, engine, first: dict, rest: list[dict]) -> list:
+    """POST ``first``; while the model is held inside that call, queue ``rest`` behind it;
+    then let everything run. Returns the responses, ``first``'s first."""
+    gate = Gate(engine.model)
+    first_task = asyncio.create_task(client.post("/respond", json=first))
+    await asyncio.to_thread(gate.entered.wait, 10)
+    tasks = [asyncio.create_task(client.post("/respond", json=b)) for b in rest]
+    await wait_until(lambda: engine.queue_depth() == len(rest))
+    gate.release.set()
+    return await asyncio.gather(first_task, *tasks)
+
+
 @pytest.mark.parametrize("batching", [True, False])
 def test_concurrent_requests_are_batched(tiny_checkpoint, batching):
     async def scenario(client, engine):
-        gate = Gate(engine.model)
-        first = asyncio.create_task(client.post("/respond", json=body(num_samples=3)))
-        await asyncio.to_thread(gate.entered.wait, 10)
         # While the model is busy, more requests queue up; they are then decoded together.
-        rest = [
-            asyncio.create_task(client.post("/respond", json=body(num_samples=3))) for _ in range(8)
-        ]
-        await wait_until(lambda: engine.queue_depth() == 8)
-        gate.release.set()
-        for r in await asyncio.gather(first, *rest):
+        three = body(num_samples=3)
+        for r in await queue_behind_busy_model(client, engine, three, [three] * 8):
             assert r.status_code == 200 and len(r.json()["responses"]) == 3
         return engine.stats
 
@@ -383,13 +388,7 @@ def test_the_engine_waits_for_company_up_to_the_previous_batch_size(tiny_checkpo
         start = time.perf_counter()
         assert (await client.post("/respond", json=body(num_samples=1))).status_code == 200
         assert time.perf_counter() - start < 0.9  # a lone request does not wait max_wait_ms
-        gate = Gate(engine.model)
-        first = asyncio.create_task(client.post("/respond", json=body(num_samples=1)))
-        await asyncio.to_thread(gate.entered.wait, 10)
-        rest = [asyncio.create_task(client.post("/respond", json=body())) for _ in range(3)]
-        await wait_until(lambda: engine.queue_depth() == 3)
-        gate.release.set()
-        await asyncio.gather(first, *rest)
+        await queue_behind_busy_model(client, engine, body(num_samples=1), [body()] * 3)
         assert engine.stats.largest_batch == 3 and engine.stats.batches == 3
         # after a batch of several, the next request waits for company, and gets it
         a = asyncio.create_task(client.post("/respond", json=body()))
@@ -410,15 +409,9 @@ def test_the_engine_waits_for_company_up_to_the_previous_batch_size(tiny_checkpo
 
 def test_batch_size_is_bounded_in_samples(tiny_checkpoint):
     async def scenario(client, engine):
-        gate = Gate(engine.model)
-        first = asyncio.create_task(client.post("/respond", json=body(num_samples=4)))
-        await asyncio.to_thread(gate.entered.wait, 10)
-        rest = [
-            asyncio.create_task(client.post("/respond", json=body(num_samples=4))) for _ in range(6)
-        ]
-        await wait_until(lambda: engine.queue_depth() == 6)
-        gate.release.set()
-        assert all(r.status_code == 200 for r in await asyncio.gather(first, *rest))
+        four = body(num_samples=4)
+        responses = await queue_behind_busy_model(client, engine, four, [four] * 6)
+        assert all(r.status_code == 200 for r in responses)
         return engine.stats
 
     stats = run_in_app(tiny_checkpoint, scenario, max_batch_size=8)
@@ -437,14 +430,8 @@ def test_mixed_parameters_are_split_into_compatible_model_calls(tiny_checkpoint)
     ]
 
     async def scenario(client, engine):
-        gate = Gate(engine.model)
-        first = asyncio.create_task(client.post("/respond", json=body(num_samples=1)))
-        await asyncio.to_thread(gate.entered.wait, 10)
-        tasks = [asyncio.create_task(client.post("/respond", json=v)) for v in variants]
-        await wait_until(lambda: engine.queue_depth() == len(variants))
-        gate.release.set()
-        await first
-        for v, r in zip(variants, await asyncio.gather(*tasks), strict=True):
+        responses = await queue_behind_busy_model(client, engine, body(num_samples=1), variants)
+        for v, r in zip(variants, responses[1:], strict=True):
             assert r.status_code == 200, r.text
             assert len(r.json()["responses"]) == v["num_samples"]
             assert all(x["num_words"] <= v.get("max_length", 40) for x in r.json()["responses"])
@@ -464,17 +451,10 @@ def test_seeds_reproduce_whatever_shares_the_batch(tiny_checkpoint, client):
         assert other != alone
 
         async def crowded(client, engine, seeded=seeded, decoding=decoding):
-            gate = Gate(engine.model)
-            first = asyncio.create_task(client.post("/respond", json=body(num_samples=4)))
-            await asyncio.to_thread(gate.entered.wait, 10)
-            noise = [body(num_samples=4, decoding=decoding) for _ in range(3)]
-            tasks = [asyncio.create_task(client.post("/respond", json=b)) for b in noise]
-            target = asyncio.create_task(client.post("/respond", json=seeded))
-            tasks += [asyncio.create_task(client.post("/respond", json=b)) for b in noise]
-            await wait_until(lambda: engine.queue_depth() == 7)
-            gate.release.set()
-            await asyncio.gather(first, *tasks)
-            return (await target).json()["responses"]
+            noise = [body(num_samples=4, decoding=decoding)] * 3
+            queued = [*noise, seeded, *noise]  # the seeded request amid unseeded ones
+            responses = await queue_behind_busy_model(client, engine, body(num_samples=4), queued)
+            return responses[1 + 3].json()["responses"]
 
         for batching in (True, False):
             got = run_in_app(tiny_checkpoint, crowded, batching=batching)
