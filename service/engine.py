@@ -172,7 +172,10 @@ class InferenceEngine:
     def from_model(
         cls, model: DialogCVAE, vocab: Vocabulary, config: ServiceConfig | None = None
     ) -> InferenceEngine:
-        """An engine around an already loaded model (tests, benchmarks, notebooks)."""
+        """An engine around an already loaded model (tests, benchmarks, notebooks).
+
+        The engine puts the model in eval mode and sets its decode dtype (``config.decode_dtype``).
+        """
         config = config or ServiceConfig()
         device = next(model.parameters()).device
         return cls(lambda: (model.eval(), vocab), config, device=str(device))
