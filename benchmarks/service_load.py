@@ -362,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers.values():
                 server.stop()
         rows = [
-            {"batching": batching, "clients": clients, **combine(results)}
-            for (batching, clients), results in sorted(runs.items(), key=lambda kv: -kv[0][0])
+            {"batching": batching, "clients": clients, **combine(runs[batching, clients])}
+            for batching in servers
+            for clients in args.clients
         ]
 
         header = (

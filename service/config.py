@@ -14,6 +14,8 @@ CHECKPOINT_ENV = "BNCVAE_CHECKPOINT"
 DEFAULT_CHECKPOINT = Path("checkpoints") / "bn-cvae-switchboard"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ("auto", "cpu", "cuda")
+# "auto" and model.cvae.DECODE_DTYPES' names, written out so that parsing the command line does
+# not import torch (a test keeps the two in step).
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

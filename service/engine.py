@@ -178,7 +178,7 @@ class InferenceEngine:
         """
         config = config or ServiceConfig()
         device = next(model.parameters()).device
-        return cls(lambda: (model.eval(), vocab), config, device=str(device))
+        return cls(lambda: (model, vocab), config, device=str(device))
 
     # --- lifecycle --------------------------------------------------------------------------
 
