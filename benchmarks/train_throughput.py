@@ -13,8 +13,8 @@ and the BN-CVAE step against the CVAE step (the paper's Table 2 reports 1.02-1.0
 the variants being compared are interleaved and the median step time is used, so that other
 load on the machine affects both alike. The last two lines are
 
-    speedup_vs_per_window: X.XX   (paper dims)
-    bn_over_cvae_step_time: Y.YY  (paper dims, dialog-level path)
+    speedup_vs_per_window: X.XX   (the first of --presets, paper dims by default)
+    bn_over_cvae_step_time: Y.YY  (the same dims, dialog-level path)
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--segment-size", type=int, default=16)
     parser.add_argument("--batch-segments", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--presets", nargs="+", default=["paper", "cpu"], choices=["paper", "cpu"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,15 +98,20 @@ def main() -> None:
     batches = [sb.batch(order[i * k : (i + 1) * k]) for i in range(args.steps + 2)]
     examples = statistics.mean(b.num_examples for b in batches)
     encodes = statistics.mean(b.utterances.shape[0] for b in batches)
+    dialogs_per_batch = statistics.mean(
+        len({sb.segments[j].dialog for j in order[i * k : (i + 1) * k]})
+        for i in range(len(batches))
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{len(batches)} real batches, {examples:.1f} examples and {encodes:.1f} distinct "
-          f"utterances per batch")  # fmt: skip
+          f"{len(batches)} real batches of {args.batch_segments} segments of "
+          f"{args.segment_size} responses: {examples:.1f} examples from {dialogs_per_batch:.1f} "
+          f"dialogs and {encodes:.1f} distinct utterances per batch")  # fmt: skip
     print()
     print("| dims  | variant | path         | step ms | examples/s |")
     print("|-------|---------|--------------|---------|------------|")
 
     results = {}
-    for preset in ("paper", "cpu"):
+    for preset in args.presets:
         v = len(corpus.vocab)
         steppers = {
             ("cvae", "dialog"): Stepper(preset, "cvae", v, per_window=False),
@@ -118,8 +124,9 @@ def main() -> None:
             print(
                 f"| {preset:5s} | {variant:7s} | {path:12s} | {t * 1e3:7.1f} | {examples / t:10.1f} |"
             )
-    speedup = results[("paper", "cvae", "per-window")] / results[("paper", "cvae", "dialog")]
-    ratio = results[("paper", "bn-cvae", "dialog")] / results[("paper", "cvae", "dialog")]
+    p = args.presets[0]
+    speedup = results[(p, "cvae", "per-window")] / results[(p, "cvae", "dialog")]
+    ratio = results[(p, "bn-cvae", "dialog")] / results[(p, "cvae", "dialog")]
     print()
     print(f"speedup_vs_per_window: {speedup:.2f}")
     print(f"bn_over_cvae_step_time: {ratio:.2f}")

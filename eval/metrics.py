@@ -33,6 +33,16 @@ A-bow / E-bow / G-bow (embedding metrics, cosine similarity with the reference)
 
     If either sentence has no token with a vector (or a zero vector) the score is 0.
 
+Zhao's BLEU (``zhao_bleu3``, ``zhao_bleu4``)
+    What NeuralDialog-CVAE's evaluation computes, with NLTK itself: ``sentence_bleu([ref], hyp,
+    smoothing_function=SmoothingFunction().method7, weights=...)`` with weights (1/3, 1/3, 1/3)
+    and (1/4, 1/4, 1/4, 1/4), x100, precision = mean and recall = max over the samples; a
+    sample NLTK cannot score (Zhao's ``except``) counts 0.
+
+Degenerate rate
+    The share of samples that loop: a token three times in a row ("a a a") or any 3-gram three
+    times ("different types of different types of different types of").
+
 Distinct-n (Li et al. 2016), reported as fractions in [0, 1]
     distinct-n of a set of sentences = number of distinct n-grams / number of n-grams.
     *intra*: over the K samples of one context pooled together, averaged over contexts;
@@ -51,6 +61,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from nltk.translate.bleu_score import SmoothingFunction
+from nltk.translate.bleu_score import sentence_bleu as nltk_sentence_bleu
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
@@ -116,6 +128,28 @@ def bleu_scores(
 ) -> list[float]:
     """``[BLEU-1, ..., BLEU-max_order]`` of one hypothesis against one reference."""
     return BleuReference(reference, max_order).scores(hypothesis)
+
+
+ZHAO_BLEU_WEIGHTS = {"zhao_bleu3": (1 / 3,) * 3, "zhao_bleu4": (1 / 4,) * 4}
+_ZHAO_SMOOTHING = SmoothingFunction().method7
+
+
+def zhao_bleu(hypothesis: Tokens, reference: Tokens, weights: Sequence[float]) -> float:
+    """NLTK sentence BLEU x100 as Zhao et al.'s evaluation calls it (module docstring)."""
+    try:
+        score = nltk_sentence_bleu(
+            [list(reference)], list(hypothesis), weights, smoothing_function=_ZHAO_SMOOTHING
+        )
+    except (ZeroDivisionError, ValueError, KeyError):  # Zhao's code counts such a sample as 0
+        return 0.0
+    return 100.0 * float(score)
+
+
+def is_degenerate(tokens: Tokens) -> bool:
+    """A token three times in a row, or any 3-gram three times (module docstring)."""
+    if any(tokens[i] == tokens[i + 1] == tokens[i + 2] for i in range(len(tokens) - 2)):
+        return True
+    return any(c >= 3 for c in Counter(ngrams(tokens, 3)).values())
 
 
 # ------------------------------------------------------------------------- embedding metrics
@@ -246,9 +280,11 @@ DISTINCT_ORDERS = (1, 2)
 
 def metric_names(max_bleu_order: int = MAX_BLEU_ORDER) -> list[str]:
     names = [f"bleu{n}_{k}" for n in range(1, max_bleu_order + 1) for k in ("p", "r")]
+    names += [f"{z}_{k}" for z in ZHAO_BLEU_WEIGHTS for k in ("p", "r")]
     names += [f"{b}_{k}" for b in BOW_NAMES for k in ("p", "r")]
     names += [f"intra_distinct{n}" for n in DISTINCT_ORDERS]
     names += [f"inter_distinct{n}" for n in DISTINCT_ORDERS]
+    names += ["degenerate_rate"]
     return names
 
 
@@ -278,6 +314,10 @@ class ResponseMetrics:
         for n in range(1, self.max_bleu_order + 1):
             p, r = precision_recall(per_sample[:, n - 1])
             scores[f"bleu{n}_p"], scores[f"bleu{n}_r"] = p, r
+        for name, weights in ZHAO_BLEU_WEIGHTS.items():
+            p, r = precision_recall([zhao_bleu(s, reference, weights) for s in samples])
+            scores[f"{name}_p"], scores[f"{name}_r"] = p, r
+        scores["degenerate_rate"] = float(np.mean([is_degenerate(s) for s in samples]))
         if self.embeddings is not None:
             ref_vec = self.embeddings.sentence(reference)
             bow = np.array(

