@@ -10,6 +10,7 @@ import pytest
 
 from model.text import normalize_utterance
 from training.corpus import (
+    PRETOKENIZED,
     CorpusError,
     Dialog,
     ReadStats,
@@ -68,7 +69,7 @@ def test_swda_file_is_read_and_normalized(tmp_path):
         "A|a|b line|sd\n",  # a '|' inside the text survives
     )
     stats = ReadStats()
-    d = read_swda_file(f, stats=stats)
+    d = read_swda_file(f, stats=stats, tokenizer="words", segmentation="dialog-act")
     assert d.id == "2001" and d.source == "swda"
     assert d.turns() == [
         ("A", ["have", "you", "seen", "dancing", "with", "wolves"]),
@@ -79,6 +80,35 @@ def test_swda_file_is_read_and_normalized(tmp_path):
     assert [u.act for u in d.utterances] == ["qy", "ny", "sv", "sd"]
     assert stats.dropped_empty_utterances == 1
     assert stats.utterances == 4 and stats.dialogs == 1
+    # The defaults: Zhao's WordPunct tokens ("that ' s").
+    d = read_swda_file(f, segmentation="dialog-act")
+    assert d.turns()[2] == ("B", ["that", "'", "s", "that", "was", "a", "really", "good", "movie"])
+
+
+def test_swda_sentence_segmentation_joins_a_speakers_open_segments(tmp_path):
+    f = write(
+        tmp_path / "2001.txt",
+        "A|Oh, I haven't watched that very much,|sd\n"
+        "A|is that,|qy\n"
+        "A|do you like that?|qy\n"  # ends a sentence: A's next segment starts a new utterance
+        "A|Yes.|ny\n"
+        "A|Well,|%\n"
+        "B|Uh.|%\n"  # empty after normalization: dropped, A's open segment goes on
+        "A|it was on Thursdays. *[[listen]]|sd\n"
+        "B|Right,|b\n"
+        "A|and then,|sd\n",  # another speaker came between: a new utterance
+    )
+    stats = ReadStats()
+    d = read_swda_file(f, stats=stats, tokenizer="words")
+    assert [(s, " ".join(t)) for s, t in d.turns()] == [
+        ("A", "oh i haven't watched that very much is that do you like that"),
+        ("A", "yes"),
+        ("A", "well it was on thursdays"),
+        ("B", "right"),
+        ("A", "and then"),
+    ]
+    assert stats.joined_segments == 3 and stats.dropped_empty_utterances == 1
+    assert len(read_swda_file(f, tokenizer="words", segmentation="dialog-act").turns()) == 8
 
 
 @pytest.mark.parametrize(
@@ -144,13 +174,14 @@ def test_zhao_jsonl(tmp_path):
     f = write(
         tmp_path / "test.jsonl", json.dumps(ZHAO_DIALOG) + "\n\n" + json.dumps(ZHAO_DIALOG) + "\n"
     )
-    dialogs = read_zhao_jsonl(f)
+    dialogs = read_zhao_jsonl(f, tokenizer="words")
     assert [d.id for d in dialogs] == ["test/0", "test/1"]
     d = dialogs[0]
     assert d.source == "zhao"
     assert d.turns()[1] == ("B", ["not", "very", "often"])
     assert d.turns()[2] == ("A", ["uh-huh"])
     assert d.utterances[0].act == "yes-no-question"
+    assert read_zhao_jsonl(f)[0].turns()[2] == ("A", ["uh", "-", "huh"])  # Zhao's WordPunct
 
 
 @pytest.mark.parametrize(
@@ -194,7 +225,10 @@ def test_prepared_format_round_trip(tmp_path):
     write_jsonl(dialogs, tmp_path / "x.jsonl")
     first = json.loads((tmp_path / "x.jsonl").read_text().splitlines()[0])
     assert first == {"id": "2001", "source": "swda", "utts": [["A", "i don't know", ["sd", []]]]}
-    assert read_zhao_jsonl(tmp_path / "x.jsonl") == dialogs
+    assert read_zhao_jsonl(tmp_path / "x.jsonl", tokenizer=PRETOKENIZED) == dialogs
+    wordpunct = [Dialog("1", "swda", [Utterance("A", ["it", "'", "s", "uh", "-", "huh"], None)])]
+    write_jsonl(wordpunct, tmp_path / "y.jsonl")
+    assert read_zhao_jsonl(tmp_path / "y.jsonl", tokenizer=PRETOKENIZED) == wordpunct
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +17,13 @@ from eval.switchboard import (
     main,
     markdown_table,
     plan_batches,
+    repo_relative,
 )
 from model.checkpoint import save_pretrained
 from model.cvae import DialogCVAE, ModelConfig
-from model.text import normalize_utterance
+from model.text import normalize_utterance, tokenize
 from model.vocab import Vocabulary
+from tests.conftest import ROOT
 
 DIALOGS = [
     [
@@ -65,7 +68,7 @@ def setup(tmp_path_factory):
     data.write_text("\n".join(json.dumps({"topic": "x", "utts": d}) for d in DIALOGS) + "\n")
     glove = base / "glove.txt"
     glove.write_text(GLOVE)
-    words = [normalize_utterance(u[1]) for d in DIALOGS for u in d]
+    words = [tokenize(u[1]) for d in DIALOGS for u in d]
     vocab = Vocabulary.build(words[:-2])  # leave some words out: <unk> in the vocabulary view
     torch.manual_seed(0)
     model = DialogCVAE(ModelConfig.preset("tiny", variant="bn-cvae", vocab_size=len(vocab)))
@@ -90,19 +93,34 @@ def test_end_to_end_json_has_every_key(setup, capsys):
     out = setup["base"] / "run1" / "metrics.json"
     result = run_cli(setup, out)
     assert set(result) == {
-        "checkpoint", "split", "examples", "samples_per_context", "seed", "runtime_s",
-        "protocol", "metrics", "config",
+        "checkpoint", "split", "examples", "examples_available", "samples_per_context", "seed",
+        "runtime_s", "protocol", "metrics", "baselines", "config",
     }  # fmt: skip
     assert list(result["metrics"]) == list(METRIC_KEYS)
     m = result["metrics"]
     assert result["examples"] == EXAMPLES and result["samples_per_context"] == 3
-    assert result["split"] == str(setup["data"]) and result["seed"] == 0
-    assert result["config"]["samples"] == 3 and result["config"]["glove"] == str(setup["glove"])
-    assert result["config"]["samples_out"] == str(out.parent / "metrics.samples.txt")
+    # Paths are written relative to the repository, never as a machine's absolute paths.
+    assert result["split"] == repo_relative(setup["data"]) and result["seed"] == 0
+    assert not Path(result["checkpoint"]).is_absolute()
+    assert (ROOT / result["checkpoint"]).resolve() == setup["ckpt"].resolve()
+    assert result["config"]["samples"] == 3
+    assert result["config"]["glove"] == repo_relative(setup["glove"])
+    assert result["config"]["samples_out"] == repo_relative(out.parent / "metrics.samples.txt")
     for key in METRIC_KEYS:
         assert m[key] is not None, key
         assert math.isfinite(m[key]), key
     assert m["ppl"] > 1 and m["elbo_ppl"] >= m["ppl"] and m["kl"] >= 0
+    for z in ("zhao_bleu3", "zhao_bleu4"):
+        assert 0 <= m[f"{z}_p"] <= m[f"{z}_r"] <= 100
+    assert 0 <= m["degenerate_rate"] <= 1
+    # Baseline rows: the same keys, model-only metrics null, text metrics scored.
+    assert set(result["baselines"]) == {"random_responses", "frequent_response", "shuffled_context"}
+    for name, b in result["baselines"].items():
+        assert list(b) == list(METRIC_KEYS), name
+        assert b["ppl"] is None and b["kl"] is None and b["active_units"] is None
+        assert 0 <= b["bleu4_p"] <= b["bleu4_r"] <= 100 and b["a_bow_r"] is not None
+    frequent = result["baselines"]["frequent_response"]
+    assert frequent["intra_distinct1"] <= 1 / 3 + 1e-9  # one response repeated
     for n in range(1, 5):
         assert 0 <= m[f"bleu{n}_p"] <= m[f"bleu{n}_r"] <= 100
     for b in ("a_bow", "e_bow", "g_bow"):
@@ -114,8 +132,10 @@ def test_end_to_end_json_has_every_key(setup, capsys):
     assert "mutual_info" in result["protocol"] and "kl_lower_bound" in result["protocol"]
     # stdout: the markdown table with the paper's rows and this checkpoint's row
     table = capsys.readouterr().out
-    assert "| BN-VAE (paper) | 30.67 | 5.18 | 8.64 |" in table
+    assert "| BN-VAE (paper) | 30.67 | – | 5.18 | 8.64 |" in table
     assert "this checkpoint (bn-cvae)" in table and "GloVe 6B 50-d" in table
+    assert "baseline: shuffled_context" in table and "ELBO-PPL" in table
+    assert "Subset" not in table
     # the samples file next to --out: every example with its reference and 3 samples
     samples = (out.parent / "metrics.samples.txt").read_text()
     assert samples.count("=== example") == EXAMPLES
@@ -145,11 +165,13 @@ def test_limit_and_jsonl_samples(setup):
     out = setup["base"] / "limited.json"
     samples_out = setup["base"] / "limited.samples.jsonl"
     result = run_cli(setup, out, "--limit", "4", "--samples-out", str(samples_out))
-    assert result["examples"] == 4
+    assert result["examples"] == 4 and result["examples_available"] == EXAMPLES
+    assert f"Subset: 4 of {EXAMPLES} examples" in markdown_table(result)
     records = [json.loads(line) for line in samples_out.read_text().splitlines()]
     assert [r["turn"] for r in records] == [0, 1, 2, 3]
     assert records[1]["context"] == [["A", "hi how are you doing today"]]
-    assert records[1]["reference"] == "i'm fine thanks and you" and len(records[1]["samples"]) == 3
+    assert records[1]["reference"] == "i ' m fine thanks and you"
+    assert len(records[1]["samples"]) == 3
 
 
 def test_non_bn_variant_has_null_bn_diagnostics(setup):
@@ -171,8 +193,9 @@ def test_prepared_split(setup, synthetic_prepared):
     result = evaluate(config)
     assert result["split"] == "valid" and result["examples"] == 20
     assert "prepared corpus" in result["protocol"]["data"]
-    assert result["config"]["prepared"] == str(synthetic_prepared)
-    assert result["config"]["glove"] == str(setup["glove"])
+    assert result["config"]["prepared"] == repo_relative(synthetic_prepared)
+    assert result["config"]["glove"] == repo_relative(setup["glove"])
+    assert result["protocol"]["frequent_response"]  # from the prepared training split
 
 
 def test_errors(setup, tmp_path, caplog):
@@ -211,9 +234,46 @@ def test_zhao_release_fallback(setup, tmp_path, monkeypatch):
     common = dict(checkpoint=str(setup["ckpt"]), glove=str(setup["glove"]), samples=2, max_length=5)
     from_zhao = evaluate(EvalConfig(split="valid", zhao=str(zhao), progress=False, **common))
     from_file = evaluate(EvalConfig(data=str(setup["data"]), progress=False, **common))
-    assert (
-        from_zhao["config"]["zhao"] == str(zhao) and "Zhao release" in from_zhao["protocol"]["data"]
-    )
+    assert from_zhao["config"]["zhao"] == repo_relative(zhao)
+    assert "Zhao release" in from_zhao["protocol"]["data"]
     assert from_zhao["metrics"] == from_file["metrics"]
     with pytest.raises(EvalError, match="no evaluation data"):
         evaluate(EvalConfig(split="test", zhao=str(zhao), progress=False, **common))
+
+
+def test_default_output_goes_under_runs(setup, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--checkpoint", str(setup["ckpt"]), "--data", str(setup["data"]), "--limit", "2"]
+    assert (
+        main([*argv, "--glove", str(setup["glove"]), "--samples", "2", "--progress", "false"]) == 0
+    )
+    assert (tmp_path / "runs" / "eval" / "ckpt-dialogs.json").is_file()
+    assert (tmp_path / "runs" / "eval" / "ckpt-dialogs.samples.txt").is_file()
+
+
+def test_checkpoint_keeps_its_own_tokenizer(setup, synthetic_prepared, tmp_path):
+    """A checkpoint trained on whole words evaluates on words, whatever the prepared corpus."""
+    words = [normalize_utterance(u[1]) for d in DIALOGS for u in d]
+    vocab = Vocabulary.build(words)
+    config = ModelConfig.preset("tiny", variant="cvae", vocab_size=len(vocab), tokenizer="words")
+    save_pretrained(DialogCVAE(config), vocab, tmp_path / "words-ckpt")
+    zhao = tmp_path / "zhao"
+    zhao.mkdir()
+    (zhao / "valid.jsonl").write_text(setup["data"].read_text())
+    result = evaluate(
+        EvalConfig(
+            checkpoint=str(tmp_path / "words-ckpt"),
+            prepared=str(synthetic_prepared),
+            zhao=str(zhao),
+            split="valid",
+            glove=str(setup["glove"]),
+            samples=2,
+            max_length=5,
+            progress=False,
+            samples_out=str(tmp_path / "s.jsonl"),
+        )  # fmt: skip
+    )
+    assert "Zhao release" in result["protocol"]["data"]  # the prepared corpus holds WordPunct
+    assert result["protocol"]["model"]["tokenizer"] == "words"
+    refs = [json.loads(line)["reference"] for line in (tmp_path / "s.jsonl").open()]
+    assert "i'm fine thanks and you" in refs

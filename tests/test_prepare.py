@@ -11,7 +11,7 @@ import pytest
 
 import training.prepare as prep
 from model.vocab import Vocabulary
-from training.corpus import CorpusError, read_zhao_jsonl
+from training.corpus import PRETOKENIZED, CorpusError, read_zhao_jsonl
 from training.leakage import NgramIndex
 from training.prepare import PrepareConfig, build_parser, load_prepared, main, prepare
 
@@ -283,8 +283,16 @@ def test_real_counts(real):
         assert c["dialogs"] == len(dialogs)
         assert c["utterances"] == c["examples"] == sum(len(d.turns()) for d in dialogs)
         assert c["tokens"] == sum(len(t) for d in dialogs for _, t in d.turns())
-    assert splits["train"]["examples"] > 150_000
-    assert splits["test"]["tokens"] == 66_267  # Zhao's text is read unchanged
+    # SwDA segments joined into sentences: fewer, longer training utterances than SwDA's lines.
+    seg = manifest["segmentation"]
+    assert manifest["tokenizer"] == "wordpunct" and seg["rule"] == "sentence"
+    before, after = seg["splits"]["train (dialog-act)"], seg["splits"]["train (sentence)"]
+    assert after == {k: splits["train"][k] for k in after}
+    assert before["tokens"] == after["tokens"] and before["dialogs"] == after["dialogs"]
+    assert after["utterances"] + seg["joined_segments"] >= before["utterances"] > 150_000
+    assert 100_000 < after["utterances"] < 150_000
+    assert splits["test"]["tokens"] == 74_240  # Zhao's text, WordPunct-tokenized
+    assert splits["test"]["utts_per_dialog"] == pytest.approx(89.4, abs=0.1)
     assert manifest["dropped_empty_utterances"]["swda"] > 0
     assert manifest["dropped_empty_utterances"]["zhao"] == 0
     assert len(corpus.vocab) == 10_005
@@ -326,8 +334,12 @@ def test_real_normalization_statistics(real):
         # Normalizing SwDA to the test conventions is what makes the vocabularies agree.
         assert norm["without_normalization"]["oov_rate_vs_vocab"][split] > 3 * vs_vocab
     lengths = norm["mean_utt_len"]
-    assert lengths["test"] == pytest.approx(12.0, abs=0.1)  # as the data README says
-    assert 4 < lengths["train"] < lengths["test"]
+    # The data README's 12.0 words per test utterance are 13.4 WordPunct tokens ("it ' s").
+    assert lengths["test"] == pytest.approx(13.39, abs=0.01)
+    # Joined into sentences, train utterances come within 15% of valid's length (SwDA's
+    # dialog-act segments were 8.0 tokens).
+    assert 0.85 * lengths["valid"] < lengths["train"] < lengths["test"]
     assert norm["vocab_size"] == len(corpus.vocab)
     # What was written is what was loaded (the prepared text reads back unchanged).
-    assert read_zhao_jsonl(Path(manifest["config"]["out"]) / "test.jsonl") == corpus.test
+    out = Path(manifest["config"]["out"]) / "test.jsonl"
+    assert read_zhao_jsonl(out, tokenizer=PRETOKENIZED) == corpus.test
