@@ -55,6 +55,10 @@ class SegmentBatches:
     def __len__(self) -> int:
         return -(-len(self.segments) // self.segments_per_batch)
 
+    def examples_per_batch(self) -> float:
+        """The mean number of examples (responses) per batch."""
+        return sum(s.end - s.start for s in self.segments) / max(len(self), 1)
+
     def order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.segments), generator=g).tolist()

@@ -52,7 +52,7 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,12 +380,13 @@ def read_swda_file(
     return _make_dialog(dialog_id or path.stem, "swda", raw, stats, tokenizer, join)
 
 
-def swda_files(path: str | Path) -> list[Path]:
-    """The conversation files of a SwDA export directory (see :func:`read_swda`), in order."""
+def swda_files(path: str | Path, subdirs: Sequence[str] = SWDA_SUBDIRS) -> list[Path]:
+    """The conversation files of a SwDA export directory (see :func:`read_swda`), in order;
+    of those of ``subdirs`` that exist (all files of ``path`` if none does)."""
     path = Path(path)
     if not path.is_dir():
         raise CorpusError(f"{path}: SwDA directory not found")
-    subdirs = [path / s for s in SWDA_SUBDIRS if (path / s).is_dir()]
+    subdirs = [path / s for s in subdirs if (path / s).is_dir()]
     files = []
     for d in subdirs or [path]:
         convs = [f for f in d.glob("*.txt") if f.stem.isdigit() and f.is_file()]
@@ -401,6 +402,7 @@ def read_swda(
     progress: bool = False,
     tokenizer: str = DEFAULT_TOKENIZER,
     segmentation: str = DEFAULT_SEGMENTATION,
+    subdirs: Sequence[str] = SWDA_SUBDIRS,
 ) -> list[Dialog]:
     """Every conversation of a SwDA export: ``path/{train,val}/NNNN.txt`` if those subdirectories
     exist, else ``path/NNNN.txt``. Dialog ids are the conversation numbers; the same number twice
@@ -408,7 +410,7 @@ def read_swda(
     from tqdm import tqdm
 
     stats = stats if stats is not None else ReadStats()
-    files = swda_files(path)
+    files = swda_files(path, subdirs)
     dialogs, seen = [], {}
     for f in tqdm(files, desc="read swda", unit="conv", disable=not progress):
         if f.stem in seen:

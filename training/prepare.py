@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "switchboard"
+# The SwDA export's val/ conversations stay out of training: they are a held-out set in the
+# training text's own format (python -m eval.switchboard --data DIR/swda/val).
+SWDA_TRAIN = ("train",)
 MANIFEST_VERSION = 2  # 2: the manifest names the tokenizer and the segmentation
 
 
@@ -222,7 +225,7 @@ def unnormalized_baseline(
     normalization buys. Empty lines only are skipped; the kept conversations are ``keep_ids``."""
     counts: Counter = Counter()
     utts = 0
-    for f in swda_files(swda_dir):
+    for f in swda_files(swda_dir, SWDA_TRAIN):
         if f.stem not in keep_ids:
             continue
         for lineno, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
@@ -278,7 +281,9 @@ def prepare(config: PrepareConfig) -> dict:
             )
         train_source = "swda"
         log.info("reading SwDA export %s", cfg.swda)
-        candidates = read_swda(cfg.swda, swda_stats, cfg.progress, cfg.tokenizer, cfg.segmentation)
+        candidates = read_swda(
+            cfg.swda, swda_stats, cfg.progress, cfg.tokenizer, cfg.segmentation, SWDA_TRAIN
+        )
     log.info("%d %s training candidates", len(candidates), train_source)
 
     leaks = filter_leaks(
@@ -308,13 +313,12 @@ def prepare(config: PrepareConfig) -> dict:
             cfg.swda, {d.id for d in train}, evals, cfg.max_words
         )
         segmentation["joined_segments"] = swda_stats.joined_segments
+        train_ids = {d.id for d in train}
         for rule in SEGMENTATIONS:  # the same training conversations under each rule
-            kept = (
-                train
-                if rule == cfg.segmentation
-                else [d for d in read_swda(cfg.swda, None, False, cfg.tokenizer, rule)
-                      if d.id in {t.id for t in train}]
-            )  # fmt: skip
+            kept = train
+            if rule != cfg.segmentation:
+                again = read_swda(cfg.swda, None, False, cfg.tokenizer, rule, SWDA_TRAIN)
+                kept = [d for d in again if d.id in train_ids]
             segmentation["splits"][f"train ({rule})"] = split_counts(kept)
     for split, dialogs in evals.items():
         segmentation["splits"][split] = split_counts(dialogs)

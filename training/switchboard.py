@@ -62,11 +62,13 @@ class TrainConfig:
     # bn-cvae: anneal the extra KL(p(z|c) || N(0,I)) term with the same weight (the paper is
     # silent; the default was chosen by a measured short run of each, docs/results.md).
     anneal_prior_kl: bool = False
-    epochs: int = 4
+    epochs: int = 4  # the most epochs a run trains; validation may stop it earlier
     max_steps: int = 0  # stop after this many steps (0: run all epochs)
-    eval_every: int = 1000
+    eval_every: int = 1000  # validate (and keep the best checkpoint) every N steps
     save_every: int = 250  # training-state saves, for --resume
-    patience: int = 6  # validations without improvement (after annealing) before stopping
+    # Stop after this many validations in a row without a better -ELBO (counted once the KL
+    # annealing is over).
+    patience: int = 6
     valid_dialogs: int = 0  # validate on the first N valid dialogs (0: all)
     log_every: int = 50
     threads: int = 0  # torch threads (0: torch's default)
@@ -282,7 +284,17 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     if rank == 0:
         meta = {"step": progress["step"], "train_config": dataclasses.asdict(cfg)}
         save_pretrained(model, vocab, out / "last", metadata=meta)
-        summary = {**progress, "variant": mcfg.variant, "preset": cfg.preset}
+        if progress["stopped_early"]:
+            reason = f"patience: {cfg.patience} validations without improvement"
+        elif cfg.max_steps and progress["step"] >= cfg.max_steps:
+            reason = f"max_steps {cfg.max_steps}"
+        else:
+            reason = f"max epochs {cfg.epochs}"
+        summary = {
+            **progress, "stop_reason": reason, "variant": mcfg.variant, "preset": cfg.preset,
+            "examples_per_second": progress["step"] * batches.examples_per_batch()
+            / max(progress["train_seconds"], 1e-9),
+        }  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("done: %d steps in %.0f s; best valid loss %.3f at step %d", progress["step"],
                  progress["train_seconds"], progress["best"], progress["best_step"])  # fmt: skip
