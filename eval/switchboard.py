@@ -87,7 +87,11 @@ class EvalConfig:
     checkpoint: str = field(metadata={"help": "checkpoint directory (model/checkpoint.py format)"})
     split: str = field(default="test", metadata={"help": "test or valid"})
     data: str | None = field(
-        default=None, metadata={"help": "dialogs in Zhao's JSONL layout instead of --split"}
+        default=None,
+        metadata={
+            "help": "dialogs in Zhao's JSONL layout, or a SwDA directory of NNNN.txt files "
+            "(e.g. ../shared/data/switchboard/swda/val), instead of --split"
+        },
     )
     prepared: str | None = field(
         default=None,
@@ -166,13 +170,15 @@ def load_dialogs(config: EvalConfig, tokenizer: str) -> tuple[list, str, EvalCon
     A prepared corpus is used when its tokens are ``tokenizer``'s; otherwise (a checkpoint
     trained on another tokenizer) Zhao's raw ``<split>.jsonl`` is read and tokenized.
     """
-    from training.corpus import read_zhao_jsonl
+    from training.corpus import read_swda, read_zhao_jsonl
 
     if config.data is not None:
         path = Path(config.data)
+        if path.is_dir():  # SwDA conversations, segmented as the training text is
+            return read_swda(path, tokenizer=tokenizer), f"SwDA directory {path.name}", config
         if not path.is_file():
-            raise EvalError(f"--data {path}: no such file")
-        return read_zhao_jsonl(path, tokenizer=tokenizer), f"file {path}", config
+            raise EvalError(f"--data {path}: no such file or directory")
+        return read_zhao_jsonl(path, tokenizer=tokenizer), f"file {path.name}", config
     prepared = Path(config.prepared or DEFAULT_PREPARED)
     zhao = Path(config.zhao) if config.zhao else DEFAULT_ZHAO
     if (prepared / "manifest.json").is_file() or config.prepared is not None:

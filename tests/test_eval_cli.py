@@ -277,3 +277,20 @@ def test_checkpoint_keeps_its_own_tokenizer(setup, synthetic_prepared, tmp_path)
     assert result["protocol"]["model"]["tokenizer"] == "words"
     refs = [json.loads(line)["reference"] for line in (tmp_path / "s.jsonl").open()]
     assert "i'm fine thanks and you" in refs
+
+
+def test_swda_directory_as_data(setup, tmp_path):
+    """--data DIR reads SwDA conversation files, segmented and tokenized as the training text."""
+    swda = tmp_path / "val"
+    swda.mkdir()
+    (swda / "2001.txt").write_text(
+        "A|Hi, how are you doing today?|qw\nB|I'm fine,|sd\nB|thanks, and you?|qw\nA|Good.|sd\n"
+    )
+    config = EvalConfig(
+        checkpoint=str(setup["ckpt"]), data=str(swda), glove=str(setup["glove"]), samples=2,
+        max_length=5, progress=False, samples_out=str(tmp_path / "s.jsonl"),
+    )  # fmt: skip
+    result = evaluate(config)
+    assert result["examples"] == 3 and "SwDA directory" in result["protocol"]["data"]
+    refs = [json.loads(line)["reference"] for line in (tmp_path / "s.jsonl").open()]
+    assert refs == ["hi how are you doing today", "i ' m fine thanks and you", "good"]

@@ -113,15 +113,16 @@ def test_prepare_small(tmp_path, inputs):
     assert leak["excluded"][0]["score"] >= 0.5
     assert leak["max_kept_score"] < 0.2
     splits = manifest["splits"]
-    assert {s: c["dialogs"] for s, c in splits.items()} == {"train": 2, "valid": 2, "test": 1}
-    # 2001: 5 lines, "Uh." dropped; 3001: the same 5 lines reversed.
-    assert splits["train"]["utterances"] == 8 and splits["train"]["examples"] == 8
-    assert manifest["dropped_empty_utterances"]["swda"] == 2  # "Uh." in 2001 and 3001
+    # swda/val/3001 is held out of training (an evaluation set in the training format).
+    assert {s: c["dialogs"] for s, c in splits.items()} == {"train": 1, "valid": 2, "test": 1}
+    # 2001: 5 lines, "Uh." dropped.
+    assert splits["train"]["utterances"] == 4 and splits["train"]["examples"] == 4
+    assert manifest["dropped_empty_utterances"]["swda"] == 1
     for c in splits.values():
         assert c["examples"] == c["utterances"]
 
     corpus = load_prepared(out)
-    assert [d.id for d in corpus.train] == ["2001", "3001"]
+    assert [d.id for d in corpus.train] == ["2001"]
     assert all(d.source == "swda" for d in corpus.train)
     assert [d.id for d in corpus.valid] == ["valid/0", "valid/1"]
     assert corpus.train[0].turns()[1] == (
@@ -147,7 +148,7 @@ def test_cli(tmp_path, inputs, capsys):
     assert config["max_words"] == 3 and config["leak_threshold"] == 0.3
     assert config["progress"] is False
     assert len(Vocabulary.load(out / "vocab.json")) == 5 + 3
-    assert json.loads(capsys.readouterr().out)["splits"]["train"]["dialogs"] == 2
+    assert json.loads(capsys.readouterr().out)["splits"]["train"]["dialogs"] == 1
 
 
 def test_parser_has_every_config_field():
@@ -276,7 +277,7 @@ def test_real_counts(real):
     assert (splits["valid"]["dialogs"], splits["valid"]["utterances"]) == (60, 5225)
     assert (splits["test"]["dialogs"], splits["test"]["utterances"]) == (62, 5543)
     leak = manifest["leakage"]
-    assert leak["candidates"] == 1115 + 21
+    assert leak["candidates"] == 1115  # swda/train; swda/val is held out (SWDA_TRAIN)
     assert splits["train"]["dialogs"] == leak["candidates"] - leak["excluded_count"]
     for name, dialogs in [("train", corpus.train), ("valid", corpus.valid), ("test", corpus.test)]:
         c = splits[name]
