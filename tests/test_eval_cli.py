@@ -294,3 +294,10 @@ def test_swda_directory_as_data(setup, tmp_path):
     assert result["examples"] == 3 and "SwDA directory" in result["protocol"]["data"]
     refs = [json.loads(line)["reference"] for line in (tmp_path / "s.jsonl").open()]
     assert refs == ["hi how are you doing today", "i ' m fine thanks and you", "good"]
+
+
+def test_docs_list_the_differences_the_cli_prints():
+    """The differences from the paper are written once (eval/protocol.py); the docs show them."""
+    from eval.protocol import differences_markdown
+
+    assert differences_markdown() in (ROOT / "docs" / "evaluation.md").read_text()

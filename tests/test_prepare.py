@@ -344,3 +344,15 @@ def test_real_normalization_statistics(real):
     # What was written is what was loaded (the prepared text reads back unchanged).
     out = Path(manifest["config"]["out"]) / "test.jsonl"
     assert read_zhao_jsonl(out, tokenizer=PRETOKENIZED) == corpus.test
+
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_empty_split_is_refused(tmp_path, split):
+    zhao = tmp_path / "zhao"
+    zhao.mkdir()
+    for s in ("train", "valid", "test"):
+        record = zhao_record(OTHER if s == "train" else WEATHER)
+        (zhao / f"{s}.jsonl").write_text("" if s == split else json.dumps(record) + "\n")
+    with pytest.raises(CorpusError, match=f"the {split} split has no dialogs"):
+        run(tmp_path, zhao, None)
+    assert main(["--out", str(tmp_path / "cli"), "--zhao", str(zhao), "--no-progress"]) == 2

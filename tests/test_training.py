@@ -14,7 +14,7 @@ import torch
 from model.checkpoint import load_pretrained
 from training.batching import SegmentBatches, eval_batches
 from training.prepare import load_prepared
-from training.switchboard import TrainConfig, main, train, validate
+from training.switchboard import STATE_FILE, RunError, TrainConfig, main, train, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--threads", "1", "--segment-size", "4", "--batch-segments", "4",
@@ -60,7 +60,7 @@ def test_existing_run_needs_resume(synthetic_prepared, tmp_path):
     cfg = TrainConfig(data=str(synthetic_prepared), out=str(tmp_path / "r"), preset="tiny",
                       max_steps=5, eval_every=5, threads=1)  # fmt: skip
     train(cfg)
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(RunError, match="--resume"):
         train(cfg)
 
 
@@ -90,16 +90,21 @@ def test_resume_after_sigkill_equals_uninterrupted(synthetic_prepared, tmp_path)
     proc.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
 
-    subprocess.run(_train_cmd(synthetic_prepared, killed, steps) + ["--resume"], cwd=ROOT,
-                   check=True, capture_output=True)  # fmt: skip
+    # --resume reads the run's own settings: no other flag needs repeating.
+    resume = [sys.executable, "-m", "training.switchboard", "--out", str(killed), "--resume"]
+    subprocess.run(resume, cwd=ROOT, check=True, capture_output=True)
     a = torch.load(full / "training_state.pt", weights_only=True)
     b = torch.load(killed / "training_state.pt", weights_only=True)
     assert a["progress"]["step"] == b["progress"]["step"] == steps
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    assert [r["step"] for r in records(killed, "train")] == [
-        r["step"] for r in records(full, "train")
-    ]
+
+    # The log is the uninterrupted run's, the partly filled logging window included
+    # (--save-every 7 is not a multiple of --log-every 10); only the wall-clock time differs.
+    def without_time(run):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records(run, "train")]
+
+    assert without_time(killed) == without_time(full)
 
 
 def test_two_process_gloo_run(synthetic_prepared, tmp_path):
@@ -115,3 +120,44 @@ def test_two_process_gloo_run(synthetic_prepared, tmp_path):
     valid = records(out, "valid")
     assert len(valid) == 2 and all(v["valid_loss"] < 1e4 for v in valid)
     load_pretrained(out / "last")
+
+
+def _short_run(data: Path, out: Path) -> list[str]:
+    argv = ["--data", str(data), "--out", str(out), "--max-steps", "6", "--eval-every", "3"]
+    assert main([*argv, *TINY]) == 0
+    return argv
+
+
+def test_resume_refuses_other_settings(synthetic_prepared, tmp_path, caplog):
+    run = tmp_path / "run"
+    argv = _short_run(synthetic_prepared, run)
+    before = (run / "config.json").read_text()
+    assert main([*argv, *TINY, "--resume", "--seed", "1", "--kl-anneal-steps", "7"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert "config.json" in message and "--seed 1 (run: 0)" in message
+    assert "--kl-anneal-steps 7 (run: 40)" in message
+    assert (run / "config.json").read_text() == before  # nothing overwritten
+    # The same flags again, or a thread count, are fine.
+    assert main([*argv, *TINY, "--resume", "--threads", "2"]) == 0
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04truncated", "foreign"], ids=["empty", "truncated", "foreign"]
+)
+def test_unreadable_training_state_is_one_line_naming_the_file(
+    synthetic_prepared, tmp_path, caplog, content
+):
+    run = tmp_path / "run"
+    argv = _short_run(synthetic_prepared, run)
+    state = run / STATE_FILE
+    if content == "foreign":
+        torch.save({"weights": torch.zeros(2)}, state)
+    else:
+        state.write_bytes(content)
+    assert main([*argv, "--resume"]) == 2
+    assert str(state) in caplog.records[-1].getMessage()
+
+
+def test_missing_data_is_one_line(tmp_path, caplog):
+    assert main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    assert "manifest.json" in caplog.records[-1].getMessage()

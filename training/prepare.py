@@ -295,6 +295,17 @@ def prepare(config: PrepareConfig) -> dict:
         progress=cfg.progress,
     )
     train = leaks.kept
+    for split, dialogs in (("train", train), *evals.items()):
+        if not dialogs:
+            source = cfg.swda if split == "train" and train_source == "swda" else cfg.zhao
+            raise CorpusError(
+                f"{source}: the {split} split has no dialogs with an utterance"
+                + (
+                    " left after removing the leaked ones"
+                    if split == "train" and candidates
+                    else ""
+                )
+            )
     log.info(
         "excluded %d leaked conversations (%s); best kept score %.3f, lowest excluded %s",
         len(leaks.excluded),

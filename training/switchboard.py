@@ -30,16 +30,23 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model.checkpoint import save_pretrained
+from model.checkpoint import CheckpointError, save_pretrained
 from model.config import add_dataclass_args, overrides_from_args
 from model.cvae import DialogCVAE, ModelConfig
 from training.batching import SegmentBatches, eval_batches
+from training.corpus import CorpusError
 from training.curves import plot_curves
 from training.prepare import load_prepared
 
 log = logging.getLogger("training")
 
 STATE_FILE = "training_state.pt"
+# Flags that may differ when a run is resumed: they do not change what is computed.
+RESUMABLE_CHANGES = ("resume", "threads", "device")
+
+
+class RunError(ValueError):
+    """A run cannot start or resume (bad state file, mismatched settings, empty data)."""
 
 
 @dataclass
@@ -134,7 +141,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     out = Path(cfg.out)
     state_path = out / STATE_FILE
     if state_path.exists() and not cfg.resume:
-        raise SystemExit(f"{out} already holds a run; pass --resume or choose another --out")
+        raise RunError(f"{out} already holds a run; pass --resume or choose another --out")
 
     corpus = load_prepared(cfg.data)
     vocab = corpus.vocab
@@ -142,6 +149,9 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     valid_dialogs = [d.turns() for d in corpus.valid]
     if cfg.valid_dialogs > 0:
         valid_dialogs = valid_dialogs[: cfg.valid_dialogs]
+    for split, dialogs in (("train", train_dialogs), ("valid", valid_dialogs)):
+        if not any(dialogs):
+            raise RunError(f"{Path(cfg.data) / (split + '.jsonl')}: no {split} dialogs")
     mcfg = ModelConfig.preset(
         cfg.preset,
         variant=cfg.variant,
@@ -160,13 +170,19 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
 
     progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_rounds": 0,
                 "best_step": 0, "train_seconds": 0.0, "stopped_early": False}  # fmt: skip
+    # The partly filled logging window: saved with the state so a resumed run logs the same.
+    running: dict[str, float] = {}
     if cfg.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_training_state(state_path)
         if state["model_config"] != mcfg.to_dict():
-            raise SystemExit(f"{state_path}: saved with a different model config; cannot resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+            raise RunError(f"{state_path}: saved with a different model config; cannot resume")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise RunError(f"{state_path}: does not fit this model: {e}") from e
         progress.update(state["progress"])
+        running.update(state.get("running", {}))
         torch.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         log.info("resumed from %s at step %d", state_path, progress["step"])
     else:
@@ -201,7 +217,8 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         if rank == 0:
             _atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "progress": dict(progress), "rng": rng, "model_config": mcfg.to_dict()},
+                 "progress": dict(progress), "rng": rng, "model_config": mcfg.to_dict(),
+                 "running": dict(running)},
                 state_path,
             )  # fmt: skip
 
@@ -229,7 +246,6 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
 
     total = cfg.max_steps or cfg.epochs * len(batches)
     bar = tqdm(total=total, initial=progress["step"], disable=rank != 0, desc=mcfg.variant)
-    running: dict[str, float] = {}
     ddp.train()
     started = time.perf_counter()
     done = progress["stopped_early"] or progress["step"] >= total
@@ -261,7 +277,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
                 record(entry)
                 bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
                                 ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
-                running = {}
+                running.clear()
             if step % cfg.eval_every == 0 and run_validation():
                 progress["stopped_early"] = True
                 log.info("early stopping at step %d (best step %d)", step, progress["best_step"])
@@ -304,14 +320,65 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def load_training_state(path: Path) -> dict:
+    """``training_state.pt``, or a :class:`RunError` naming it (truncated, empty, foreign)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types on a corrupt file
+        raise RunError(f"{path}: cannot read the training state ({type(e).__name__}: {e})") from e
+    keys = ("model", "optimizer", "progress", "rng", "model_config")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise RunError(f"{path}: not a training state of this project (expected keys {keys})")
+    return state
+
+
+def settings_for_resume(
+    out: Path, train_overrides: dict, model_overrides: dict
+) -> tuple[dict, dict]:
+    """The settings of the run in ``out`` (its ``config.json``), with the flags given again.
+
+    A flag given again must equal the run's value (but for ``RESUMABLE_CHANGES``); otherwise the
+    resume is refused, naming every differing field.
+    """
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        saved_train, saved_model = dict(saved["train"]), dict(saved["model"])
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; nothing to resume in {out}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path}: not a run config: {e}") from e
+    differ = [
+        f"--{k.replace('_', '-')} {v!r} (run: {saved_train.get(k)!r})"
+        for k, v in train_overrides.items()
+        if k not in RESUMABLE_CHANGES and k != "out" and saved_train.get(k) != v
+    ]
+    differ += [
+        f"--model.{k.replace('_', '-')} {v!r} (run: {saved_model.get(k)!r})"
+        for k, v in model_overrides.items()
+        if saved_model.get(k) != v
+    ]
+    if differ:
+        raise RunError(f"{path}: cannot resume with other settings: " + "; ".join(differ))
+    train_settings = {**saved_train, **train_overrides, "out": str(out), "resume": True}
+    # The preset and these overrides rebuild the run's ModelConfig (variant, vocabulary size
+    # and tokenizer come from --variant and the corpus).
+    model_settings = {
+        k: v for k, v in saved_model.items() if k not in ("variant", "vocab_size", "tokenizer")
+    }
+    return train_settings, model_settings
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m training.switchboard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_args(parser, TrainConfig)
     add_dataclass_args(parser, ModelConfig, prefix="model.")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(**overrides_from_args(args, TrainConfig))
+    train_overrides = overrides_from_args(args, TrainConfig)
     model_overrides = overrides_from_args(args, ModelConfig, prefix="model.")
     if {"variant", "vocab_size", "tokenizer"} & set(model_overrides):
         parser.error(
@@ -320,8 +387,18 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    train(cfg, model_overrides)
+    try:
+        out = Path(train_overrides.get("out", TrainConfig.out))
+        if train_overrides.get("resume") and (out / STATE_FILE).exists():
+            train_overrides, model_overrides = settings_for_resume(
+                out, train_overrides, model_overrides
+            )
+        train(TrainConfig(**train_overrides), model_overrides)
+    except (RunError, CorpusError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
