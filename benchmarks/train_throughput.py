@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from model.cvae import DialogCVAE, ModelConfig  # noqa: E402
 from training.batching import SegmentBatches  # noqa: E402
 from training.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
+from training.switchboard import TrainConfig  # noqa: E402
 
 
 def load_corpus(path: str | None):
@@ -82,8 +83,8 @@ def main() -> None:
     )
     parser.add_argument("--data", default=str(ROOT / "runs/data/switchboard"))
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
-    parser.add_argument("--segment-size", type=int, default=16)
-    parser.add_argument("--batch-segments", type=int, default=4)
+    parser.add_argument("--segment-size", type=int, default=TrainConfig.segment_size)
+    parser.add_argument("--batch-segments", type=int, default=TrainConfig.batch_segments)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--presets", nargs="+", default=["paper", "cpu"], choices=["paper", "cpu"])
     args = parser.parse_args()

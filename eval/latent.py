@@ -26,22 +26,6 @@ import torch
 from torch import Tensor
 
 
-def gaussian_kl(
-    mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor | None = None, logvar_p: Tensor | None = None
-) -> Tensor:
-    """KL(N(mu_q, diag e^logvar_q) || N(mu_p, diag e^logvar_p)) summed over the last dimension.
-
-    ``mu_p``/``logvar_p`` default to the standard normal.
-    """
-    if mu_p is None:
-        mu_p = torch.zeros_like(mu_q)
-    if logvar_p is None:
-        logvar_p = torch.zeros_like(logvar_q)
-    return 0.5 * (
-        logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0
-    ).sum(-1)
-
-
 def posterior_mean_variance(mu: Tensor) -> Tensor:
     """``Var_x(E_q[z_d])`` per dimension (unbiased; 0 for a single example)."""
     mu = mu.detach().double()

@@ -57,12 +57,13 @@ from model.config import add_dataclass_args, overrides_from_args
 from model.cvae import DECODE_DTYPES, decode_dtype
 from model.text import detokenize, tokenize
 from model.vocab import SPECIALS
+from training.prepare import DEFAULT_DATA
 
 log = logging.getLogger("eval.switchboard")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREPARED = "runs/data/switchboard"
-DEFAULT_ZHAO = PROJECT_ROOT.parent / "shared" / "data" / "switchboard" / "zhao"
+DEFAULT_ZHAO = DEFAULT_DATA / "zhao"
 SPLITS = ("test", "valid")
 
 METRIC_KEYS = (

@@ -100,7 +100,8 @@ class ModelConfig:
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p=None, logvar_p=None) -> torch.Tensor:
-    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) summed over the last dim (N(0,I) if p is None)."""
+    """KL(N(mu_q, diag e^logvar_q) || N(mu_p, diag e^logvar_p)) summed over the last dimension;
+    p is the standard normal when ``mu_p`` is None. (The training objective and eval/latent.py.)"""
     if mu_p is None:
         return 0.5 * torch.sum(mu_q.pow(2) + logvar_q.exp() - logvar_q - 1.0, dim=-1)
     return 0.5 * torch.sum(

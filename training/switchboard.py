@@ -41,8 +41,9 @@ from training.prepare import load_prepared
 log = logging.getLogger("training")
 
 STATE_FILE = "training_state.pt"
-# Flags that may differ when a run is resumed: they do not change what is computed.
-RESUMABLE_CHANGES = ("resume", "threads", "device")
+# Flags that may differ when a run is resumed: they do not change what is computed, only where
+# (epochs, max_steps: to extend a run) and how fast it runs.
+RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps")
 
 
 class RunError(ValueError):
