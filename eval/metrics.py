@@ -50,7 +50,7 @@ Distinct-n (Li et al. 2016), reported as fractions in [0, 1]
     one-word responses for n=2) has distinct-n 0.
 
 Latent-variable diagnostics (active units, mutual information, KL bounds) are in
-:mod:`eval.latent` and re-exported here.
+:mod:`eval.latent`.
 """
 
 from __future__ import annotations
@@ -65,14 +65,6 @@ from nltk.translate.bleu_score import SmoothingFunction
 from nltk.translate.bleu_score import sentence_bleu as nltk_sentence_bleu
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
-
-from eval.latent import (  # noqa: F401  (re-exported)
-    active_units,
-    bn_kl_lower_bound,
-    gaussian_kl,
-    mutual_information,
-    posterior_mean_variance,
-)
 
 MAX_BLEU_ORDER = 4
 BLEU_SETTINGS = {"tokenize": "none", "smooth_method": "exp", "effective_order": True}

@@ -15,7 +15,6 @@ from eval.embeddings import EmbeddingError, load_embeddings, load_glove, load_ku
 from eval.latent import (
     active_units,
     bn_kl_lower_bound,
-    gaussian_kl,
     mutual_information,
     posterior_mean_variance,
 )
@@ -33,6 +32,7 @@ from eval.metrics import (
     sentence_bleu,
     split_for_lookup,
 )
+from model.cvae import gaussian_kl
 
 
 def make_kv(vectors: dict[str, list[float]]) -> KeyedVectors:
@@ -307,3 +307,43 @@ def test_bn_lower_bound():
     # n(γ² + β²)/2 with β = 0: 3 * 0.36 / 2
     assert bn_kl_lower_bound(0.6, torch.zeros(3)) == pytest.approx(0.54)
     assert bn_kl_lower_bound(0.5, torch.tensor([1.0, -1.0])) == pytest.approx((0.25 + 1) / 2 * 2)
+
+
+def test_zhao_bleu_is_nltk_with_zhaos_settings():
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    from eval.metrics import zhao_bleu
+
+    ref = "i think it ' s a good idea".split()
+    hyp = "i think it ' s good".split()
+    for weights in ((1 / 3,) * 3, (1 / 4,) * 4):
+        expected = 100 * sentence_bleu(
+            [ref], hyp, weights, smoothing_function=SmoothingFunction().method7
+        )
+        assert zhao_bleu(hyp, ref, weights) == pytest.approx(expected)
+    assert zhao_bleu(ref, ref, (1 / 4,) * 4) == pytest.approx(100.0)
+    assert zhao_bleu([], ref, (1 / 3,) * 3) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, looping",
+    [
+        ("it ' s a a a car", True),
+        ("different types of different types of different types of music", True),
+        ("yeah yeah", False),
+        ("i think that i think that is fine", False),
+        ("", False),
+    ],
+)
+def test_degenerate(text, looping):
+    from eval.metrics import is_degenerate
+
+    assert is_degenerate(text.split()) is looping
+
+
+def test_response_metrics_reports_zhao_bleu_and_degenerate_rate():
+    m = ResponseMetrics()
+    scores = m.add([["a", "a", "a"], ["good", "idea"]], ["good", "idea"])
+    assert scores["degenerate_rate"] == 0.5
+    assert 0 <= scores["zhao_bleu3_p"] <= scores["zhao_bleu3_r"] <= 100
+    assert set(m.result()) >= {"zhao_bleu3_p", "zhao_bleu4_r", "degenerate_rate"}
