@@ -103,7 +103,8 @@ PROTOCOL = {
     "i.e. uniform weights over orders 1..N; 0 for an empty sample",
     "zhao_bleu": "zhao_bleu3_* / zhao_bleu4_*: NLTK sentence_bleu([reference], sample, weights "
     "(1/3,)*3 or (1/4,)*4, smoothing_function=SmoothingFunction().method7) x100, as in Zhao et "
-    "al.'s code; 0 where NLTK raises",
+    "al.'s code; 0 where NLTK raises. method7's smoothing can lift a (near-)exact match above "
+    "100, in NLTK itself",
     "a_bow": "cosine x100 of the mean word vectors of sample and reference",
     "e_bow": "cosine x100 of the extrema vectors (per dimension the value of largest magnitude)",
     "g_bow": "greedy matching x100 (mean over tokens of the best cosine with the other sentence's "

@@ -321,7 +321,9 @@ def test_zhao_bleu_is_nltk_with_zhaos_settings():
             [ref], hyp, weights, smoothing_function=SmoothingFunction().method7
         )
         assert zhao_bleu(hyp, ref, weights) == pytest.approx(expected)
-    assert zhao_bleu(ref, ref, (1 / 4,) * 4) == pytest.approx(100.0)
+    # method7's smoothing (method4 + method5) lifts even an exact match above 100, in NLTK
+    # itself; Zhao's numbers carry that.
+    assert zhao_bleu(ref, ref, (1 / 4,) * 4) > 100.0
     assert zhao_bleu([], ref, (1 / 3,) * 3) == 0.0
 
 
