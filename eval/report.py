@@ -77,3 +77,40 @@ def markdown_table(result: dict) -> str:
     for k, v in m.items():
         lines.append(f"| {k} | {v if isinstance(v, int) or v is None else f'{v:.4f}'} |")
     return "\n".join(lines)
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """One table of several results (name -> result JSON) beside the paper's rows, with the
+    baseline rows of the first result; what docs/results.md and the README show."""
+    lines = table_header() + paper_rows()
+    for name, result in results.items():
+        note = " (subset)" if subset_note(result) else ""
+        lines.append(metrics_row(f"**{name}**{note}", result["metrics"]))
+    first = next(iter(results.values()), {})
+    for name, baseline in first.get("baselines", {}).items():
+        lines.append(metrics_row(f"baseline: {name}", baseline))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.report",
+        description="Print one markdown table of several evaluation results "
+        "(python -m eval.switchboard JSON files), next to the paper's Table 4.",
+    )
+    parser.add_argument("results", nargs="+", help="result JSON files; a row each")
+    args = parser.parse_args(argv)
+    try:
+        results = {Path(p).stem: json.loads(Path(p).read_text()) for p in args.results}
+    except (OSError, ValueError) as e:
+        parser.exit(2, f"python -m eval.report: {e}\n")
+    print(results_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -301,3 +301,15 @@ def test_docs_list_the_differences_the_cli_prints():
     from eval.protocol import differences_markdown
 
     assert differences_markdown() in (ROOT / "docs" / "evaluation.md").read_text()
+
+
+def test_report_table_of_several_results(setup, capsys):
+    from eval.report import main as report_main
+
+    out = setup["base"] / "report" / "one.json"
+    run_cli(setup, out)
+    capsys.readouterr()
+    assert report_main([str(out), str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| **one** |") == 2 and "baseline: random_responses" in table
+    assert "| BN-VAE (paper) |" in table
