@@ -47,14 +47,14 @@ import torch
 from tqdm import tqdm
 
 from eval.embeddings import DEFAULT_EMBEDDINGS, load_embeddings
-from eval.latent import active_units, bn_kl_lower_bound, gaussian_kl, mutual_information
+from eval.latent import active_units, bn_kl_lower_bound, mutual_information
 from eval.metrics import BLEU_SETTINGS, EmbeddingScorer, ResponseMetrics
 from eval.protocol import PROTOCOL, differences_markdown
 from eval.report import markdown_table
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.config import add_dataclass_args, overrides_from_args
-from model.cvae import DECODE_DTYPES, decode_dtype
+from model.cvae import DECODE_DTYPES, decode_dtype, gaussian_kl
 from model.text import detokenize, tokenize
 from model.vocab import SPECIALS
 from training.prepare import DEFAULT_DATA
