@@ -401,7 +401,8 @@ class DialogCVAE(nn.Module):
         to keep a seeded request reproducible whatever else shares its batch). ``options``:
         n-gram blocking, repetition penalty, top-k/top-p sampling, ``<unk>`` or not
         (:mod:`model.decoding`); the default is the plain decoding of the evaluation protocol.
-        ``log_probs`` are the model's own, before any of these options.
+        ``log_probs`` are the model's, over the tokens it may say (so without ``<unk>`` when
+        that is banned), before the penalties and top-k/top-p.
         """
         if decoding not in ("greedy", "sample"):
             raise ValueError("decoding must be 'greedy' or 'sample'")
@@ -429,7 +430,10 @@ class DialogCVAE(nn.Module):
         token = torch.full((b,), bos, dtype=torch.long, device=c.device)
         # <pad>, <s> and <d> are never a next word; <unk> is, as in training, unless the options
         # say otherwise.
-        banned = torch.tensor([Vocabulary.pad_id, bos, Vocabulary.bod_id], device=c.device)
+        banned = [Vocabulary.pad_id, bos, Vocabulary.bod_id]
+        if not options.allow_unk:
+            banned.append(Vocabulary.unk_id)
+        banned = torch.tensor(banned, device=c.device)
         for t in range(max_length):
             h = self.decoder.step(token, h)
             logits = self.decoder.logits(h)
@@ -464,10 +468,8 @@ class DialogCVAE(nn.Module):
 
 
 def _restrict(logits: torch.Tensor, history: torch.Tensor, options: DecodingOptions) -> None:
-    """``options``' bans and penalties on the logits [R, V] of the rows still decoding, whose
-    words so far are ``history`` [R, t]. In place."""
-    if not options.allow_unk:
-        logits[:, Vocabulary.unk_id] = float("-inf")
+    """``options``' penalties on the logits [R, V] of the rows still decoding, whose words so far
+    are ``history`` [R, t]. In place."""
     if options.repetition_penalty != 1.0:
         penalize_repetitions(logits, history, options.repetition_penalty)
     if options.no_repeat_ngram_size:
