@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service import openai_api
 from service.engine import InferenceEngine
 from service.responding import ReadyEngine, respond_to
 from service.schemas import (
@@ -49,6 +50,7 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.include_router(openai_api.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=engine.config.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

@@ -227,3 +227,120 @@ LIMITS: dict[str, int | float] = {
     "min_temperature": MIN_TEMPERATURE,
     "max_temperature": MAX_TEMPERATURE,
 }
+
+
+# --- the OpenAI-compatible API (service/openai_api.py) -----------------------------------------
+# Only what this model can do is modelled; other OpenAI request fields (user, metadata,
+# frequency_penalty, ...) are accepted and ignored, as OpenAI-compatible servers commonly do.
+
+
+class _OpenAIRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TextPart(_OpenAIRequest):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_OpenAIRequest):
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="user and assistant are the conversation's two speakers (A and B); system "
+        "and developer messages are accepted and ignored: this model takes no instructions."
+    )
+    content: str | list[TextPart] = Field(description="The text, or a list of text parts.")
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return " ".join(part.text for part in self.content)
+
+
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_TURN_CHARS)]
+
+
+class StreamOptions(_OpenAIRequest):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    model: str = Field(description="The served model's id (GET /v1/models).")
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: Integer = Field(default=1, ge=1, le=MAX_SAMPLES, description="How many choices.")
+    temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="0: greedy decoding; above: sampling at this temperature. Omitted (with "
+        "top_p omitted too): the service's default, greedy decoding given each choice's own "
+        "latent z, which reads best with this model.",
+    )
+    top_p: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=f"Nucleus sampling (omitted: {READABLE.top_p} when sampling). 0: greedy.",
+    )
+    max_tokens: Integer | None = Field(
+        default=None,
+        ge=1,
+        description=f"Most tokens per choice; this model stops at {MAX_LENGTH} whatever the "
+        "value (omitted: 40).",
+    )
+    max_completion_tokens: Integer | None = Field(
+        default=None, ge=1, description="The newer name of max_tokens; wins when both are set."
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)] | None = None
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = Field(
+        default=None, description="Up to 4 sequences; a choice ends before the first of them."
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stop_sequences(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the model read of the conversation.")
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    input: InputReport = Field(description="This service's addition: what the model read.")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
