@@ -26,6 +26,14 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.batch import DialogBatch
+from model.decoding import (
+    PLAIN,
+    DecodingOptions,
+    block_repeated_ngrams,
+    keep_top_k,
+    keep_top_p,
+    penalize_repetitions,
+)
 from model.text import DEFAULT_TOKENIZER, check_tokenizer
 from model.vocab import Vocabulary
 
@@ -400,11 +408,16 @@ class DialogCVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        options: DecodingOptions = PLAIN,
     ) -> SampledResponses:
         """Draw ``num_samples`` responses per context: z ~ p(z|c), then decode given z.
 
         ``noise`` ([E, N, latent_dim]) fixes the standard-normal draws of z (used by the service
-        to keep a seeded request reproducible whatever else shares its batch).
+        to keep a seeded request reproducible whatever else shares its batch). ``options``:
+        n-gram blocking, repetition penalty, top-k/top-p sampling, ``<unk>`` or not
+        (:mod:`model.decoding`); the default is the plain decoding of the evaluation protocol.
+        ``log_probs`` are the model's, over the tokens it may say (so without ``<unk>`` when
+        that is banned), before the penalties and top-k/top-p.
         """
         if decoding not in ("greedy", "sample"):
             raise ValueError("decoding must be 'greedy' or 'sample'")
@@ -430,17 +443,28 @@ class DialogCVAE(nn.Module):
         # Only rows still decoding are computed: most responses end long before max_length.
         rows = torch.arange(b, device=c.device)
         token = torch.full((b,), bos, dtype=torch.long, device=c.device)
-        # <pad>, <s> and <d> are never a next word; <unk> stays possible, as in training.
-        banned = torch.tensor([Vocabulary.pad_id, bos, Vocabulary.bod_id], device=c.device)
+        # <pad>, <s> and <d> are never a next word; <unk> is, as in training, unless the options
+        # say otherwise.
+        banned = [Vocabulary.pad_id, bos, Vocabulary.bod_id]
+        if not options.allow_unk:
+            banned.append(Vocabulary.unk_id)
+        banned = torch.tensor(banned, device=c.device)
         for t in range(max_length):
             h = self.decoder.step(token, h)
             logits = self.decoder.logits(h)
             logits[:, banned] = float("-inf")
             logp = F.log_softmax(logits, dim=-1)
+            if not options.is_plain:  # logits may change from here on, logp stays the model's
+                _restrict(logits, out[rows, :t], options)
             if decoding == "greedy":
-                token = logp.argmax(dim=-1)
+                # The plain argmax is logp's, as it always was (logits' can differ at float ties).
+                token = (logp if options.is_plain else logits).argmax(dim=-1)
             else:
-                probs = F.softmax(logits / temperature, dim=-1)
+                scores = logits / temperature  # top-k/top-p of the tempered softmax, as in HF
+                if options.top_k:
+                    keep_top_k(scores, options.top_k)
+                keep_top_p(scores, options.top_p)
+                probs = F.softmax(scores, dim=-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             log_probs[rows] += logp.gather(1, token.unsqueeze(1)).squeeze(1)
             out[rows, t] = token
@@ -456,6 +480,15 @@ class DialogCVAE(nn.Module):
             lengths=lengths.reshape(e, n),
             log_probs=log_probs.reshape(e, n),
         )
+
+
+def _restrict(logits: torch.Tensor, history: torch.Tensor, options: DecodingOptions) -> None:
+    """``options``' penalties on the logits [R, V] of the rows still decoding, whose words so far
+    are ``history`` [R, t]. In place."""
+    if options.repetition_penalty != 1.0:
+        penalize_repetitions(logits, history, options.repetition_penalty)
+    if options.no_repeat_ngram_size:
+        block_repeated_ngrams(logits, history, options.no_repeat_ngram_size)
 
 
 DECODE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

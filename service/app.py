@@ -6,20 +6,14 @@ import json
 import math
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from model.text import normalize_utterance
-from service.engine import (
-    EngineError,
-    EngineNotReady,
-    EngineOverloaded,
-    EngineTimeout,
-    GenerationRequest,
-    InferenceEngine,
-)
+from service import openai_api
+from service.engine import InferenceEngine
+from service.responding import ReadyEngine, respond_to
 from service.schemas import (
     LIMITS,
     ErrorDetail,
@@ -56,6 +50,7 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.include_router(openai_api.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=engine.config.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -86,10 +81,8 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         return Status(status="ready")
 
     @app.get("/info", response_model=Info, responses={503: unavailable})
-    async def info():
+    async def info(engine: ReadyEngine):
         """The model's variant and dimensions, vocabulary size, device, checkpoint, engine."""
-        if engine.state != "ready":
-            raise HTTPException(503, f"model not ready ({engine.state})", {"Retry-After": "1"})
         return Info(**engine.describe(), limits=LIMITS)
 
     @app.post(
@@ -102,35 +95,30 @@ def create_app(engine: InferenceEngine) -> FastAPI:
             504: {"model": ErrorDetail, "description": "Not answered within the time limit"},
         },
     )
-    async def respond(body: RespondRequest):
+    async def respond(body: RespondRequest, engine: ReadyEngine):
         """Sample ``num_samples`` responses to the conversation."""
-        request = GenerationRequest(
-            turns=[(t.speaker, normalize_utterance(t.text)) for t in body.conversation],
+        result, report = await respond_to(
+            engine,
+            [(t.speaker, t.text) for t in body.conversation],
+            body.responder,
             num_samples=body.num_samples,
             max_length=body.max_length,
             decoding=body.decoding,
             temperature=body.temperature,
             seed=body.seed,
-            responder=body.responder,
+            options=body.decoding_options(),
         )
-        try:
-            result = await engine.generate(request)
-        except (EngineNotReady, EngineOverloaded) as e:
-            raise HTTPException(503, str(e), {"Retry-After": str(e.retry_after)}) from None
-        except EngineTimeout as e:
-            raise HTTPException(504, str(e)) from None
-        except EngineError as e:  # a bug, logged by the engine; the server keeps serving
-            raise HTTPException(500, str(e)) from None
         return RespondResponse(
             responses=[
                 SampledResponse(
                     text=r.text,
                     log_prob=r.log_prob if math.isfinite(r.log_prob) else None,
-                    num_words=len(r.tokens),
+                    num_tokens=len(r.tokens),
                 )
                 for r in result.responses
             ],
             responder=result.responder,
+            input=report,
             model=ModelSummary(
                 name=engine.name, variant=engine.model.config.variant, device=str(engine.device)
             ),

@@ -8,8 +8,8 @@ served at once (a wait would only add latency, and idle cores lose their cached 
 other processes: measured, a 5 ms pause made the next 50 ms CPU decode ~7 ms slower).
 
 The requests of a batch are grouped by their decoding parameters (``num_samples``,
-``max_length``, ``decoding``, ``temperature``: one ``model.sample_responses`` call takes one of
-each); a group's contexts go through ``context_batch`` together, are encoded once and all their
+``max_length``, ``decoding``, ``temperature``, ``options``: one ``model.sample_responses`` call
+takes one of each); a group's contexts go through ``context_batch`` together, are encoded once and all their
 samples are decoded in one batched loop. Model calls run in a single worker thread (the event
 loop stays free to accept and queue requests), one at a time.
 
@@ -43,6 +43,8 @@ import torch
 
 from model.batch import context_batch, next_speaker
 from model.cvae import DialogCVAE, decode_dtype, num_parameters
+from model.decoding import PLAIN, DecodingOptions
+from model.text import detokenize
 from model.vocab import Vocabulary
 from service.config import ServiceConfig, default_torch_threads
 
@@ -80,18 +82,20 @@ class GenerationRequest:
     temperature: float = 1.0
     seed: int | None = None
     responder: str | None = None
+    options: DecodingOptions = PLAIN
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one ``sample_responses`` call."""
         temperature = self.temperature if self.decoding == "sample" else None
-        return (self.num_samples, self.max_length, self.decoding, temperature)
+        return (self.num_samples, self.max_length, self.decoding, temperature, self.options)
 
 
 @dataclass(frozen=True)
 class Generated:
-    text: str
+    text: str  # for display: the tokens detokenized
     tokens: list[str]
     log_prob: float
+    finished: bool  # ended with </s>, not cut at max_length
 
 
 @dataclass(frozen=True)
@@ -394,6 +398,7 @@ class InferenceEngine:
                 decoding=req.decoding,
                 temperature=req.temperature,
                 generator=generator,
+                options=req.options,
             )
             token_ids = out.token_ids.cpu().tolist()
             log_probs = out.log_probs.cpu().tolist()
@@ -402,7 +407,8 @@ class InferenceEngine:
             responses = []
             for ids, lp in zip(token_ids[i], log_probs[i], strict=True):
                 tokens = vocab.decode(ids)
-                responses.append(Generated(" ".join(tokens), tokens, lp))
+                finished = vocab.eos_id in ids
+                responses.append(Generated(detokenize(tokens), tokens, lp, finished))
             results.append(GenerationResult(responses, p.responder))
         return results
 

@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-MAX_TURNS = 50
+from model.decoding import READABLE, DecodingOptions
+
 MAX_TURN_CHARS = 1000
 MAX_SPEAKER_CHARS = 32
 MAX_SAMPLES = 32
@@ -57,9 +58,9 @@ class Turn(_Strict):
 
 class RespondRequest(_Strict):
     conversation: list[Turn] = Field(
-        max_length=MAX_TURNS,
-        description="The turns so far, oldest first (may be empty: the opening line). Only the "
-        "last turns that fit the model's context window are used.",
+        description="The turns so far, oldest first (may be empty: the opening line); as many "
+        "as the request body's size limit allows. Only the last turns that fit the model's "
+        "context window (10 for the shipped checkpoint) are read.",
     )
     responder: Speaker | None = Field(
         default=None,
@@ -91,6 +92,37 @@ class RespondRequest(_Strict):
         description="Makes the responses reproducible: the same request with the same seed "
         "gives the same responses (on the same device and checkpoint).",
     )
+    # The defaults are model.decoding.READABLE; all 0 / 1.0 / true is the papers' plain decoding.
+    no_repeat_ngram_size: Integer = Field(
+        default=READABLE.no_repeat_ngram_size,
+        ge=0,
+        le=MAX_LENGTH,
+        description="No n-gram of this many tokens appears twice in a response (0: off).",
+    )
+    repetition_penalty: float = Field(
+        default=READABLE.repetition_penalty,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="Tokens already in the response are made less likely by this factor "
+        "(CTRL's penalty on the logits; 1.0: off).",
+    )
+    top_k: Integer = Field(
+        default=READABLE.top_k,
+        ge=0,
+        description="decoding='sample': draw from the k most likely tokens only (0: all).",
+    )
+    top_p: float = Field(
+        default=READABLE.top_p,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="decoding='sample': draw from the most likely tokens whose probability "
+        "adds up to top_p (nucleus sampling; 1.0: all).",
+    )
+    allow_unk: bool = Field(
+        default=READABLE.allow_unk,
+        description="Whether a response may contain <unk> (a word outside the vocabulary).",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -112,14 +144,44 @@ class RespondRequest(_Strict):
         },
     )
 
+    def decoding_options(self) -> DecodingOptions:
+        return DecodingOptions(
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            repetition_penalty=self.repetition_penalty,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            allow_unk=self.allow_unk,
+        )
+
 
 class SampledResponse(BaseModel):
-    text: str = Field(description="The response's words joined by spaces (may be empty).")
-    log_prob: float | None = Field(
-        description="Sum of the model's log-probabilities of the chosen words (and </s>), "
-        "given the sampled z; null if not finite."
+    text: str = Field(
+        description="The response for display: the model's tokens joined back into words "
+        "(may be empty)."
     )
-    num_words: int
+    log_prob: float | None = Field(
+        description="Sum of the model's log-probabilities of the chosen tokens (and </s>), "
+        "given the sampled z: its own, not those the penalties and top-k/top-p changed (only "
+        "<unk>, when not allowed, is left out); null if not finite."
+    )
+    num_tokens: int = Field(description="Tokens generated (</s> not counted).")
+
+
+class InputReport(BaseModel):
+    """What the model read of the conversation, and how much of it it could not read."""
+
+    turns: int = Field(description="Turns in the request.")
+    turns_read: int = Field(description="The last turns, those the model reads (its context).")
+    tokens: int = Field(description="Tokens read from those turns.")
+    unknown_tokens: int = Field(description="Of these, tokens outside the vocabulary (<unk>).")
+    unreadable: int = Field(
+        description="Pieces of text dropped: runs of letters or digits outside a-z and 0-9 "
+        "(other scripts, accents), emoji and other symbols."
+    )
+    unknown_rate: float = Field(
+        description="(unknown_tokens + unreadable) / (tokens + unreadable); 0 for no input."
+    )
+    warning: str | None = Field(description="Set when most of the input could not be read.")
 
 
 class ModelSummary(BaseModel):
@@ -131,6 +193,7 @@ class ModelSummary(BaseModel):
 class RespondResponse(BaseModel):
     responses: list[SampledResponse]
     responder: str
+    input: InputReport
     model: ModelSummary
 
 
@@ -158,10 +221,126 @@ class ErrorDetail(BaseModel):
 
 
 LIMITS: dict[str, int | float] = {
-    "max_turns": MAX_TURNS,
     "max_turn_chars": MAX_TURN_CHARS,
     "max_samples": MAX_SAMPLES,
     "max_length": MAX_LENGTH,
     "min_temperature": MIN_TEMPERATURE,
     "max_temperature": MAX_TEMPERATURE,
 }
+
+
+# --- the OpenAI-compatible API (service/openai_api.py) -----------------------------------------
+# Only what this model can do is modelled; other OpenAI request fields (user, metadata,
+# frequency_penalty, ...) are accepted and ignored, as OpenAI-compatible servers commonly do.
+
+
+class _OpenAIRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class TextPart(_OpenAIRequest):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_OpenAIRequest):
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="user and assistant are the conversation's two speakers (A and B); system "
+        "and developer messages are accepted and ignored: this model takes no instructions."
+    )
+    content: str | list[TextPart] = Field(description="The text, or a list of text parts.")
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return " ".join(part.text for part in self.content)
+
+
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_TURN_CHARS)]
+
+
+class StreamOptions(_OpenAIRequest):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    model: str = Field(description="The served model's id (GET /v1/models).")
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: Integer = Field(default=1, ge=1, le=MAX_SAMPLES, description="How many choices.")
+    temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="0: greedy decoding; above: sampling at this temperature. Omitted (with "
+        "top_p omitted too): the service's default, greedy decoding given each choice's own "
+        "latent z, which reads best with this model.",
+    )
+    top_p: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=f"Nucleus sampling (omitted: {READABLE.top_p} when sampling). 0: greedy.",
+    )
+    max_tokens: Integer | None = Field(
+        default=None,
+        ge=1,
+        description=f"Most tokens per choice; this model stops at {MAX_LENGTH} whatever the "
+        "value (omitted: 40).",
+    )
+    max_completion_tokens: Integer | None = Field(
+        default=None, ge=1, description="The newer name of max_tokens; wins when both are set."
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)] | None = None
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = Field(
+        default=None, description="Up to 4 sequences; a choice ends before the first of them."
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stop_sequences(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the model read of the conversation.")
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    input: InputReport = Field(description="This service's addition: what the model read.")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,104 @@
+"""How ``DialogCVAE.sample_responses`` picks each next token, besides greedy/sample and T.
+
+:class:`DecodingOptions` defaults to the plain decoding of the papers' evaluation protocol:
+nothing is blocked or penalised, ``<unk>`` may be generated, sampling draws from the whole
+softmax. :data:`READABLE` is what the service uses by default: greedy decoding of this model
+repeats itself ("a a a a", "and and and") and sometimes says ``<unk>``.
+
+Every function here works on the rows still decoding at one step, all at once:
+``logits`` [R, V] (float32, modified in place) and ``history`` [R, t] the tokens each row has
+generated so far (words only: a row leaves the loop when it generates ``</s>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    # Never generate a token that would repeat an n-gram already in the response (0: off).
+    no_repeat_ngram_size: int = 0
+    # Divide the positive logits of tokens already in the response by this, multiply the
+    # negative ones (Keskar et al. 2019, CTRL); 1.0: off.
+    repetition_penalty: float = 1.0
+    # decoding="sample" only: draw from the k most likely tokens (0: all) ...
+    top_k: int = 0
+    # ... and from the fewest most likely tokens whose probability, at the sampling
+    # temperature, adds up to top_p (Holtzman et al. 2020, nucleus sampling; 1.0: all).
+    top_p: float = 1.0
+    allow_unk: bool = True
+
+    def __post_init__(self):
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError("no_repeat_ngram_size must be >= 0")
+        if not self.repetition_penalty >= 1.0:
+            raise ValueError("repetition_penalty must be >= 1.0 (1.0: off)")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0 (0: off)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+
+    @property
+    def is_plain(self) -> bool:
+        return self == PLAIN
+
+
+PLAIN = DecodingOptions()
+# The service's default. Chosen on held-out conversations with the shipped checkpoint
+# (docs/decoding.md): trigram blocking ends the loops, the penalty keeps a word from coming
+# straight back, and top_p cuts the long tail that makes sampled responses word salad.
+READABLE = DecodingOptions(
+    no_repeat_ngram_size=3, repetition_penalty=1.2, top_p=0.9, allow_unk=False
+)
+
+
+def penalize_repetitions(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> None:
+    """CTRL's repetition penalty on every token of ``history`` (each row its own)."""
+    if history.shape[1] == 0:
+        return
+    seen = logits.gather(1, history)
+    # A token seen twice gets the same value written twice: the penalty is applied once.
+    logits.scatter_(1, history, torch.where(seen > 0, seen / penalty, seen * penalty))
+
+
+def block_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """-inf for every token that would complete an n-gram already in the row's ``history``."""
+    t = history.shape[1]
+    if t < n:  # no complete n-gram yet (for n = 1: t < 1)
+        return
+    ngrams = history.unfold(1, n, 1)  # [R, t - n + 1, n]
+    prefix = history[:, t - n + 1 :]  # [R, n - 1]: what the next token would complete
+    match = (ngrams[:, :, :-1] == prefix.unsqueeze(1)).all(dim=-1)  # [R, t - n + 1]
+    blocked = torch.zeros(match.shape, dtype=logits.dtype, device=logits.device)
+    logits.scatter_add_(1, ngrams[:, :, -1], blocked.masked_fill_(match, float("-inf")))
+
+
+def keep_top_k(logits: torch.Tensor, k: int) -> None:
+    """-inf for all but the ``k`` largest logits of each row (ties at the k-th kept)."""
+    if k >= logits.shape[1]:
+        return
+    kth = logits.topk(k, dim=1).values[:, -1:]
+    logits.masked_fill_(logits < kth, float("-inf"))
+
+
+# keep_top_p looks for each row's nucleus among this many most likely tokens first, and sorts
+# the whole vocabulary only when it reaches further (sorting 10k logits per row and step made
+# nucleus sampling 3x slower; measured on the shipped checkpoint).
+NUCLEUS_CANDIDATES = 64
+
+
+def keep_top_p(logits: torch.Tensor, p: float) -> None:
+    """-inf for the tokens outside each row's nucleus: the most likely tokens, in order, until
+    their probability adds up to ``p`` (the most likely token is always kept)."""
+    if p >= 1.0:
+        return
+    probs = logits.softmax(dim=1)
+    ranked, order = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[1]), dim=1)  # descending
+    if (ranked.sum(dim=1) < p).any():
+        ranked, order = probs.sort(dim=1, descending=True)
+    inside = ranked.cumsum(dim=1) - ranked < p  # the mass before each token is short of p
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, order, inside)
+    logits.masked_fill_(~keep, float("-inf"))

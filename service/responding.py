@@ -1,0 +1,56 @@
+"""What every route that answers a conversation shares: the engine as a dependency, and one
+call from turns of raw text to sampled responses, with the engine's errors as HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from service.conversation import read_conversation
+from service.engine import (
+    EngineError,
+    EngineNotReady,
+    EngineOverloaded,
+    EngineTimeout,
+    GenerationRequest,
+    GenerationResult,
+    InferenceEngine,
+)
+from service.schemas import InputReport
+
+
+def get_ready_engine(request: Request) -> InferenceEngine:
+    """The app's engine, once its model is loaded; until then 503 with Retry-After."""
+    engine: InferenceEngine = request.app.state.engine
+    if engine.state != "ready" or engine.model is None or engine.vocab is None:
+        raise HTTPException(503, f"model not ready ({engine.state})", {"Retry-After": "1"})
+    return engine
+
+
+ReadyEngine = Annotated[InferenceEngine, Depends(get_ready_engine)]
+
+
+async def respond_to(
+    engine: InferenceEngine,
+    turns: Sequence[tuple[str, str]],
+    responder: str | None,
+    **sampling,
+) -> tuple[GenerationResult, InputReport]:
+    """Sample responses to ``turns`` (speaker, raw text), oldest first; ``sampling``: the other
+    fields of GenerationRequest (num_samples, max_length, decoding, temperature, seed, options).
+
+    ``engine`` is one that :func:`get_ready_engine` let through (:data:`ReadyEngine`).
+    """
+    reading = read_conversation(turns, responder, engine.model, engine.vocab)
+    request = GenerationRequest(turns=reading.turns, responder=reading.responder, **sampling)
+    try:
+        result = await engine.generate(request)
+    except (EngineNotReady, EngineOverloaded) as e:
+        raise HTTPException(503, str(e), {"Retry-After": str(e.retry_after)}) from None
+    except EngineTimeout as e:
+        raise HTTPException(504, str(e)) from None
+    except EngineError as e:  # a bug, logged by the engine; the server keeps serving
+        raise HTTPException(500, str(e)) from None
+    return result, reading.report

@@ -1,0 +1,308 @@
+"""DecodingOptions in DialogCVAE.sample_responses: blocking, penalty, top-k/top-p, <unk>."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.batch import context_batch
+from model.cvae import DialogCVAE, ModelConfig
+from model.decoding import (
+    READABLE,
+    DecodingOptions,
+    block_repeated_ngrams,
+    keep_top_k,
+    keep_top_p,
+    penalize_repetitions,
+)
+from model.vocab import Vocabulary
+
+WORDS = [f"w{i}" for i in range(60)]
+VOCAB = Vocabulary.build([WORDS])
+
+
+def make_model(seed: int = 0) -> DialogCVAE:
+    torch.manual_seed(seed)
+    model = DialogCVAE(ModelConfig.preset("tiny", vocab_size=len(VOCAB))).eval()
+    with torch.no_grad():  # a wide prior: different z give different words
+        model.prior_net.mlp[-1].bias[model.config.latent_dim :] = 3.0
+    return model
+
+
+def looping_model() -> DialogCVAE:
+    """A model that prefers a few words and almost never ends: greedy decoding loops."""
+    model = make_model()
+    with torch.no_grad():
+        bias = model.decoder.out.bias
+        bias[VOCAB.index["w1"]] += 8.0
+        bias[VOCAB.index["w2"]] += 7.0
+        bias[VOCAB.eos_id] -= 20.0
+    return model
+
+
+def contexts(n: int = 3, seed: int = 0):
+    rng = random.Random(seed)
+    dialogs = [
+        [(rng.choice("AB"), rng.sample(WORDS, rng.randint(1, 8))) for _ in range(rng.randint(0, 6))]
+        for _ in range(n)
+    ]
+    return context_batch(dialogs, VOCAB)
+
+
+def sample(model, options=None, decoding="greedy", seed=0, n=4, max_length=20, **kw):
+    kwargs = {} if options is None else {"options": options}
+    return model.sample_responses(
+        contexts(),
+        n,
+        max_length=max_length,
+        decoding=decoding,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+        **kw,
+    )
+
+
+def responses(out) -> list[list[int]]:
+    return [
+        out.token_ids[e, i, : out.lengths[e, i]].tolist()
+        for e in range(out.token_ids.shape[0])
+        for i in range(out.token_ids.shape[1])
+    ]
+
+
+@torch.inference_mode()
+def previous_sample_responses(model, batch, num_samples, max_length, decoding, temperature, gen):
+    """sample_responses as it was before DecodingOptions (commit 6d89828), for comparison."""
+    c = model.encode_context(batch)
+    e, n = c.shape[0], num_samples
+    c = c.repeat_interleave(n, dim=0)
+    mu, logvar = model.prior_net(c)
+    noise = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+    z = mu + noise.reshape(mu.shape).to(mu) * torch.exp(0.5 * logvar)
+    h = model.decoder.initial_state(c, z).squeeze(0)
+    b = e * n
+    bos, eos = Vocabulary.bos_id, Vocabulary.eos_id
+    out = torch.zeros((b, max_length), dtype=torch.long)
+    log_probs = torch.zeros(b)
+    lengths = torch.full((b,), max_length, dtype=torch.long)
+    rows = torch.arange(b)
+    token = torch.full((b,), bos, dtype=torch.long)
+    banned = torch.tensor([Vocabulary.pad_id, bos, Vocabulary.bod_id])
+    for t in range(max_length):
+        h = model.decoder.step(token, h)
+        logits = model.decoder.logits(h)
+        logits[:, banned] = float("-inf")
+        logp = F.log_softmax(logits, dim=-1)
+        if decoding == "greedy":
+            token = logp.argmax(dim=-1)
+        else:
+            probs = F.softmax(logits / temperature, dim=-1)
+            token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        log_probs[rows] += logp.gather(1, token.unsqueeze(1)).squeeze(1)
+        out[rows, t] = token
+        ended = token == eos
+        lengths[rows[ended]] = t
+        if ended.all():
+            break
+        keep = ~ended
+        rows, token, h = rows[keep], token[keep], h[keep]
+    width = int(out.ne(0).sum(1).max().item())
+    return out[:, : max(width, 1)].reshape(e, n, -1), lengths.reshape(e, n), log_probs.reshape(e, n)
+
+
+# --- the defaults are the plain decoding ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "decoding, temperature", [("greedy", 1.0), ("sample", 1.0), ("sample", 0.7)]
+)
+@pytest.mark.parametrize("options", [None, DecodingOptions()])
+def test_defaults_reproduce_the_previous_decoder_token_for_token(decoding, temperature, options):
+    for model in (make_model(), looping_model()):
+        for seed in range(3):
+            new = sample(
+                model, options, decoding, seed, n=5, max_length=25, temperature=temperature
+            )
+            old = previous_sample_responses(
+                model, contexts(), 5, 25, decoding, temperature, torch.Generator().manual_seed(seed)
+            )
+            assert torch.equal(new.token_ids, old[0])
+            assert torch.equal(new.lengths, old[1])
+            assert torch.equal(new.log_probs, old[2])
+
+
+# --- n-gram blocking and the repetition penalty -----------------------------------------------
+
+
+def ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def test_the_looping_model_repeats_itself_without_options():
+    for r in responses(sample(looping_model(), max_length=12)):
+        assert len(set(ngrams(r, 3))) < len(ngrams(r, 3)), r
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("decoding", ["greedy", "sample"])
+def test_no_repeat_ngram_size_prevents_every_repeated_ngram(n, decoding):
+    options = DecodingOptions(no_repeat_ngram_size=n)
+    for seed in range(3):
+        out = sample(looping_model(), options, decoding, seed, max_length=30)
+        for r in responses(out):
+            assert len(r) == 30  # the looping model does not stop: long responses
+            assert len(set(ngrams(r, n))) == len(ngrams(r, n)), (n, r)
+
+
+def test_block_repeated_ngrams_bans_exactly_the_completing_tokens():
+    history = torch.tensor([[1, 2, 3, 1, 2], [4, 4, 4, 5, 6]])
+    logits = torch.zeros(2, 8)
+    block_repeated_ngrams(logits, history, 3)
+    # row 0: "1 2" was followed by 3 -> 3 is banned; row 1: "5 6" never seen before
+    assert torch.isinf(logits[0]).nonzero().flatten().tolist() == [3]
+    assert not torch.isinf(logits[1]).any()
+    logits = torch.zeros(2, 8)
+    block_repeated_ngrams(logits, history, 2)  # row 0: "2" -> 3; row 1: "6" -> nothing
+    assert torch.isinf(logits).nonzero().tolist() == [[0, 3]]
+    logits = torch.zeros(2, 8)
+    block_repeated_ngrams(logits, history, 1)  # every word once
+    assert torch.isinf(logits[1]).nonzero().flatten().tolist() == [4, 5, 6]
+
+
+def test_repetition_penalty_scales_the_logits_of_seen_tokens_once():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    penalize_repetitions(logits, torch.tensor([[0, 1, 0]]), 2.0)
+    assert logits.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+def test_repetition_penalty_discourages_repeats():
+    model = make_model()
+    with torch.no_grad():  # two favourite words, within a factor 2 of each other
+        model.decoder.out.bias[VOCAB.index["w1"]] += 4.0
+        model.decoder.out.bias[VOCAB.index["w2"]] += 3.0
+        model.decoder.out.bias[VOCAB.eos_id] -= 20.0
+
+    def second_word_repeats_first(options):
+        rs = [r for s in range(3) for r in responses(sample(model, options, seed=s))]
+        return sum(r[0] == r[1] for r in rs) / len(rs)
+
+    assert second_word_repeats_first(None) > 0.5  # "w1 w1 w1 ..."
+    # Once said, w1's logit is halved and w2 comes first.
+    assert second_word_repeats_first(DecodingOptions(repetition_penalty=2.0)) < 0.1
+
+
+# --- top-k and top-p ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options", [DecodingOptions(top_k=1), DecodingOptions(top_p=1e-6), READABLE]
+)
+def test_sampling_from_one_candidate_equals_greedy(options):
+    if options is READABLE:
+        options = replace(READABLE, top_k=1)
+    for model in (make_model(), looping_model()):
+        for seed in range(3):
+            greedy = sample(model, options, "greedy", seed, n=5)
+            sampled = sample(model, options, "sample", seed, n=5, temperature=1.5)
+            assert torch.equal(sampled.token_ids, greedy.token_ids)
+            assert torch.equal(sampled.log_probs, greedy.log_probs)
+
+
+def test_keep_top_k_and_top_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = {}
+    for name, apply, arg in [
+        ("k1", keep_top_k, 1),
+        ("k3", keep_top_k, 3),
+        ("k9", keep_top_k, 9),
+        ("p0.4", keep_top_p, 0.4),
+        ("p0.6", keep_top_p, 0.6),
+        ("p0.9", keep_top_p, 0.9),
+        ("p1", keep_top_p, 1.0),
+    ]:
+        logits = probs.log()[:, [2, 0, 3, 1]]  # shuffled: the order is found, not assumed
+        apply(logits, arg)
+        kept[name] = torch.isfinite(logits[0]).nonzero().flatten().tolist()
+    assert kept == {
+        "k1": [1],
+        "k3": [0, 1, 3],
+        "k9": [0, 1, 2, 3],
+        "p0.4": [1],
+        "p0.6": [1, 3],
+        "p0.9": [0, 1, 3],
+        "p1": [0, 1, 2, 3],
+    }
+
+
+def test_top_k_sampling_draws_only_from_the_k_best():
+    model = make_model()
+    batch = contexts()
+    for seed in range(3):
+        out = model.sample_responses(
+            batch, 4, 1, "sample", 2.0, torch.Generator().manual_seed(seed), None,
+            DecodingOptions(top_k=3),
+        )  # fmt: skip
+        # the first token's 3 best candidates, recomputed for the same z
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            c = model.encode_context(batch).repeat_interleave(4, dim=0)
+            mu, logvar = model.prior_net(c)
+            z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
+            h = model.decoder.step(
+                torch.full((c.shape[0],), VOCAB.bos_id), model.decoder.initial_state(c, z)[0]
+            )
+            logits = model.decoder.logits(h)
+        logits[:, [VOCAB.pad_id, VOCAB.bos_id, VOCAB.bod_id]] = float("-inf")
+        best = logits.topk(3, dim=1).indices
+        first = out.token_ids.reshape(-1, out.token_ids.shape[-1])[:, 0]
+        assert (best == first.unsqueeze(1)).any(dim=1).all()
+
+
+# --- <unk> ---------------------------------------------------------------------------------------
+
+
+def unk_loving_model() -> DialogCVAE:
+    model = make_model()
+    with torch.no_grad():
+        model.decoder.out.bias[VOCAB.unk_id] += 30.0
+    return model
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "sample"])
+def test_unk_is_never_generated_when_not_allowed(decoding):
+    model = unk_loving_model()
+    plain = torch.cat([sample(model, None, decoding, s).token_ids.flatten() for s in range(3)])
+    assert (plain == VOCAB.unk_id).sum() > 10  # the model wants <unk> ...
+    for options in (DecodingOptions(allow_unk=False), READABLE):
+        for seed in range(3):
+            out = sample(model, options, decoding, seed)
+            assert not (out.token_ids == VOCAB.unk_id).any()  # ... and never gets it
+            assert torch.isfinite(out.log_probs).all()
+
+
+# --- the options themselves ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+        ({"repetition_penalty": 0.5}, "repetition_penalty"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_invalid_options_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        DecodingOptions(**fields)
+
+
+def test_the_readable_preset_changes_decoding_and_the_default_does_not():
+    assert DecodingOptions().is_plain and not READABLE.is_plain
+    assert READABLE.no_repeat_ngram_size > 0 and not READABLE.allow_unk
