@@ -62,6 +62,10 @@ def markdown_table(result: dict) -> str:
     note = subset_note(result)
     if note:
         lines += [note, ""]
+    decoding = result["protocol"].get("decoding", {})
+    if decoding and not decoding.get("plain", True):
+        shown = {k: v for k, v in decoding.items() if k != "plain"}
+        lines += [f"Decoding {shown}: not the plain protocol of the paper's table.", ""]
     lines += table_header() + paper_rows()
     lines.append(metrics_row(f"**this checkpoint ({variant})**", m))
     for name, baseline in result.get("baselines", {}).items():

@@ -55,6 +55,7 @@ from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.config import add_dataclass_args, overrides_from_args
 from model.cvae import DECODE_DTYPES, decode_dtype, gaussian_kl
+from model.decoding import DecodingOptions
 from model.text import detokenize, tokenize
 from model.vocab import SPECIALS
 from training.prepare import DEFAULT_DATA
@@ -122,6 +123,29 @@ class EvalConfig:
     )
     max_length: int = field(default=40, metadata={"help": "max words of a sampled response"})
     decoding: str = field(default="greedy", metadata={"help": "greedy or sample"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    # The decoding controls of model/decoding.py; the defaults are the papers' plain protocol.
+    # The service's readable defaults: --no-repeat-ngram-size 3 --repetition-penalty 1.2
+    # --top-p 0.9 --allow-unk false.
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "never repeat an n-gram of this size in a response (0: off)"}
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "CTRL repetition penalty (1.0: off)"}
+    )
+    top_k: int = field(default=0, metadata={"help": "sample from the k most likely (0: all)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0: all)"})
+    allow_unk: bool = field(default=True, metadata={"help": "let samples contain <unk>"})
+
+    def decoding_options(self) -> DecodingOptions:
+        return DecodingOptions(
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            repetition_penalty=self.repetition_penalty,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            allow_unk=self.allow_unk,
+        )
+
     threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)"})
     decode_dtype: str = field(
         default="float32",
@@ -150,6 +174,10 @@ class EvalConfig:
             raise EvalError("--limit must be >= 1")
         if self.decoding not in ("greedy", "sample"):
             raise EvalError("--decoding must be 'greedy' or 'sample'")
+        try:
+            self.decoding_options()
+        except ValueError as e:
+            raise EvalError(f"decoding options: {e}") from e
         if self.decode_dtype not in ("auto", *DECODE_DTYPES):
             raise EvalError(f"--decode-dtype must be auto or one of {list(DECODE_DTYPES)}")
         return self
@@ -357,8 +385,10 @@ def evaluate(config: EvalConfig) -> dict:
                     config.samples,
                     max_length=config.max_length,
                     decoding=config.decoding,
+                    temperature=config.temperature,
                     generator=torch.Generator().manual_seed(config.seed + position),
                     noise=noise,
+                    options=config.decoding_options(),
                 )
                 k = 0
                 for i, s, end in spans:
@@ -411,6 +441,13 @@ def evaluate(config: EvalConfig) -> dict:
     protocol = dict(PROTOCOL)
     protocol["data"] = source
     protocol["paper_differences"] = differences_markdown()
+    options = config.decoding_options()
+    protocol["decoding"] = {
+        "decoding": config.decoding,
+        "temperature": config.temperature,
+        **dataclasses.asdict(options),
+        "plain": options.is_plain,
+    }
     protocol["frequent_response"] = " ".join(frequent) if frequent else None
     protocol["word_vectors"] = (
         f"{config.glove or DEFAULT_EMBEDDINGS} ({len(kv)} words, {kv.vector_size}-d); "

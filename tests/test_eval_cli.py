@@ -316,3 +316,19 @@ def test_report_table_of_several_results(setup, capsys):
     assert "| **one** |" in table and "| **two** |" in table
     assert "baseline: random_responses" in table
     assert "| BN-VAE (paper) |" in table
+
+
+def test_decoding_options_reach_the_samples(setup, tmp_path):
+    plain = run_cli(setup, tmp_path / "plain.json", "--limit", "6")
+    assert plain["protocol"]["decoding"]["plain"] is True
+    blocked = run_cli(
+        setup, tmp_path / "blocked.json", "--limit", "6", "--no-repeat-ngram-size", "1",
+        "--allow-unk", "false", "--max-length", "8",
+    )  # fmt: skip
+    assert blocked["protocol"]["decoding"]["no_repeat_ngram_size"] == 1
+    assert blocked["protocol"]["decoding"]["plain"] is False
+    for line in (tmp_path / "blocked.samples.txt").read_text().splitlines():
+        if line.strip().startswith("sample"):
+            words = line.split(":", 1)[1].split()
+            assert words == ["(empty)"] or len(set(words)) == len(words)  # no token repeated
+    assert "not the plain protocol" in markdown_table(blocked)
