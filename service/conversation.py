@@ -1,7 +1,7 @@
 """What the model reads of a conversation, and how much of it it could not read.
 
 Only the trailing window of ``max_context`` turns is read (the model's context), each turn up to
-``max_utt_len`` tokens; so a conversation may be any length and costs the same to read. Text
+``max_utt_len`` tokens: reading costs the same however many turns there are. Text
 the tokenizer drops (punctuation aside) is counted as unreadable: letters outside a-z, digits
 outside 0-9, emoji and other symbols.
 """
@@ -25,8 +25,8 @@ _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 
 
 def tokenizer_of(model: DialogCVAE) -> str:
-    """The tokenizer the checkpoint was trained with; older checkpoints name none and used
-    plain words (ModelConfig gains a ``tokenizer`` field)."""
+    """The tokenizer the checkpoint was trained with. Checkpoints from before ModelConfig had a
+    ``tokenizer`` field name none; they used plain words."""
     return getattr(model.config, "tokenizer", LEGACY_TOKENIZER)
 
 
