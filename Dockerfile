@@ -2,16 +2,34 @@
 # the CPU (--device auto). Build from the repository root:
 #   docker build -t bncvae-service .
 #   docker run --gpus all -p 8000:8000 bncvae-service
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+#
+# torch is the release the Makefile installs and every test runs on (TORCH_VERSION, checked by
+# tests/test_service_docker.py), in its CUDA build from PyPI: torch 2.13.0's wheel is built for
+# CUDA 13.0 and brings its own CUDA libraries (cuBLAS, cuDNN, ...) as pip packages. The base is
+# NVIDIA's CUDA 13.0 "base" image: the CUDA runtime and the settings the NVIDIA container toolkit
+# reads for --gpus; its larger "runtime" image would hold a second copy of the libraries.
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ARG TORCH_VERSION=2.13.0
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
 
 WORKDIR /app
 
-# The package (its torch requirement is met by the base image's CUDA build, which pip keeps).
+# torch first, pinned (its CUDA build: the default on PyPI for Linux x86_64).
+RUN pip install "torch==${TORCH_VERSION}"
+
+# The package with its base dependencies only: what serving needs.
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY training ./training

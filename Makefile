@@ -1,35 +1,48 @@
-# Set-up is part of each target: on a fresh machine `make serve` or `make test` creates the
-# virtual environment, installs the CPU build of torch from the pinned wheel first (so no
-# multi-GB CUDA build is pulled), then this package with its dev extras.
+# Set-up is part of each target, on a fresh clone too: `make serve` creates the virtual
+# environment with only what serving needs (torch, then the package's base dependencies);
+# `make test` and the other targets add the dev extras (tests, training, evaluation).
+#   make serve HOST=0.0.0.0 PORT=9000
+#   make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu   # see the README: torch build
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The torch release every test here runs on; the Dockerfile installs the same (a test checks).
+TORCH_VERSION ?= 2.13.0
+# Empty: pip's configured index decides which build of torch it gets (README, "Set-up").
+TORCH_INDEX ?=
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: setup serve test lint bench-train bench-service prepare
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -e .
+	touch $@
+
+$(DEV_STAMP): $(SERVE_STAMP)
 	$(PY) -m pip install -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
-serve: $(STAMP)  ## the service with the default checkpoint on http://127.0.0.1:8000
-	$(PY) -m service
+serve: $(SERVE_STAMP)  ## the service with the default checkpoint on http://$(HOST):$(PORT)
+	$(PY) -m service --host $(HOST) --port $(PORT)
 
-test: $(STAMP)  ## lint + the whole test suite (what CI runs)
+test: $(DEV_STAMP)  ## lint + the whole test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
-prepare: $(STAMP)
+prepare: $(DEV_STAMP)
 	$(PY) -m training.prepare --out runs/data/switchboard
 
-bench-train: $(STAMP) prepare
+bench-train: $(DEV_STAMP) prepare
 	$(PY) benchmarks/train_throughput.py
 
-bench-service: $(STAMP)
+bench-service: $(DEV_STAMP)
 	$(PY) benchmarks/service_load.py

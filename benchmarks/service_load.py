@@ -42,9 +42,10 @@ import torch  # noqa: E402
 from model.batch import context_batch  # noqa: E402
 from model.checkpoint import load_config, load_pretrained, save_pretrained  # noqa: E402
 from model.cvae import DECODE_DTYPES, DialogCVAE, ModelConfig, decode_dtype  # noqa: E402
-from model.text import normalize_utterance  # noqa: E402
+from model.decoding import READABLE  # noqa: E402
 from model.vocab import SPECIALS, Vocabulary  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT, default_torch_threads  # noqa: E402
+from service.conversation import read_conversation  # noqa: E402
 
 CONVERSATION = [
     {"speaker": "A", "text": "So do you have any pets at home?"},
@@ -79,11 +80,13 @@ def bare_decode_ms(
     checkpoint: Path, device: str, dtype: str, payload: dict, repeats: int, contexts: int = 1
 ) -> float:
     """Median time of the model call alone for ``contexts`` copies of the request, in-process,
-    set up as the engine sets it up (``dtype``: the vocabulary projection's, as --decode-dtype).
+    set up as the engine sets it up (``dtype``: the vocabulary projection's, as --decode-dtype)
+    and decoded as the service decodes it by default (``READABLE``).
     """
     model, vocab = load_pretrained(checkpoint, device=device)
     model.eval().set_decode_dtype(decode_dtype(dtype, device))
-    turns = [(t["speaker"], normalize_utterance(t["text"])) for t in payload["conversation"]]
+    conversation = [(t["speaker"], t["text"]) for t in payload["conversation"]]
+    turns = read_conversation(conversation, None, model, vocab).turns
     batch = context_batch([turns] * contexts, vocab, max_context=model.config.max_context)
     batch = batch.to(device)
     generator = torch.Generator(device=device)
@@ -96,6 +99,7 @@ def bare_decode_ms(
             max_length=payload["max_length"],
             decoding=payload["decoding"],
             generator=generator,
+            options=READABLE,
         )
         if device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -11,9 +11,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service import openai_api
+from service import docs, openai_api, playground
 from service.engine import InferenceEngine
-from service.responding import ReadyEngine, respond_to
+from service.responding import ANSWER_ERRORS, ReadyEngine, respond_to
 from service.schemas import (
     LIMITS,
     ErrorDetail,
@@ -48,8 +48,12 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves them without a CDN
+        redoc_url=None,
     )
     app.state.engine = engine
+    app.include_router(docs.router)
+    app.include_router(playground.router)
     app.include_router(openai_api.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=engine.config.max_body_bytes)
 
@@ -88,12 +92,7 @@ def create_app(engine: InferenceEngine) -> FastAPI:
     @app.post(
         "/respond",
         response_model=RespondResponse,
-        responses={
-            400: {"model": ErrorDetail, "description": "Body is not UTF-8 text"},
-            413: {"model": ErrorDetail, "description": "Request body too large"},
-            503: unavailable,
-            504: {"model": ErrorDetail, "description": "Not answered within the time limit"},
-        },
+        responses=ANSWER_ERRORS,
     )
     async def respond(body: RespondRequest, engine: ReadyEngine):
         """Sample ``num_samples`` responses to the conversation."""

@@ -1,7 +1,7 @@
 """What the model reads of a conversation, and how much of it it could not read.
 
 Only the trailing window of ``max_context`` turns is read (the model's context), each turn up to
-``max_utt_len`` tokens; so a conversation may be any length and costs the same to read. Text
+``max_utt_len`` tokens: reading costs the same however many turns there are. Text
 the tokenizer drops (punctuation aside) is counted as unreadable: letters outside a-z, digits
 outside 0-9, emoji and other symbols.
 """

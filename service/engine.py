@@ -9,8 +9,8 @@ other processes: measured, a 5 ms pause made the next 50 ms CPU decode ~7 ms slo
 
 The requests of a batch are grouped by their decoding parameters (``num_samples``,
 ``max_length``, ``decoding``, ``temperature``, ``options``: one ``model.sample_responses`` call
-takes one of each); a group's contexts go through ``context_batch`` together, are encoded once and all their
-samples are decoded in one batched loop. Model calls run in a single worker thread (the event
+takes one of each); a group's contexts go through ``context_batch`` together, are encoded once
+and all their samples are decoded in one batched loop. Model calls run in a single worker thread (the event
 loop stays free to accept and queue requests), one at a time.
 
 Seeds: a request with a ``seed`` is decoded in a model call of its own, with a fresh

@@ -30,7 +30,7 @@ from fastapi.responses import StreamingResponse
 
 from model.decoding import READABLE
 from service.engine import Generated, InferenceEngine
-from service.responding import ReadyEngine, respond_to
+from service.responding import ANSWER_ERRORS, ReadyEngine, respond_to
 from service.schemas import (
     MAX_LENGTH,
     MIN_TEMPERATURE,
@@ -59,7 +59,7 @@ def model_card(engine: InferenceEngine) -> ModelCard:
     return ModelCard(id=engine.name, created=created, owned_by=OWNER)
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses={503: ANSWER_ERRORS[503]})
 async def list_models(engine: ReadyEngine) -> ModelList:
     """The one model this service serves."""
     return ModelList(data=[model_card(engine)])
@@ -71,8 +71,7 @@ async def list_models(engine: ReadyEngine) -> ModelList:
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"},
         404: {"model": ErrorDetail, "description": "No such model"},
-        503: {"model": ErrorDetail, "description": "Model not loaded yet, or overloaded"},
-        504: {"model": ErrorDetail, "description": "Not answered within the time limit"},
+        **ANSWER_ERRORS,
     },
 )
 async def chat_completions(body: ChatCompletionRequest, engine: ReadyEngine):

@@ -18,7 +18,15 @@ from service.engine import (
     GenerationResult,
     InferenceEngine,
 )
-from service.schemas import InputReport
+from service.schemas import ErrorDetail, InputReport
+
+# The statuses of a route that answers a conversation, besides 200 and 422 (for its OpenAPI).
+ANSWER_ERRORS: dict[int | str, dict] = {
+    400: {"model": ErrorDetail, "description": "Body is not UTF-8 text"},
+    413: {"model": ErrorDetail, "description": "Request body too large"},
+    503: {"model": ErrorDetail, "description": "Model not loaded yet, or overloaded"},
+    504: {"model": ErrorDetail, "description": "Not answered within the time limit"},
+}
 
 
 def get_ready_engine(request: Request) -> InferenceEngine:

@@ -257,6 +257,8 @@ class ChatMessage(_OpenAIRequest):
 
 
 StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_TURN_CHARS)]
+# (the bound inside the Annotated: on `Integer | None` pydantic leaves it out of the JSON Schema)
+TokenCount = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 
 
 class StreamOptions(_OpenAIRequest):
@@ -283,14 +285,13 @@ class ChatCompletionRequest(_OpenAIRequest):
         allow_inf_nan=False,
         description=f"Nucleus sampling (omitted: {READABLE.top_p} when sampling). 0: greedy.",
     )
-    max_tokens: Integer | None = Field(
+    max_tokens: TokenCount | None = Field(
         default=None,
-        ge=1,
         description=f"Most tokens per choice; this model stops at {MAX_LENGTH} whatever the "
         "value (omitted: 40).",
     )
-    max_completion_tokens: Integer | None = Field(
-        default=None, ge=1, description="The newer name of max_tokens; wins when both are set."
+    max_completion_tokens: TokenCount | None = Field(
+        default=None, description="The newer name of max_tokens; wins when both are set."
     )
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)] | None = None
     stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = Field(

@@ -10,7 +10,6 @@ import ast
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from service import config as service_config
 from service.app import create_app
 from service.config import ConfigError, ServiceConfig, resolve_checkpoint
 from service.engine import InferenceEngine
+from tests.servers import running_service
 
 with warnings.catch_warnings():  # starlette's note that its TestClient will move to httpx2
     warnings.filterwarnings("ignore", message=".*httpx2", category=UserWarning)
@@ -622,47 +622,11 @@ def subprocess_env() -> dict:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "service", "--checkpoint", str(tiny_checkpoint)),
-                *("--port", str(port), "--device", "cpu", "--max-body-bytes", "65536"),
-            ],
-            cwd=REPO,
-            env=subprocess_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with running_service(tiny_checkpoint, log, "--max-body-bytes", "65536") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.slow

@@ -19,6 +19,10 @@ from service.config import DEFAULT_CHECKPOINT, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
+# The CUDA major version of torch's PyPI wheel for Linux x86_64, per release: pip's resolution
+# of torch==2.13.0 on PyPI brings nvidia-cuda-runtime 13.0 (README, "Docker"). Add a release
+# here when TORCH_VERSION changes, and move the Dockerfile's base image with it.
+TORCH_CUDA_MAJOR = {"2.13.0": "13"}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -94,7 +98,7 @@ def test_image_basics():
     ins = instructions()
     keywords = [k for k, _ in ins]
     base = next(a for k, a in ins if k == "FROM")
-    assert base.startswith("pytorch/pytorch:") and "cuda" in base, base
+    assert base.startswith("nvidia/cuda:") and "-base-" in base, base
     assert ("EXPOSE", "8000") in ins
     user = [a for k, a in ins if k == "USER"]
     assert user and user[-1] not in ("root", "0"), "the service must not run as root"
@@ -117,3 +121,24 @@ def test_default_checkpoint_is_shipped():
         assert (directory / name).is_file(), f"{DEFAULT_CHECKPOINT}/{name} is missing"
     model, _ = load_pretrained(directory)  # CheckpointError names a bad file
     assert model.config.variant == "bn-cvae"
+
+
+def makefile_torch_version() -> str:
+    for line in (REPO / "Makefile").read_text().splitlines():
+        name, _, value = line.partition("?=")
+        if name.strip() == "TORCH_VERSION":
+            return value.strip()
+    raise AssertionError("the Makefile sets no TORCH_VERSION")
+
+
+def test_the_image_installs_the_torch_release_the_makefile_installs():
+    version = makefile_torch_version()
+    args = dict(a.split("=", 1) for k, a in instructions() if k == "ARG" and "=" in a)
+    assert args.get("TORCH_VERSION") == version, "Dockerfile and Makefile torch releases differ"
+    runs = " ".join(a for k, a in instructions() if k == "RUN")
+    assert 'pip install "torch==${TORCH_VERSION}"' in runs
+    assert "torch==$(TORCH_VERSION)" in (REPO / "Makefile").read_text()
+    # the base image's CUDA is the one the torch wheel was built for
+    base = next(a for k, a in instructions() if k == "FROM")
+    assert version in TORCH_CUDA_MAJOR, f"look up the CUDA version of torch {version}'s wheel"
+    assert base.split(":")[1].split(".")[0] == TORCH_CUDA_MAJOR[version], base
