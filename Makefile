@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint bench-train bench-service prepare
+.PHONY: setup serve test lint bench-train bench-service stress prepare
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,6 @@ bench-train: $(STAMP) prepare
 
 bench-service: $(STAMP)
 	$(PY) benchmarks/service_load.py
+
+stress: $(STAMP)  ## hostile input, overload, slow clients against a real server; STRESS_ARGS=--quick
+	$(PY) benchmarks/stress.py $(STRESS_ARGS)
