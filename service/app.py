@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.text import normalize_utterance
 from service.engine import (
@@ -37,6 +36,15 @@ diverse next responses: each sample draws its own latent z from the prior networ
 Concurrent requests are decoded together in micro-batches.
 """
 
+# An error quotes the input it refuses (as FastAPI's do), but only so much of it: strings cut to
+# QUOTE_CHARS, lists and objects to QUOTE_ITEMS items and QUOTE_DEPTH levels, at most
+# MAX_ERRORS errors (fewer than QUOTE_ITEMS: the list of errors is quoted too); a request
+# cannot make the server write a large body back.
+QUOTE_CHARS = 200
+QUOTE_ITEMS = 20
+QUOTE_DEPTH = 4
+MAX_ERRORS = 10
+
 
 def create_app(engine: InferenceEngine) -> FastAPI:
     """The app around ``engine``, which it starts and stops with its lifespan."""
@@ -60,10 +68,20 @@ def create_app(engine: InferenceEngine) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        # FastAPI's own handler, except that a NaN/Infinity in the body (Python's json accepts
-        # them) is echoed as a string instead of making the error response unserialisable.
-        errors = _json_safe(jsonable_encoder(exc.errors()))
-        return JSONResponse({"detail": errors}, status_code=422)
+        if isinstance(exc.body, bytes) and not _is_utf8(exc.body):
+            # A body FastAPI did not parse as JSON (its content type is not JSON), and that is
+            # not text either; as an undecodable JSON body, it gets 400.
+            return error_response(400, "request body is not UTF-8 text")
+        errors = exc.errors()
+        shown = list(errors[:MAX_ERRORS])
+        if len(errors) > MAX_ERRORS:
+            more = f"{len(errors) - MAX_ERRORS} more errors not shown"
+            shown.append({"type": "too_many_errors", "loc": ["body"], "msg": more, "input": None})
+        return error_response(422, shown)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, exc.detail, exc.headers)
 
     unavailable = {"model": ErrorDetail, "description": "Model not loaded yet, or overloaded"}
 
@@ -139,14 +157,52 @@ def create_app(engine: InferenceEngine) -> FastAPI:
     return app
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+def error_response(status: int, detail, headers: dict | None = None) -> JSONResponse:
+    """Every error the service answers: ``{"detail": detail}``, made quotable."""
+    return JSONResponse({"detail": quotable(detail)}, status_code=status, headers=headers)
+
+
+def quotable(value, depth: int = 0):
+    """``value`` as an error may quote it: JSON-serialisable, encodable as UTF-8, and short.
+
+    Lone UTF-16 surrogates (json.loads makes them from ``"\\ud800"``; UTF-8 cannot encode them)
+    and undecodable bytes are written as backslash escapes; NaN and infinities (Python's json
+    reads them) become strings; anything else that is not JSON (an exception in a pydantic
+    error's context) becomes its str().
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(text) > QUOTE_CHARS:
+            return f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
+        return text
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple, dict)) and depth >= QUOTE_DEPTH:
+        return f"... ({len(value)} items)"
+    if isinstance(value, (list, tuple)):
+        items = [quotable(v, depth + 1) for v in value[:QUOTE_ITEMS]]
+        if len(value) > QUOTE_ITEMS:
+            items.append(f"... ({len(value)} items)")
+        return items
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
+        shown = list(value.items())[:QUOTE_ITEMS]
+        quoted = {quotable(str(k)): quotable(v, depth + 1) for k, v in shown}
+        if len(value) > QUOTE_ITEMS:
+            quoted["..."] = f"{len(value)} items"
+        return quoted
+    return quotable(str(value))
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _BodyTooLarge(Exception):
@@ -174,10 +230,10 @@ class BodySizeLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await self._reply(send, 400, "invalid Content-Length header")
+                    await self._reply(scope, receive, send, 400, "invalid Content-Length header")
                     return
                 if declared > self.max_bytes:
-                    await self._reply(send, 413, self._too_large())
+                    await self._reply(scope, receive, send, 413, self._too_large())
                     return
 
         received = 0
@@ -208,23 +264,13 @@ class BodySizeLimitMiddleware:
             if not too_large:
                 raise
         if too_large and not started:
-            await self._reply(send, 413, self._too_large())
+            await self._reply(scope, receive, send, 413, self._too_large())
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
 
     @staticmethod
-    async def _reply(send, status: int, detail: str) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _reply(scope, receive, send, status: int, detail: str) -> None:
+        # Connection: close: the rest of the body is not read
+        response = error_response(status, detail, {"connection": "close"})
+        await response(scope, receive, send)
