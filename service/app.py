@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.text import normalize_utterance
@@ -44,6 +45,8 @@ QUOTE_CHARS = 200
 QUOTE_ITEMS = 20
 QUOTE_DEPTH = 4
 MAX_ERRORS = 10
+# Request bodies whose integer bounds the OpenAPI document publishes (see _openapi).
+REQUEST_MODELS = (RespondRequest,)
 
 
 def create_app(engine: InferenceEngine) -> FastAPI:
@@ -65,6 +68,7 @@ def create_app(engine: InferenceEngine) -> FastAPI:
     )
     app.state.engine = engine
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=engine.config.max_body_bytes)
+    app.openapi = _openapi(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -203,6 +207,45 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _openapi(app: FastAPI):
+    """``app.openapi`` publishing integer bounds as the integers they are.
+
+    FastAPI's OpenAPI model types the bounds as float: it would publish 32 as 32.0 and MAX_SEED
+    (2**63 - 1) as 9.223372036854776e18, which is 2**63, a seed the API refuses. The bounds of
+    pydantic's own schema of the request models are exact; they are copied over.
+    """
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        document = fastapi_openapi()  # FastAPI caches it; copying the bounds again is harmless
+        _, exact = models_json_schema(
+            [(model, "validation") for model in REQUEST_MODELS],
+            ref_template="#/components/schemas/{model}",
+        )
+        published = document.get("components", {}).get("schemas", {})
+        for name, schema in exact.get("$defs", {}).items():
+            if name in published:
+                _copy_integer_bounds(schema, published[name])
+        return document
+
+    return openapi
+
+
+def _copy_integer_bounds(exact, published) -> None:
+    if isinstance(exact, dict) and isinstance(published, dict):
+        for key, value in exact.items():
+            if key in _BOUNDS and isinstance(value, int):
+                published[key] = value
+            elif key in published:
+                _copy_integer_bounds(value, published[key])
+    elif isinstance(exact, list) and isinstance(published, list):
+        for e, p in zip(exact, published, strict=False):
+            _copy_integer_bounds(e, p)
 
 
 class _BodyTooLarge(Exception):

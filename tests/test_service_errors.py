@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.app import MAX_ERRORS, QUOTE_CHARS, quotable
+from service.schemas import MAX_SEED
 from tests.test_service import body, client, tiny_checkpoint  # noqa: F401 (fixtures)
 
 JSON = {"content-type": "application/json"}
@@ -89,3 +90,34 @@ def test_quotable_makes_any_value_short_encodable_json():
     }
     assert quotable("x" * 5000) == "x" * QUOTE_CHARS + "... (5000 characters)"
     assert quotable(list(range(100)))[-1] == "... (100 items)"
+
+
+def integer_schemas(node):
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            yield node
+        for value in node.values():
+            yield from integer_schemas(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from integer_schemas(value)
+
+
+def test_openapi_publishes_integer_bounds_as_integers(client):  # noqa: F811
+    r = client.get("/openapi.json")
+    assert '"maximum":32.0' not in r.text
+    document = r.json()
+    bounds = [
+        (key, value)
+        for schema in integer_schemas(document)
+        for key, value in schema.items()
+        if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    ]
+    assert bounds and all(type(value) is int for _, value in bounds), bounds
+    properties = document["components"]["schemas"]["RespondRequest"]["properties"]
+    assert (properties["num_samples"]["minimum"], properties["num_samples"]["maximum"]) == (1, 32)
+    (seed,) = [s for s in properties["seed"]["anyOf"] if s.get("type") == "integer"]
+    assert seed["maximum"] == MAX_SEED
+    # the largest seed the schema allows is accepted
+    r = client.post("/respond", json=body(num_samples=1, seed=seed["maximum"]))
+    assert r.status_code == 200, r.text
