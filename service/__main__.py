@@ -31,8 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         config.host,
         config.port,
     )
-    app = create_app(InferenceEngine.from_checkpoint(config))
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    engine = InferenceEngine.from_checkpoint(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(engine), host=config.host, port=config.port, log_level=config.log_level
+        )
+    )
+    # A checkpoint that failed to load will not load later: stop, and exit non-zero, rather
+    # than answer 503 until someone notices.
+    engine.on_load_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if engine.error is not None:
+        print(f"python -m service: error: {engine.error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -138,7 +138,8 @@ class InferenceEngine:
         self.checkpoint = config.checkpoint
         self.metadata = metadata or {}
         self.state = "stopped"  # -> loading -> ready | failed; stop() -> stopped
-        self.error: str | None = None
+        self.error: str | None = None  # why the model failed to load
+        self.on_load_failure: Callable[[], None] | None = None  # called when it has
         self.stats = EngineStats()
         self.torch_threads = config.torch_threads or default_torch_threads()
         self.decode_dtype = decode_dtype(config.decode_dtype, self.device)
@@ -222,9 +223,11 @@ class InferenceEngine:
         started = time.perf_counter()
         try:
             model, vocab = await loop.run_in_executor(self._executor, self._load_and_warm_up)
-        except Exception as e:  # reported by /ready and /health; the process stays up to say so
+        except Exception as e:  # reported by /ready, /health and on_load_failure
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"
             log.error("loading the model failed: %s", self.error)
+            if self.on_load_failure is not None:
+                self.on_load_failure()
             return
         self.model, self.vocab = model, vocab
         self.state = "ready"
