@@ -1,7 +1,10 @@
-"""The FastAPI application: ``create_app(engine)`` with the routes and the body-size limit."""
+"""The FastAPI application: ``create_app(engine)`` with the routes, the error path and the body
+limits (size and read time)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from contextlib import asynccontextmanager
 
@@ -30,6 +33,8 @@ from service.schemas import (
     SampledResponse,
     Status,
 )
+
+log = logging.getLogger("service.app")
 
 DESCRIPTION = """\
 Given the turns of a conversation so far, a BN-CVAE (Zhu et al., ACL 2020) samples several
@@ -67,7 +72,11 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=engine.config.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=engine.config.max_body_bytes,
+        timeout_s=engine.config.body_timeout_s,
+    )
     app.openapi = _openapi(app)
 
     @app.exception_handler(RequestValidationError)
@@ -248,21 +257,25 @@ def _copy_integer_bounds(exact, published) -> None:
             _copy_integer_bounds(e, p)
 
 
-class _BodyTooLarge(Exception):
+class _BodyRefused(Exception):
     pass
 
 
-class BodySizeLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 before they are read into memory.
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` (413) or slower than ``timeout_s`` (408).
 
     A declared Content-Length over the limit is refused without reading anything; a body without
     one (chunked) is counted while the application receives it, and refused at the first chunk
-    that crosses the limit (whatever the application was about to answer is discarded).
+    that crosses the limit. A body must be received in full within ``timeout_s`` of the request's
+    start (its headers): a client that stalls part-way would otherwise hold its connection and
+    what it has sent for ever. Whatever the application was about to answer to a refused body
+    is discarded; the connection is closed, as the rest of the body is not read.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -279,24 +292,37 @@ class BodySizeLimitMiddleware:
                     await self._reply(scope, receive, send, 413, self._too_large())
                     return
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         received = 0
-        too_large = False
+        body_done = False
+        refused: tuple[int, str] | None = None
         started = False
 
         async def limited_receive():
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, body_done, refused
+            if body_done:  # e.g. waiting for http.disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                refused = (408, f"request body not received within {self.timeout_s:g} s")
+                host, port = scope.get("client") or ("?", 0)
+                log.warning("closed the connection from %s:%s: %s", host, port, refused[1])
+                raise _BodyRefused from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
+                    refused = (413, self._too_large())
+                    raise _BodyRefused
             return message
 
         async def guarded_send(message):
             nonlocal started
-            if too_large:
-                return  # the app's answer to a truncated body; ours is the 413
+            if refused:
+                return  # the app's answer to a truncated body; ours is the 413 or 408
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -304,10 +330,10 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
-            if not too_large:
+            if not refused:
                 raise
-        if too_large and not started:
-            await self._reply(scope, receive, send, 413, self._too_large())
+        if refused and not started:
+            await self._reply(scope, receive, send, *refused)
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"

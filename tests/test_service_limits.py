@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 
+from benchmarks.service_load import Server
+from service.config import ConfigError, ServiceConfig, default_max_connections
 from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
     REPO,
     free_port,
@@ -46,3 +51,95 @@ def test_cli_exits_non_zero_naming_the_file_when_the_checkpoint_fails_to_load(
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("python -m service: error: ") and str(bad_file) in last, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- slow and idle clients: a real server with small limits ---------------------------------
+
+LIMITS = {
+    "--header-timeout-s": "2",
+    "--body-timeout-s": "2",
+    "--keep-alive-s": "1",
+    "--max-connections": "20",
+    "--max-header-bytes": "4096",
+}
+
+
+@pytest.fixture(scope="module")
+def limited_server(tiny_checkpoint, tmp_path_factory):  # noqa: F811
+    extra = [x for flag_value in LIMITS.items() for x in flag_value]
+    log_dir = tmp_path_factory.mktemp("limited-server")
+    server = Server(tiny_checkpoint, "cpu", True, 1, "auto", log_dir, extra)
+    try:
+        server.wait_ready(timeout=120)
+        yield server
+    finally:
+        server.stop()
+
+
+def connect(server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=15)
+
+
+def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and how long that took."""
+    start, data = time.monotonic(), b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - start
+
+
+def test_connections_that_do_not_send_their_headers_in_time_are_closed(limited_server):
+    idle = connect(limited_server)
+    partial = connect(limited_server)
+    partial.sendall(b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+    kept_alive = connect(limited_server)
+    kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    for sock in (idle, partial, kept_alive):
+        data, elapsed = read_until_closed(sock)
+        assert elapsed < 12, elapsed
+        assert data == b"" or data.startswith(b"HTTP/1.1 200"), data  # kept-alive: its answer
+    assert "no request headers within 2 s" in limited_server.log.read_text()
+
+
+def test_a_stalled_body_gets_408_and_is_closed(limited_server):
+    sock = connect(limited_server)
+    head = "POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    sock.sendall(head.encode() + b"Content-Length: 1000\r\n\r\n" + b'{"conversation": [')
+    data, elapsed = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert b"request body not received within 2 s" in data and elapsed < 12
+    assert "request body not received within 2 s" in limited_server.log.read_text()
+
+
+def test_oversized_headers_get_431(limited_server):
+    sock = connect(limited_server)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 8000)
+    data, _ = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 431"), data
+    assert b"request headers larger than 4096 bytes" in data
+
+
+def test_idle_connections_make_room_for_new_clients(limited_server):
+    idle = [connect(limited_server) for _ in range(30)]  # more than --max-connections 20
+    try:
+        r = httpx.get(f"{limited_server.url}/health", timeout=15)
+        assert r.status_code == 200  # not uvicorn's 503 for a server at its connection limit
+        assert limited_server.log.read_text().count("making room for a new connection") >= 10
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_limits_are_configurable_and_checked(tmp_path):
+    config = ServiceConfig.from_args(
+        ["--checkpoint", str(tmp_path), *(x for item in LIMITS.items() for x in item)], {}
+    )
+    assert (config.header_timeout_s, config.body_timeout_s, config.keep_alive_s) == (2, 2, 1)
+    assert (config.max_connections, config.max_header_bytes) == (20, 4096)
+    assert 1 <= default_max_connections() <= 1000
+    for bad in ({"header_timeout_s": 0}, {"max_connections": -1}, {"max_header_bytes": 10}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ServiceConfig(**bad)
