@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout-s",
         type=float,
         default=d.timeout_s,
-        help=f"per-request time limit, queueing included; then 504 (default {d.timeout_s})",
+        help="per-request time limit, queueing included; then 504. A request is admitted only "
+        "if the decoding queued before it and its own (as measured) fit in half of it, else 503 "
+        f"+ Retry-After (default {d.timeout_s})",
     )
     p.add_argument(
         "--no-batching", action="store_true", help="decode every request on its own (baseline)"

@@ -1,6 +1,12 @@
 """The inference engine: a bounded queue, micro-batching, one model call at a time in a thread.
 
-Requests wait in a bounded asyncio queue (full -> :class:`EngineOverloaded`, the app's 503).
+Requests wait in a bounded asyncio queue. Admission bounds the queued *work*, not just the
+number of requests: a request is admitted only if the decoding already queued plus its own
+(``num_samples x max_length`` units, at the seconds per unit measured on recent model calls,
+:class:`DecodeCost`) fits in half its time limit, so that what is admitted can be answered in
+time; otherwise (or when the queue is full) :class:`EngineOverloaded`, the app's 503, with a
+Retry-After of the queued seconds.
+
 A single batcher task takes the oldest request and, when batching is on, whatever else is
 queued, up to ``max_batch_size`` samples in all; while that is fewer requests than the previous
 batch had, it also waits up to ``max_wait_ms`` for more (see ``_collect``). A lone client is
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -62,9 +69,11 @@ class EngineNotReady(EngineError):
 
 
 class EngineOverloaded(EngineError):
-    """The request queue is full."""
+    """Too much work (or too many requests) is queued to answer this one in time."""
 
-    retry_after = 1
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EngineTimeout(EngineError):
@@ -80,6 +89,11 @@ class GenerationRequest:
     temperature: float = 1.0
     seed: int | None = None
     responder: str | None = None
+
+    @property
+    def work(self) -> int:
+        """The most decoding it can take: rows x steps."""
+        return self.num_samples * self.max_length
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one ``sample_responses`` call."""
@@ -106,6 +120,32 @@ class _Pending:
     responder: str
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DecodeCost:
+    """Model seconds per unit of work (``GenerationRequest.work``), as measured.
+
+    A work-weighted average that forgets (each model call weighs FORGET times less than the
+    next): it follows the load (batch sizes, early stops, other processes on the machine) and is
+    set by the large calls that a backlog is made of.
+    """
+
+    FORGET = 0.9
+
+    def __init__(self, seconds_per_unit: float):
+        self._seconds, self._work = seconds_per_unit, 1.0
+
+    def observe(self, seconds: float, work: int) -> None:
+        self._seconds = self._seconds * self.FORGET + seconds
+        self._work = self._work * self.FORGET + work
+
+    @property
+    def seconds_per_unit(self) -> float:
+        return self._seconds / self._work
+
+
+# Admitted work must fit in this share of timeout_s: the margin for the cost estimate's errors.
+ADMIT_SHARE = 0.5
 
 
 @dataclass
@@ -153,6 +193,8 @@ class InferenceEngine:
         self._carry: _Pending | None = None
         self._last_batch = 0  # requests in the previous batch
         self._generator: torch.Generator | None = None
+        self.cost = DecodeCost(0.0)  # measured at warm-up, then on every model call
+        self._backlog_work = 0  # of the requests admitted and not yet decoded or dropped
 
     # --- construction -----------------------------------------------------------------------
 
@@ -204,6 +246,7 @@ class InferenceEngine:
         waiting = [*self._batch, *([self._carry] if self._carry else [])]
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
+        self._backlog_work = 0
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(EngineNotReady("the service is shutting down"))
@@ -247,9 +290,17 @@ class InferenceEngine:
         model.eval().set_decode_dtype(self.decode_dtype)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(secrets.randbits(63))
-        # One tiny decode, so the first real request does not pay for lazy initialisation.
+        # One tiny decode, so the first real request does not pay for lazy initialisation; then
+        # small ones timed (the fastest, as the first may still be slowed by allocations): the
+        # cost estimate until the first real model call is measured.
         batch = context_batch([[]], vocab).to(self.device)
         model.sample_responses(batch, 1, max_length=2, generator=self._generator)
+        seconds = []
+        for _ in range(2):
+            started = time.perf_counter()
+            model.sample_responses(batch, 8, max_length=20, generator=self._generator)
+            seconds.append(time.perf_counter() - started)
+        self.cost = DecodeCost(min(seconds) / (8 * 20))
         return model, vocab
 
     # --- requests ---------------------------------------------------------------------------
@@ -257,10 +308,14 @@ class InferenceEngine:
     def queue_depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    def backlog_seconds(self) -> float:
+        """The estimated model time of the requests admitted and not answered yet."""
+        return self._backlog_work * self.cost.seconds_per_unit
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Queue ``request`` and wait for its responses.
 
-        Raises EngineNotReady, EngineOverloaded (queue full) or EngineTimeout.
+        Raises EngineNotReady, EngineOverloaded (too much queued) or EngineTimeout.
         """
         if self.state != "ready" or self._queue is None:
             if self.state == "loading":
@@ -268,14 +323,9 @@ class InferenceEngine:
             raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
         responder = request.responder or next_speaker(list(request.turns))
         pending = _Pending(request, responder, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(pending)
-        except asyncio.QueueFull:
-            self.stats.rejected += 1
-            raise EngineOverloaded(
-                f"the service is overloaded ({self.config.queue_size} requests waiting); "
-                "retry later"
-            ) from None
+        self._admit(request)
+        self._queue.put_nowait(pending)
+        self._backlog_work += request.work
         try:
             # On timeout (or if our caller is cancelled) the future is cancelled, and the
             # batcher skips it if its batch has not started yet.
@@ -286,6 +336,31 @@ class InferenceEngine:
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
 
+    def _admit(self, request: GenerationRequest) -> None:
+        """Raise EngineOverloaded unless the queue has room and, with what is queued, ``request``
+        can be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing
+        better will come of refusing it)."""
+        assert self._queue is not None
+        backlog = self.backlog_seconds()
+        budget = self.config.timeout_s * ADMIT_SHARE
+        if self._queue.full():
+            why = f"{self.config.queue_size} requests waiting"
+        elif self._backlog_work and backlog + request.work * self.cost.seconds_per_unit > budget:
+            why = f"about {backlog:.1f} s of decoding queued"
+        else:
+            return
+        self.stats.rejected += 1
+        retry_after = max(1, math.ceil(backlog))
+        raise EngineOverloaded(f"the service is overloaded ({why}); retry later", retry_after)
+
+    def _keep(self, pending: _Pending) -> bool:
+        """False for a request that timed out or was cancelled while queued (its work is then
+        out of the backlog)."""
+        if pending.future.done():
+            self._backlog_work -= pending.request.work
+            return False
+        return True
+
     # --- batching ---------------------------------------------------------------------------
 
     async def _batch_loop(self) -> None:
@@ -295,7 +370,7 @@ class InferenceEngine:
                 first, self._carry = self._carry, None
             else:
                 first = await self._queue.get()
-            if first.future.done():  # timed out or cancelled while waiting
+            if not self._keep(first):
                 continue
             self._batch = [first]
             if self.config.batching:
@@ -331,7 +406,7 @@ class InferenceEngine:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
-            if item.future.done():
+            if not self._keep(item):
                 continue
             if item.request.num_samples > budget:
                 self._carry = item
@@ -340,11 +415,12 @@ class InferenceEngine:
             budget -= item.request.num_samples
 
     async def _run_group(self, group: list[_Pending]) -> None:
-        group = [p for p in group if not p.future.done()]
+        group = [p for p in group if self._keep(p)]
         if not group:
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        work = sum(p.request.work for p in group)
         try:
             results = await loop.run_in_executor(self._executor, self._decode, group)
         except Exception as e:
@@ -353,7 +429,10 @@ class InferenceEngine:
                 if not p.future.done():
                     p.future.set_exception(EngineError(f"decoding failed: {type(e).__name__}"))
             return
+        finally:
+            self._backlog_work -= work
         elapsed = time.perf_counter() - started
+        self.cost.observe(elapsed, work)
         s = self.stats
         s.batches += 1
         s.batched_contexts += len(group)
@@ -439,6 +518,7 @@ class InferenceEngine:
                 "torch_threads": self.torch_threads,
                 "decode_dtype": str(self.decode_dtype).removeprefix("torch."),
                 "queue_depth": self.queue_depth(),
+                "backlog_s": round(self.backlog_seconds(), 3),
                 "stats": self.stats.as_dict(),
             },
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -14,11 +15,16 @@ import pytest
 
 from benchmarks.service_load import Server
 from service.config import ConfigError, ServiceConfig, default_max_connections
+from service.engine import DecodeCost
 from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
     REPO,
+    Gate,
+    body,
     free_port,
+    run_in_app,
     subprocess_env,
     tiny_checkpoint,
+    wait_until,
 )
 
 
@@ -143,3 +149,45 @@ def test_limits_are_configurable_and_checked(tmp_path):
     for bad in ({"header_timeout_s": 0}, {"max_connections": -1}, {"max_header_bytes": 10}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             ServiceConfig(**bad)
+
+
+# --- admission by queued work ------------------------------------------------------------
+
+
+def test_admission_bounds_the_queued_work_with_a_retry_after_of_the_backlog(tiny_checkpoint):  # noqa: F811
+    one_second = body(num_samples=5, max_length=40)  # 200 units of work
+
+    async def scenario(client, engine):
+        engine.cost = DecodeCost(seconds_per_unit=1 / 200)
+        gate = Gate(engine.model)
+        running = asyncio.create_task(client.post("/respond", json=one_second))
+        await asyncio.to_thread(gate.entered.wait, 10)
+        # timeout_s 10: admitted work must fit in 5 s; 1 s is being decoded, 4 more fit
+        queued = [asyncio.create_task(client.post("/respond", json=one_second)) for _ in range(4)]
+        await wait_until(lambda: engine.queue_depth() == 4)
+        assert engine.backlog_seconds() == pytest.approx(5.0)
+        refused = await client.post("/respond", json=one_second)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "5"
+        assert "about 5.0 s of decoding queued" in refused.json()["detail"]
+        tiny = await client.post("/respond", json=body(num_samples=1, max_length=1))
+        assert tiny.status_code == 503  # even 0.005 s more does not fit
+        gate.release.set()
+        for r in await asyncio.gather(running, *queued):
+            assert r.status_code == 200, r.text
+        assert engine.backlog_seconds() == 0
+        assert engine.cost.seconds_per_unit != 1 / 200  # now from the measured model calls
+        assert (await client.post("/respond", json=one_second)).status_code == 200
+        return engine.stats
+
+    stats = run_in_app(tiny_checkpoint, scenario, timeout_s=10, queue_size=256)
+    assert stats.rejected == 2 and stats.requests == 6
+
+
+def test_a_lone_request_is_admitted_whatever_its_cost(tiny_checkpoint):  # noqa: F811
+    async def scenario(client, engine):
+        engine.cost = DecodeCost(seconds_per_unit=1.0)  # 200 s for 200 units
+        r = await client.post("/respond", json=body(num_samples=5, max_length=40))
+        assert r.status_code == 200, r.text
+
+    run_in_app(tiny_checkpoint, scenario, timeout_s=10)
