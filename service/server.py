@@ -60,7 +60,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._opened = self.loop.time()
-        self._header_bytes = 0
+        self._header_bytes, self._header_tail = 0, b""
         self._header_timer = None
         self._start_header_timer()
         self._make_room()
@@ -70,16 +70,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._between_requests():
-            self._header_bytes += len(data)
+        if self._between_requests() and not self.transport.is_closing():
+            # Counted up to the blank line that ends them (which may span two reads), and
+            # refused before the parser buffers more.
+            window = self._header_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4 - len(self._header_tail)
+            self._header_tail = window[-3:]
+            if self._header_bytes > self.max_header_bytes:
+                detail = f"request headers larger than {self.max_header_bytes} bytes"
+                self._shed(detail, _http_response(431, detail))
+                return
         super().data_received(data)
-        if (
-            self._between_requests()
-            and self._header_bytes > self.max_header_bytes
-            and not self.transport.is_closing()
-        ):
-            detail = f"request headers larger than {self.max_header_bytes} bytes"
-            self._shed(detail, _http_response(431, detail))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -87,7 +89,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
-        self._header_bytes = 0
+        self._header_bytes, self._header_tail = 0, b""
         super().on_headers_complete()
 
     # ---------------------------------------------------------------------------------------

@@ -120,9 +120,10 @@ def test_a_stalled_body_gets_408_and_is_closed(limited_server):
     assert "request body not received within 2 s" in limited_server.log.read_text()
 
 
-def test_oversized_headers_get_431(limited_server):
+@pytest.mark.parametrize("end", [b"", b"\r\n\r\n"])  # still coming, or complete in one read
+def test_oversized_headers_get_431(limited_server, end):
     sock = connect(limited_server)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 8000)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 8000 + end)
     data, _ = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 431"), data
     assert b"request headers larger than 4096 bytes" in data
