@@ -2,8 +2,8 @@
 
 Requests wait in a bounded asyncio queue. Admission bounds the queued *work*, not just the
 number of requests: a request is admitted only if the decoding already queued plus its own
-(``num_samples x max_length`` units, at the seconds per unit measured on recent model calls,
-:class:`DecodeCost`) fits in half its time limit, so that what is admitted can be answered in
+(``num_samples x max_length`` units and a model call's fixed part, at the seconds per unit
+measured on recent model calls: :class:`DecodeCost`) fits in half its time limit, so that what is admitted can be answered in
 time; otherwise (or when the queue is full) :class:`EngineOverloaded`, the app's 503, with a
 Retry-After of the queued seconds.
 
@@ -120,28 +120,46 @@ class _Pending:
     responder: str
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    units: float = 0.0  # its cost (DecodeCost.units) in the engine's backlog
 
 
 class DecodeCost:
-    """Model seconds per unit of work (``GenerationRequest.work``), as measured.
+    """Estimated model seconds: ``seconds_per_unit * (work + overhead)`` for a model call that
+    decodes ``work`` units (``GenerationRequest.work``, summed over the call's requests).
 
-    A work-weighted average that forgets (each model call weighs FORGET times less than the
-    next): it follows the load (batch sizes, early stops, other processes on the machine) and is
-    set by the large calls that a backlog is made of.
+    ``overhead`` is a call's fixed part in work units (encoding the contexts, the step loop),
+    measured at warm-up; without it, a rate measured on small requests would price a large one
+    many times too high. ``seconds_per_unit`` follows the load (batch sizes, early stops, other
+    processes on the machine): a work-weighted average over the calls that forgets (each call
+    weighs FORGET times less than the next), set by the large calls a backlog is made of.
     """
 
     FORGET = 0.9
 
-    def __init__(self, seconds_per_unit: float):
-        self._seconds, self._work = seconds_per_unit, 1.0
+    def __init__(self, seconds_per_unit: float, overhead: float = 0.0):
+        self.overhead = overhead
+        self._seconds, self._units = seconds_per_unit, 1.0
+
+    @classmethod
+    def from_timings(cls, small: tuple[int, float], large: tuple[int, float]) -> DecodeCost:
+        """From the (work, seconds) of two calls: the slope, and the intercept as overhead."""
+        (w1, t1), (w2, t2) = small, large
+        if not t2 > t1:  # too noisy to tell the fixed part apart
+            return cls(t2 / w2)
+        per_unit = (t2 - t1) / (w2 - w1)
+        return cls(per_unit, overhead=max(0.0, t1 / per_unit - w1))
+
+    def units(self, work: int) -> float:
+        """What a call (or a request, counted as if alone) of ``work`` costs, in units."""
+        return work + self.overhead
 
     def observe(self, seconds: float, work: int) -> None:
         self._seconds = self._seconds * self.FORGET + seconds
-        self._work = self._work * self.FORGET + work
+        self._units = self._units * self.FORGET + self.units(work)
 
     @property
     def seconds_per_unit(self) -> float:
-        return self._seconds / self._work
+        return self._seconds / self._units
 
 
 # Admitted work must fit in this share of timeout_s: the margin for the cost estimate's errors.
@@ -194,7 +212,7 @@ class InferenceEngine:
         self._last_batch = 0  # requests in the previous batch
         self._generator: torch.Generator | None = None
         self.cost = DecodeCost(0.0)  # measured at warm-up, then on every model call
-        self._backlog_work = 0  # of the requests admitted and not yet decoded or dropped
+        self._backlog_units = 0.0  # of the requests admitted and not yet decoded or dropped
 
     # --- construction -----------------------------------------------------------------------
 
@@ -246,7 +264,7 @@ class InferenceEngine:
         waiting = [*self._batch, *([self._carry] if self._carry else [])]
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
-        self._backlog_work = 0
+        self._backlog_units = 0.0
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(EngineNotReady("the service is shutting down"))
@@ -291,16 +309,19 @@ class InferenceEngine:
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(secrets.randbits(63))
         # One tiny decode, so the first real request does not pay for lazy initialisation; then
-        # small ones timed (the fastest, as the first may still be slowed by allocations): the
-        # cost estimate until the first real model call is measured.
+        # a narrow and a wide one timed, for the cost estimate.
         batch = context_batch([[]], vocab).to(self.device)
         model.sample_responses(batch, 1, max_length=2, generator=self._generator)
-        seconds = []
-        for _ in range(2):
-            started = time.perf_counter()
-            model.sample_responses(batch, 8, max_length=20, generator=self._generator)
-            seconds.append(time.perf_counter() - started)
-        self.cost = DecodeCost(min(seconds) / (8 * 20))
+
+        def timed(samples: int, steps: int) -> tuple[int, float]:
+            seconds = []
+            for _ in range(2):  # the faster: the first may still be slowed by allocations
+                started = time.perf_counter()
+                model.sample_responses(batch, samples, max_length=steps, generator=self._generator)
+                seconds.append(time.perf_counter() - started)
+            return samples * steps, min(seconds)
+
+        self.cost = DecodeCost.from_timings(timed(1, 10), timed(16, 40))
         return model, vocab
 
     # --- requests ---------------------------------------------------------------------------
@@ -310,7 +331,7 @@ class InferenceEngine:
 
     def backlog_seconds(self) -> float:
         """The estimated model time of the requests admitted and not answered yet."""
-        return self._backlog_work * self.cost.seconds_per_unit
+        return self._backlog_units * self.cost.seconds_per_unit
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Queue ``request`` and wait for its responses.
@@ -322,10 +343,12 @@ class InferenceEngine:
                 raise EngineNotReady("the model is still loading; retry shortly")
             raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
         responder = request.responder or next_speaker(list(request.turns))
-        pending = _Pending(request, responder, asyncio.get_running_loop().create_future())
-        self._admit(request)
+        units = self._admit(request)
+        pending = _Pending(
+            request, responder, asyncio.get_running_loop().create_future(), units=units
+        )
         self._queue.put_nowait(pending)
-        self._backlog_work += request.work
+        self._backlog_units += units
         try:
             # On timeout (or if our caller is cancelled) the future is cancelled, and the
             # batcher skips it if its batch has not started yet.
@@ -336,19 +359,20 @@ class InferenceEngine:
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
 
-    def _admit(self, request: GenerationRequest) -> None:
-        """Raise EngineOverloaded unless the queue has room and, with what is queued, ``request``
-        can be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing
-        better will come of refusing it)."""
+    def _admit(self, request: GenerationRequest) -> float:
+        """The request's cost in units, if the queue has room and, with what is queued, it can
+        be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing better
+        will come of refusing it); else raise EngineOverloaded."""
         assert self._queue is not None
+        units = self.cost.units(request.work)
         backlog = self.backlog_seconds()
         budget = self.config.timeout_s * ADMIT_SHARE
         if self._queue.full():
             why = f"{self.config.queue_size} requests waiting"
-        elif self._backlog_work and backlog + request.work * self.cost.seconds_per_unit > budget:
+        elif self._backlog_units and backlog + units * self.cost.seconds_per_unit > budget:
             why = f"about {backlog:.1f} s of decoding queued"
         else:
-            return
+            return units
         self.stats.rejected += 1
         retry_after = max(1, math.ceil(backlog))
         raise EngineOverloaded(f"the service is overloaded ({why}); retry later", retry_after)
@@ -357,7 +381,7 @@ class InferenceEngine:
         """False for a request that timed out or was cancelled while queued (its work is then
         out of the backlog)."""
         if pending.future.done():
-            self._backlog_work -= pending.request.work
+            self._backlog_units -= pending.units
             return False
         return True
 
@@ -421,6 +445,7 @@ class InferenceEngine:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         work = sum(p.request.work for p in group)
+        units = sum(p.units for p in group)
         try:
             results = await loop.run_in_executor(self._executor, self._decode, group)
         except Exception as e:
@@ -430,7 +455,7 @@ class InferenceEngine:
                     p.future.set_exception(EngineError(f"decoding failed: {type(e).__name__}"))
             return
         finally:
-            self._backlog_work -= work
+            self._backlog_units -= units
         elapsed = time.perf_counter() - started
         self.cost.observe(elapsed, work)
         s = self.stats

@@ -192,3 +192,14 @@ def test_a_lone_request_is_admitted_whatever_its_cost(tiny_checkpoint):  # noqa:
         assert r.status_code == 200, r.text
 
     run_in_app(tiny_checkpoint, scenario, timeout_s=10)
+
+
+def test_decode_cost_separates_a_calls_fixed_part_and_follows_the_measured_calls():
+    cost = DecodeCost.from_timings((10, 0.011), (640, 0.074))  # 0.1 ms per unit + 10 ms a call
+    assert cost.seconds_per_unit == pytest.approx(1e-4)
+    assert cost.overhead == pytest.approx(100)
+    assert cost.units(1920) == pytest.approx(2020)
+    assert DecodeCost.from_timings((10, 0.02), (640, 0.01)).overhead == 0  # too noisy to tell
+    for _ in range(50):  # the machine got 3 times slower
+        cost.observe(3e-4 * cost.units(500), 500)
+    assert cost.seconds_per_unit == pytest.approx(3e-4, rel=0.01)
