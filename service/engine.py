@@ -120,7 +120,7 @@ class _Pending:
     responder: str
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
-    units: float = 0.0  # its cost (DecodeCost.units) in the engine's backlog
+    units: int = 0  # its cost (DecodeCost.units) in the engine's backlog
 
 
 class DecodeCost:
@@ -136,8 +136,9 @@ class DecodeCost:
 
     FORGET = 0.9
 
-    def __init__(self, seconds_per_unit: float, overhead: float = 0.0):
-        self.overhead = overhead
+    def __init__(self, seconds_per_unit: float, overhead: float = 0):
+        # whole units: the engine's backlog adds and subtracts them, and must come back to 0
+        self.overhead = round(overhead)
         self._seconds, self._units = seconds_per_unit, 1.0
 
     @classmethod
@@ -149,7 +150,7 @@ class DecodeCost:
         per_unit = (t2 - t1) / (w2 - w1)
         return cls(per_unit, overhead=max(0.0, t1 / per_unit - w1))
 
-    def units(self, work: int) -> float:
+    def units(self, work: int) -> int:
         """What a call (or a request, counted as if alone) of ``work`` costs, in units."""
         return work + self.overhead
 
@@ -212,7 +213,7 @@ class InferenceEngine:
         self._last_batch = 0  # requests in the previous batch
         self._generator: torch.Generator | None = None
         self.cost = DecodeCost(0.0)  # measured at warm-up, then on every model call
-        self._backlog_units = 0.0  # of the requests admitted and not yet decoded or dropped
+        self._backlog_units = 0  # of the requests admitted and not yet decoded or dropped
 
     # --- construction -----------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class InferenceEngine:
         waiting = [*self._batch, *([self._carry] if self._carry else [])]
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
-        self._backlog_units = 0.0
+        self._backlog_units = 0
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(EngineNotReady("the service is shutting down"))
@@ -359,7 +360,7 @@ class InferenceEngine:
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
 
-    def _admit(self, request: GenerationRequest) -> float:
+    def _admit(self, request: GenerationRequest) -> int:
         """The request's cost in units, if the queue has room and, with what is queued, it can
         be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing better
         will come of refusing it); else raise EngineOverloaded."""
