@@ -306,29 +306,35 @@ async def send_raw(port: int, data: bytes, timeout: float = 10) -> tuple[int | s
         writer.close()
 
 
+async def send(http: aiohttp.ClientSession, method: str, url: str, body=None, **kwargs):
+    """The status (or the exception's name), body and headers of the reply; ``body`` may be a
+    callable that makes it (a generator, sent chunked)."""
+    error = ""
+    for _ in range(2):  # once more if a kept-alive connection was closed under the request
+        data = body() if callable(body) else body
+        try:
+            async with http.request(method, url, data=data, **kwargs) as r:
+                return r.status, await r.read(), r.headers
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+            error = type(e).__name__
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            return type(e).__name__, b"", {}
+    return error, b"", {}
+
+
 async def send_case(http: aiohttp.ClientSession, server: Server, case: Case):
     """The status (or the exception's name) and the size of the reply."""
     if case.raw is not None:
         return await send_raw(server.port, case.raw)
-    headers = JSON if case.headers is None else case.headers
-    skip = ("Content-Type",) if case.no_content_type else ()
-    error = ""
-    for _ in range(2):  # once more if a kept-alive connection was closed under the request
-        body = case.body() if callable(case.body) else case.body
-        try:
-            async with http.request(
-                case.method,
-                server.url + case.path,
-                data=body,
-                headers=headers,
-                skip_auto_headers=skip,
-            ) as r:
-                return r.status, len(await r.read())
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
-            error = type(e).__name__
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            return type(e).__name__, 0
-    return error, 0
+    status, reply, _ = await send(
+        http,
+        case.method,
+        server.url + case.path,
+        case.body,
+        headers=JSON if case.headers is None else case.headers,
+        skip_auto_headers=("Content-Type",) if case.no_content_type else (),
+    )
+    return status, len(reply)
 
 
 async def flood(server: Server, requests: int, concurrency: int, budget: float) -> int:
@@ -385,13 +391,10 @@ async def overload(server: Server, clients: int, seconds: float) -> int:
         while time.perf_counter() < deadline:
             sent += 1
             start = time.perf_counter()
-            retry_after = None
-            try:
-                async with http.post(f"{server.url}/respond", data=body, headers=JSON) as r:
-                    await r.read()
-                    status, retry_after = r.status, r.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                status = type(e).__name__
+            status, _, headers = await send(
+                http, "POST", f"{server.url}/respond", body, headers=JSON
+            )
+            retry_after = headers.get("Retry-After")
             statuses[status] += 1
             if status == 200:
                 answered.append(time.perf_counter() - start)
