@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup serve test lint bench-train bench-service prepare
+.PHONY: setup serve test lint bench-train bench-service stress prepare
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,6 @@ bench-train: $(DEV_STAMP) prepare
 
 bench-service: $(DEV_STAMP)
 	$(PY) benchmarks/service_load.py
+
+stress: $(STAMP)  ## hostile input, overload, slow clients against a real server; STRESS_ARGS=--quick
+	$(PY) benchmarks/stress.py $(STRESS_ARGS)

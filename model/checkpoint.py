@@ -98,12 +98,14 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{path}: not a {FORMAT} config")
     if raw.get("version") != VERSION:
         raise CheckpointError(f"{path}: unsupported version {raw.get('version')!r}")
+    if not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f'{path}: bad model config: "model" must be an object')
     try:
         model = dict(raw["model"])
         # Checkpoints written before the tokenizer was recorded were trained on plain words.
         model.setdefault("tokenizer", LEGACY_TOKENIZER)
         return ModelConfig.from_dict(model), raw.get("metadata", {})
-    except (KeyError, TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from e
 
 

@@ -51,6 +51,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _is_number(value) -> bool:
+    """An int or float, not a bool (for ModelConfig.__post_init__)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class ModelConfig:
     variant: str = "bn-cvae"
@@ -70,12 +75,24 @@ class ModelConfig:
     tokenizer: str = DEFAULT_TOKENIZER
 
     def __post_init__(self):
+        # Impossible values (from a config.json, or flags) are refused here, naming the field:
+        # else they fail later inside torch, or load and give wrong results (max_context 0 made
+        # every response fail, max_utt_len 0 gave a wrong perplexity).
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         check_tokenizer(self.tokenizer)
-        for name in ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+        sizes = ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
+        for name in (*sizes, "bow_hidden", "max_context", "max_utt_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # (comparisons with inf are also False for NaN)
+        if not (_is_number(self.bn_gamma) and 0 < self.bn_gamma < float("inf")):
+            raise ValueError(f"bn_gamma must be a finite number > 0, got {self.bn_gamma!r}")
+        for name in ("prior_kl_weight", "bow_weight"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:

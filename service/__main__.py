@@ -1,4 +1,4 @@
-"""``python -m service``: serve a checkpoint with uvicorn (see ``--help``)."""
+"""``python -m service``: serve a checkpoint with uvicorn (see ``--help`` and service/server.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m service: error: {e}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from service.app import create_app
     from service.engine import InferenceEngine
+    from service.server import build_server
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -31,8 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         config.host,
         config.port,
     )
-    app = create_app(InferenceEngine.from_checkpoint(config))
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    engine = InferenceEngine.from_checkpoint(config)
+    server = build_server(config, create_app(engine))
+    # A checkpoint that failed to load will not load later: stop, and exit non-zero, rather
+    # than answer 503 until someone notices.
+    engine.on_load_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if engine.error is not None:
+        print(f"python -m service: error: {engine.error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,15 +1,18 @@
-"""The FastAPI application: ``create_app(engine)`` with the routes and the body-size limit."""
+"""The FastAPI application: ``create_app(engine)`` with the routes, the error path and the body
+limits (size and read time)."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
 import math
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import docs, openai_api, playground
 from service.engine import InferenceEngine
@@ -25,11 +28,24 @@ from service.schemas import (
     Status,
 )
 
+log = logging.getLogger("service.app")
+
 DESCRIPTION = """\
 Given the turns of a conversation so far, a BN-CVAE (Zhu et al., ACL 2020) samples several
 diverse next responses: each sample draws its own latent z from the prior network p(z|c).
 Concurrent requests are decoded together in micro-batches.
 """
+
+# An error quotes the input it refuses (as FastAPI's do), but only so much of it: strings cut to
+# QUOTE_CHARS, lists and objects to QUOTE_ITEMS items and QUOTE_DEPTH levels, at most
+# MAX_ERRORS errors (fewer than QUOTE_ITEMS: the list of errors is quoted too); a request
+# cannot make the server write a large body back.
+QUOTE_CHARS = 200
+QUOTE_ITEMS = 20
+QUOTE_DEPTH = 4
+MAX_ERRORS = 10
+# Request bodies whose integer bounds the OpenAPI document publishes (see _openapi).
+REQUEST_MODELS = (RespondRequest,)
 
 
 def create_app(engine: InferenceEngine) -> FastAPI:
@@ -55,14 +71,29 @@ def create_app(engine: InferenceEngine) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(playground.router)
     app.include_router(openai_api.router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=engine.config.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=engine.config.max_body_bytes,
+        timeout_s=engine.config.body_timeout_s,
+    )
+    app.openapi = _openapi(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        # FastAPI's own handler, except that a NaN/Infinity in the body (Python's json accepts
-        # them) is echoed as a string instead of making the error response unserialisable.
-        errors = _json_safe(jsonable_encoder(exc.errors()))
-        return JSONResponse({"detail": errors}, status_code=422)
+        if isinstance(exc.body, bytes) and not _is_utf8(exc.body):
+            # A body FastAPI did not parse as JSON (its content type is not JSON), and that is
+            # not text either; as an undecodable JSON body, it gets 400.
+            return error_response(400, "request body is not UTF-8 text")
+        errors = exc.errors()
+        shown = list(errors[:MAX_ERRORS])
+        if len(errors) > MAX_ERRORS:
+            more = f"{len(errors) - MAX_ERRORS} more errors not shown"
+            shown.append({"type": "too_many_errors", "loc": ["body"], "msg": more, "input": None})
+        return error_response(422, shown)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, exc.detail, exc.headers)
 
     unavailable = {"model": ErrorDetail, "description": "Model not loaded yet, or overloaded"}
 
@@ -126,31 +157,112 @@ def create_app(engine: InferenceEngine) -> FastAPI:
     return app
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+def error_response(status: int, detail, headers: dict | None = None) -> JSONResponse:
+    """Every error the service answers: ``{"detail": detail}``, made quotable."""
+    return JSONResponse({"detail": quotable(detail)}, status_code=status, headers=headers)
+
+
+def quotable(value, depth: int = 0):
+    """``value`` as an error may quote it: JSON-serialisable, encodable as UTF-8, and short.
+
+    Lone UTF-16 surrogates (json.loads makes them from ``"\\ud800"``; UTF-8 cannot encode them)
+    and undecodable bytes are written as backslash escapes; NaN and infinities (Python's json
+    reads them) become strings; anything else that is not JSON (an exception in a pydantic
+    error's context) becomes its str().
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(text) > QUOTE_CHARS:
+            return f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
+        return text
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple, dict)) and depth >= QUOTE_DEPTH:
+        return f"... ({len(value)} items)"
+    if isinstance(value, (list, tuple)):
+        items = [quotable(v, depth + 1) for v in value[:QUOTE_ITEMS]]
+        if len(value) > QUOTE_ITEMS:
+            items.append(f"... ({len(value)} items)")
+        return items
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
+        shown = list(value.items())[:QUOTE_ITEMS]
+        quoted = {quotable(str(k)): quotable(v, depth + 1) for k, v in shown}
+        if len(value) > QUOTE_ITEMS:
+            quoted["..."] = f"{len(value)} items"
+        return quoted
+    return quotable(str(value))
 
 
-class _BodyTooLarge(Exception):
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _openapi(app: FastAPI):
+    """``app.openapi`` publishing integer bounds as the integers they are.
+
+    FastAPI's OpenAPI model types the bounds as float: it would publish 32 as 32.0 and MAX_SEED
+    (2**63 - 1) as 9.223372036854776e18, which is 2**63, a seed the API refuses. The bounds of
+    pydantic's own schema of the request models are exact; they are copied over.
+    """
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        document = fastapi_openapi()  # FastAPI caches it; copying the bounds again is harmless
+        _, exact = models_json_schema(
+            [(model, "validation") for model in REQUEST_MODELS],
+            ref_template="#/components/schemas/{model}",
+        )
+        published = document.get("components", {}).get("schemas", {})
+        for name, schema in exact.get("$defs", {}).items():
+            if name in published:
+                _copy_integer_bounds(schema, published[name])
+        return document
+
+    return openapi
+
+
+def _copy_integer_bounds(exact, published) -> None:
+    if isinstance(exact, dict) and isinstance(published, dict):
+        for key, value in exact.items():
+            if key in _BOUNDS and isinstance(value, int):
+                published[key] = value
+            elif key in published:
+                _copy_integer_bounds(value, published[key])
+    elif isinstance(exact, list) and isinstance(published, list):
+        for e, p in zip(exact, published, strict=False):
+            _copy_integer_bounds(e, p)
+
+
+class _BodyRefused(Exception):
     pass
 
 
-class BodySizeLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 before they are read into memory.
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` (413) or slower than ``timeout_s`` (408).
 
     A declared Content-Length over the limit is refused without reading anything; a body without
     one (chunked) is counted while the application receives it, and refused at the first chunk
-    that crosses the limit (whatever the application was about to answer is discarded).
+    that crosses the limit. A body must be received in full within ``timeout_s`` of the request's
+    start (its headers): a client that stalls part-way would otherwise hold its connection and
+    what it has sent for ever. Whatever the application was about to answer to a refused body
+    is discarded; the connection is closed, as the rest of the body is not read.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -161,30 +273,43 @@ class BodySizeLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await self._reply(send, 400, "invalid Content-Length header")
+                    await self._reply(scope, receive, send, 400, "invalid Content-Length header")
                     return
                 if declared > self.max_bytes:
-                    await self._reply(send, 413, self._too_large())
+                    await self._reply(scope, receive, send, 413, self._too_large())
                     return
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         received = 0
-        too_large = False
+        body_done = False
+        refused: tuple[int, str] | None = None
         started = False
 
         async def limited_receive():
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, body_done, refused
+            if body_done:  # e.g. waiting for http.disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                refused = (408, f"request body not received within {self.timeout_s:g} s")
+                host, port = scope.get("client") or ("?", 0)
+                log.warning("closed the connection from %s:%s: %s", host, port, refused[1])
+                raise _BodyRefused from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
+                    refused = (413, self._too_large())
+                    raise _BodyRefused
             return message
 
         async def guarded_send(message):
             nonlocal started
-            if too_large:
-                return  # the app's answer to a truncated body; ours is the 413
+            if refused:
+                return  # the app's answer to a truncated body; ours is the 413 or 408
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -192,26 +317,16 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
-            if not too_large:
+            if not refused:
                 raise
-        if too_large and not started:
-            await self._reply(send, 413, self._too_large())
+        if refused and not started:
+            await self._reply(scope, receive, send, *refused)
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
 
     @staticmethod
-    async def _reply(send, status: int, detail: str) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _reply(scope, receive, send, status: int, detail: str) -> None:
+        # Connection: close: the rest of the body is not read
+        response = error_response(status, detail, {"connection": "close"})
+        await response(scope, receive, send)

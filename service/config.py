@@ -17,6 +17,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # "auto" and model.cvae.DECODE_DTYPES' names, written out so that parsing the command line does
 # not import torch (a test keeps the two in step).
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# default_max_connections(): at most MAX_CONNECTIONS, and FD_RESERVE file descriptors kept free.
+MAX_CONNECTIONS = 1000
+FD_RESERVE = 64
 
 
 class ConfigError(ValueError):
@@ -42,6 +45,15 @@ class ServiceConfig:
     # where the hardware has it natively, else float32 (model.cvae.fast_decode_dtype).
     decode_dtype: str = "auto"
     max_body_bytes: int = 256 * 1024
+    # Slow and idle clients (service/server.py): a connection holds a socket, a file descriptor
+    # and buffers. Open connections (0: default_max_connections()); time for a request's headers
+    # (from its first byte, or the connection's opening) and their size; time for its body
+    # (after the headers); an idle kept-alive connection's time between requests.
+    max_connections: int = 0
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    body_timeout_s: float = 20.0
+    keep_alive_s: float = 5.0
     log_level: str = "info"
 
     def __post_init__(self):
@@ -61,6 +73,13 @@ class ServiceConfig:
             raise ConfigError(f"decode_dtype must be one of {DECODE_DTYPES}")
         if self.max_body_bytes < 1:
             raise ConfigError("max_body_bytes must be >= 1")
+        if self.max_connections < 0:
+            raise ConfigError("max_connections must be >= 0")
+        if self.max_header_bytes < 1024:
+            raise ConfigError("max_header_bytes must be >= 1024")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
 
     @classmethod
     def from_args(
@@ -85,6 +104,11 @@ class ServiceConfig:
             torch_threads=args.torch_threads,
             decode_dtype=args.decode_dtype,
             max_body_bytes=args.max_body_bytes,
+            max_connections=args.max_connections,
+            header_timeout_s=args.header_timeout_s,
+            max_header_bytes=args.max_header_bytes,
+            body_timeout_s=args.body_timeout_s,
+            keep_alive_s=args.keep_alive_s,
             log_level=args.log_level,
         )
 
@@ -129,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout-s",
         type=float,
         default=d.timeout_s,
-        help=f"per-request time limit, queueing included; then 504 (default {d.timeout_s})",
+        help="per-request time limit, queueing included; then 504. A request is admitted only "
+        "if the decoding queued before it and its own (as measured) fit in half of it, else 503 "
+        f"+ Retry-After (default {d.timeout_s})",
     )
     p.add_argument(
         "--no-batching", action="store_true", help="decode every request on its own (baseline)"
@@ -156,6 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"larger request bodies get 413 (default {d.max_body_bytes})",
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open connections; when reached, a new one closes the oldest idle one, and with "
+        "none idle its request gets 503 (default 0: the file-descriptor limit less "
+        f"{FD_RESERVE}, at most {MAX_CONNECTIONS}; here {default_max_connections()})",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=d.header_timeout_s,
+        help="a connection that does not send a request's headers within this is closed "
+        f"(default {d.header_timeout_s})",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=d.max_header_bytes,
+        help=f"larger request headers get 431 (default {d.max_header_bytes})",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=d.body_timeout_s,
+        help="a request body not received within this after the headers gets 408 "
+        f"(default {d.body_timeout_s})",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=d.keep_alive_s,
+        help=f"an idle kept-alive connection is closed after this (default {d.keep_alive_s})",
+    )
+    p.add_argument(
         "--log-level",
         default=d.log_level,
         choices=("critical", "error", "warning", "info", "debug"),
@@ -180,6 +240,23 @@ def default_torch_threads() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, 4))
+
+
+def default_max_connections() -> int:
+    """The soft file-descriptor limit less FD_RESERVE, at most MAX_CONNECTIONS.
+
+    Past the descriptor limit the server cannot accept at all (not even /health); the reserve is
+    for the process's own files (the model's, logs, the event loop's).
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError):  # not on Unix
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
 
 
 def resolve_checkpoint(explicit: str | None, environ: Mapping[str, str]) -> Path:

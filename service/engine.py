@@ -1,6 +1,12 @@
 """The inference engine: a bounded queue, micro-batching, one model call at a time in a thread.
 
-Requests wait in a bounded asyncio queue (full -> :class:`EngineOverloaded`, the app's 503).
+Requests wait in a bounded asyncio queue. Admission bounds the queued *work*, not just the
+number of requests: a request is admitted only if the decoding already queued plus its own
+(``num_samples x max_length`` units and a model call's fixed part, at the seconds per unit
+measured on recent model calls: :class:`DecodeCost`) fits in half its time limit, so that what is admitted can be answered in
+time; otherwise (or when the queue is full) :class:`EngineOverloaded`, the app's 503, with a
+Retry-After of the queued seconds.
+
 A single batcher task takes the oldest request and, when batching is on, whatever else is
 queued, up to ``max_batch_size`` samples in all; while that is fewer requests than the previous
 batch had, it also waits up to ``max_wait_ms`` for more (see ``_collect``). A lone client is
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -64,9 +71,11 @@ class EngineNotReady(EngineError):
 
 
 class EngineOverloaded(EngineError):
-    """The request queue is full."""
+    """Too much work (or too many requests) is queued to answer this one in time."""
 
-    retry_after = 1
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EngineTimeout(EngineError):
@@ -83,6 +92,11 @@ class GenerationRequest:
     seed: int | None = None
     responder: str | None = None
     options: DecodingOptions = PLAIN
+
+    @property
+    def work(self) -> int:
+        """The most decoding it can take: rows x steps."""
+        return self.num_samples * self.max_length
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one ``sample_responses`` call."""
@@ -110,6 +124,51 @@ class _Pending:
     responder: str
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    units: int = 0  # its cost (DecodeCost.units) in the engine's backlog
+
+
+class DecodeCost:
+    """Estimated model seconds: ``seconds_per_unit * (work + overhead)`` for a model call that
+    decodes ``work`` units (``GenerationRequest.work``, summed over the call's requests).
+
+    ``overhead`` is a call's fixed part in work units (encoding the contexts, the step loop),
+    measured at warm-up; without it, a rate measured on small requests would price a large one
+    many times too high. ``seconds_per_unit`` follows the load (batch sizes, early stops, other
+    processes on the machine): a work-weighted average over the calls that forgets (each call
+    weighs FORGET times less than the next), set by the large calls a backlog is made of.
+    """
+
+    FORGET = 0.9
+
+    def __init__(self, seconds_per_unit: float, overhead: float = 0):
+        # whole units: the engine's backlog adds and subtracts them, and must come back to 0
+        self.overhead = round(overhead)
+        self._seconds, self._units = seconds_per_unit, 1.0
+
+    @classmethod
+    def from_timings(cls, small: tuple[int, float], large: tuple[int, float]) -> DecodeCost:
+        """From the (work, seconds) of two calls: the slope, and the intercept as overhead."""
+        (w1, t1), (w2, t2) = small, large
+        if not t2 > t1:  # too noisy to tell the fixed part apart
+            return cls(t2 / w2)
+        per_unit = (t2 - t1) / (w2 - w1)
+        return cls(per_unit, overhead=max(0.0, t1 / per_unit - w1))
+
+    def units(self, work: int) -> int:
+        """What a call (or a request, counted as if alone) of ``work`` costs, in units."""
+        return work + self.overhead
+
+    def observe(self, seconds: float, work: int) -> None:
+        self._seconds = self._seconds * self.FORGET + seconds
+        self._units = self._units * self.FORGET + self.units(work)
+
+    @property
+    def seconds_per_unit(self) -> float:
+        return self._seconds / self._units
+
+
+# Admitted work must fit in this share of timeout_s: the margin for the cost estimate's errors.
+ADMIT_SHARE = 0.5
 
 
 @dataclass
@@ -142,7 +201,8 @@ class InferenceEngine:
         self.checkpoint = config.checkpoint
         self.metadata = metadata or {}
         self.state = "stopped"  # -> loading -> ready | failed; stop() -> stopped
-        self.error: str | None = None
+        self.error: str | None = None  # why the model failed to load
+        self.on_load_failure: Callable[[], None] | None = None  # called when it has
         self.stats = EngineStats()
         self.torch_threads = config.torch_threads or default_torch_threads()
         self.decode_dtype = decode_dtype(config.decode_dtype, self.device)
@@ -156,6 +216,8 @@ class InferenceEngine:
         self._carry: _Pending | None = None
         self._last_batch = 0  # requests in the previous batch
         self._generator: torch.Generator | None = None
+        self.cost = DecodeCost(0.0)  # measured at warm-up, then on every model call
+        self._backlog_units = 0  # of the requests admitted and not yet decoded or dropped
 
     # --- construction -----------------------------------------------------------------------
 
@@ -207,6 +269,7 @@ class InferenceEngine:
         waiting = [*self._batch, *([self._carry] if self._carry else [])]
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
+        self._backlog_units = 0
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(EngineNotReady("the service is shutting down"))
@@ -226,9 +289,11 @@ class InferenceEngine:
         started = time.perf_counter()
         try:
             model, vocab = await loop.run_in_executor(self._executor, self._load_and_warm_up)
-        except Exception as e:  # reported by /ready and /health; the process stays up to say so
+        except Exception as e:  # reported by /ready, /health and on_load_failure
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"
             log.error("loading the model failed: %s", self.error)
+            if self.on_load_failure is not None:
+                self.on_load_failure()
             return
         self.model, self.vocab = model, vocab
         self.state = "ready"
@@ -248,9 +313,20 @@ class InferenceEngine:
         model.eval().set_decode_dtype(self.decode_dtype)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(secrets.randbits(63))
-        # One tiny decode, so the first real request does not pay for lazy initialisation.
+        # One tiny decode, so the first real request does not pay for lazy initialisation; then
+        # a narrow and a wide one timed, for the cost estimate.
         batch = context_batch([[]], vocab).to(self.device)
         model.sample_responses(batch, 1, max_length=2, generator=self._generator)
+
+        def timed(samples: int, steps: int) -> tuple[int, float]:
+            seconds = []
+            for _ in range(2):  # the faster: the first may still be slowed by allocations
+                started = time.perf_counter()
+                model.sample_responses(batch, samples, max_length=steps, generator=self._generator)
+                seconds.append(time.perf_counter() - started)
+            return samples * steps, min(seconds)
+
+        self.cost = DecodeCost.from_timings(timed(1, 10), timed(16, 40))
         return model, vocab
 
     # --- requests ---------------------------------------------------------------------------
@@ -258,25 +334,26 @@ class InferenceEngine:
     def queue_depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    def backlog_seconds(self) -> float:
+        """The estimated model time of the requests admitted and not answered yet."""
+        return self._backlog_units * self.cost.seconds_per_unit
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Queue ``request`` and wait for its responses.
 
-        Raises EngineNotReady, EngineOverloaded (queue full) or EngineTimeout.
+        Raises EngineNotReady, EngineOverloaded (too much queued) or EngineTimeout.
         """
         if self.state != "ready" or self._queue is None:
             if self.state == "loading":
                 raise EngineNotReady("the model is still loading; retry shortly")
             raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
         responder = request.responder or next_speaker(list(request.turns))
-        pending = _Pending(request, responder, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(pending)
-        except asyncio.QueueFull:
-            self.stats.rejected += 1
-            raise EngineOverloaded(
-                f"the service is overloaded ({self.config.queue_size} requests waiting); "
-                "retry later"
-            ) from None
+        units = self._admit(request)
+        pending = _Pending(
+            request, responder, asyncio.get_running_loop().create_future(), units=units
+        )
+        self._queue.put_nowait(pending)
+        self._backlog_units += units
         try:
             # On timeout (or if our caller is cancelled) the future is cancelled, and the
             # batcher skips it if its batch has not started yet.
@@ -287,6 +364,32 @@ class InferenceEngine:
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
 
+    def _admit(self, request: GenerationRequest) -> int:
+        """The request's cost in units, if the queue has room and, with what is queued, it can
+        be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing better
+        will come of refusing it); else raise EngineOverloaded."""
+        assert self._queue is not None
+        units = self.cost.units(request.work)
+        backlog = self.backlog_seconds()
+        budget = self.config.timeout_s * ADMIT_SHARE
+        if self._queue.full():
+            why = f"{self.config.queue_size} requests waiting"
+        elif self._backlog_units and backlog + units * self.cost.seconds_per_unit > budget:
+            why = f"about {backlog:.1f} s of decoding queued"
+        else:
+            return units
+        self.stats.rejected += 1
+        retry_after = max(1, math.ceil(backlog))
+        raise EngineOverloaded(f"the service is overloaded ({why}); retry later", retry_after)
+
+    def _keep(self, pending: _Pending) -> bool:
+        """False for a request that timed out or was cancelled while queued (its work is then
+        out of the backlog)."""
+        if pending.future.done():
+            self._backlog_units -= pending.units
+            return False
+        return True
+
     # --- batching ---------------------------------------------------------------------------
 
     async def _batch_loop(self) -> None:
@@ -296,7 +399,7 @@ class InferenceEngine:
                 first, self._carry = self._carry, None
             else:
                 first = await self._queue.get()
-            if first.future.done():  # timed out or cancelled while waiting
+            if not self._keep(first):
                 continue
             self._batch = [first]
             if self.config.batching:
@@ -332,7 +435,7 @@ class InferenceEngine:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
-            if item.future.done():
+            if not self._keep(item):
                 continue
             if item.request.num_samples > budget:
                 self._carry = item
@@ -341,11 +444,13 @@ class InferenceEngine:
             budget -= item.request.num_samples
 
     async def _run_group(self, group: list[_Pending]) -> None:
-        group = [p for p in group if not p.future.done()]
+        group = [p for p in group if self._keep(p)]
         if not group:
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        work = sum(p.request.work for p in group)
+        units = sum(p.units for p in group)
         try:
             results = await loop.run_in_executor(self._executor, self._decode, group)
         except Exception as e:
@@ -354,7 +459,10 @@ class InferenceEngine:
                 if not p.future.done():
                     p.future.set_exception(EngineError(f"decoding failed: {type(e).__name__}"))
             return
+        finally:
+            self._backlog_units -= units
         elapsed = time.perf_counter() - started
+        self.cost.observe(elapsed, work)
         s = self.stats
         s.batches += 1
         s.batched_contexts += len(group)
@@ -442,6 +550,7 @@ class InferenceEngine:
                 "torch_threads": self.torch_threads,
                 "decode_dtype": str(self.decode_dtype).removeprefix("torch."),
                 "queue_depth": self.queue_depth(),
+                "backlog_s": round(self.backlog_seconds(), 3),
                 "stats": self.stats.as_dict(),
             },
         }

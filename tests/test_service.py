@@ -30,7 +30,7 @@ from model.vocab import Vocabulary
 from service import config as service_config
 from service.app import create_app
 from service.config import ConfigError, ServiceConfig, resolve_checkpoint
-from service.engine import InferenceEngine
+from service.engine import DecodeCost, InferenceEngine
 from tests.servers import running_service
 
 with warnings.catch_warnings():  # starlette's note that its TestClient will move to httpx2
@@ -356,6 +356,7 @@ async def wait_until(condition, timeout=10.0):
 async def queue_behind_busy_model(client, engine, first: dict, rest: list[dict]) -> list:
     """POST ``first``; while the model is held inside that call, queue ``rest`` behind it;
     then let everything run. Returns the responses, ``first``'s first."""
+    engine.cost = DecodeCost(0.0)  # admit them all: not what is tested here
     gate = Gate(engine.model)
     first_task = asyncio.create_task(client.post("/respond", json=first))
     await asyncio.to_thread(gate.entered.wait, 10)
@@ -462,6 +463,7 @@ def test_seeds_reproduce_whatever_shares_the_batch(tiny_checkpoint, client):
 
 def test_overload_gets_503_with_retry_after_and_the_server_recovers(tiny_checkpoint):
     async def scenario(client, engine):
+        engine.cost = DecodeCost(0.0)  # only the queue's size refuses (work: test_service_limits)
         gate = Gate(engine.model)
         running = asyncio.create_task(client.post("/respond", json=body(num_samples=1)))
         await asyncio.to_thread(gate.entered.wait, 10)
@@ -485,6 +487,7 @@ def test_overload_gets_503_with_retry_after_and_the_server_recovers(tiny_checkpo
 
 def test_timeout_gets_504_and_the_server_recovers(tiny_checkpoint):
     async def scenario(client, engine):
+        engine.cost = DecodeCost(0.0)  # admit it all: the deadline is what is tested here
         gate = Gate(engine.model)
         running = asyncio.create_task(client.post("/respond", json=body(num_samples=1)))
         await asyncio.to_thread(gate.entered.wait, 10)

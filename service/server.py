@@ -1,0 +1,143 @@
+"""The uvicorn server for ``python -m service``, with limits on connections and slow clients.
+
+A connection holds a socket, a file descriptor and buffers; clients that open connections and
+then stall must not be able to hold them all. uvicorn's own settings cover part of it:
+
+* ``limit_concurrency`` (``max_connections``): beyond it, a request gets 503;
+* ``timeout_keep_alive`` (``keep_alive_s``): an idle connection between requests is closed.
+
+What uvicorn lacks, :class:`LimitedHttpToolsProtocol` adds: a connection that does not send a
+request's headers within ``header_timeout_s`` (an idle new connection, headers sent a byte at a
+time) is closed; headers over ``max_header_bytes`` get 431 (httptools, unlike h11 with its
+``h11_max_incomplete_event_size``, buffers headers of any size); and when ``max_connections``
+are open, a new connection closes the oldest one that is not in a request, so that idle sockets
+cannot lock out real clients (or /health). A body that arrives too slowly is the app's
+``BodyLimitMiddleware``'s (``body_timeout_s``). Every connection shed is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.app import error_response
+from service.config import ServiceConfig, default_max_connections
+
+log = logging.getLogger("service.server")
+
+
+def build_server(config: ServiceConfig, app) -> uvicorn.Server:
+    max_connections = config.max_connections or default_max_connections()
+    limits = {
+        "header_timeout_s": config.header_timeout_s,
+        "max_header_bytes": config.max_header_bytes,
+        "max_connections": max_connections,
+    }
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            http=type("Protocol", (LimitedHttpToolsProtocol,), limits),
+            ws="none",  # no websocket routes; every connection is a LimitedHttpToolsProtocol
+            limit_concurrency=max_connections,
+            timeout_keep_alive=config.keep_alive_s,
+        )
+    )
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header time and size limit and room-making."""
+
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 1000
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._opened = self.loop.time()
+        self._header_bytes, self._header_tail = 0, b""
+        self._header_timer = None
+        self._start_header_timer()
+        self._make_room()
+
+    def connection_lost(self, exc) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._between_requests() and not self.transport.is_closing():
+            # Counted up to the blank line that ends them (which may span two reads), and
+            # refused before the parser buffers more.
+            window = self._header_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4 - len(self._header_tail)
+            self._header_tail = window[-3:]
+            if self._header_bytes > self.max_header_bytes:
+                detail = f"request headers larger than {self.max_header_bytes} bytes"
+                self._shed(detail, _http_response(431, detail))
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_timer()  # the next request on a kept-alive connection
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        self._header_bytes, self._header_tail = 0, b""
+        super().on_headers_complete()
+
+    # ---------------------------------------------------------------------------------------
+
+    def _between_requests(self) -> bool:
+        """No request is being answered: the connection is idle or reading request headers."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _start_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self._shed(f"no request headers within {self.header_timeout_s:g} s")
+
+    def _make_room(self) -> None:
+        """At max_connections (uvicorn's limit_concurrency, at which a request gets 503), close
+        the oldest connection that is not in a request, if there is one."""
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        if len(open_) < self.max_connections:
+            return
+        idle = [c for c in open_ if c is not self and c._between_requests()]
+        if idle:
+            oldest = min(idle, key=lambda c: c._opened)
+            oldest._shed(f"making room for a new connection ({len(open_)} open)")
+
+    def _shed(self, why: str, reply: bytes = b"") -> None:
+        """Close the connection (after ``reply``), and log why."""
+        host, port = self.client or ("?", 0)
+        log.warning("closed the connection from %s:%s: %s", host, port, why)
+        if reply:
+            self.transport.write(reply)
+        self.transport.close()
+        # Counted out at once: a request read in the same event-loop step, before
+        # connection_lost, would be checked against limit_concurrency with this one still in.
+        self.connections.discard(self)
+
+
+def _http_response(status: int, detail: str) -> bytes:
+    """A whole HTTP response with the app's error body, for a connection closed after it."""
+    response = error_response(status, detail, {"connection": "close"})
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    head += [f"{name}: {value}" for name, value in response.headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
