@@ -676,12 +676,7 @@ def test_real_server_refuses_oversized_bodies(server):
 def api_schema(tiny_checkpoint):
     app = create_app(make_engine(tiny_checkpoint))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    # schemathesis runs the app's lifespan once and keeps it running; wait for the model so that
-    # no fuzzed request meets the (correct) 503 of a service that is still loading.
-    deadline = time.monotonic() + 30
-    while schema["/ready"]["GET"].Case().call().status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_schema_ready(schema)
     yield schema
     with contextlib.suppress(ImportError, AttributeError):  # else at exit
         from schemathesis.python.asgi import shutdown_lifespans
@@ -689,10 +684,21 @@ def api_schema(tiny_checkpoint):
         shutdown_lifespans()  # stops the engine
 
 
+def wait_schema_ready(schema) -> None:
+    """Wait for the model, so that no fuzzed request meets the (correct) 503 of a service that
+    is still loading. schemathesis may start the app's lifespan again for a later test (the
+    engine then loads anew), so each test waits too."""
+    deadline = time.monotonic() + 30
+    while schema["/ready"]["GET"].Case().call().status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
 # (schemathesis.pytest.from_fixture would be the idiom, but schemathesis 4.32's lazy loader
 # reads a pytest-internal attribute that pytest 9.2 removed; so hypothesis is driven directly.)
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_api_fuzzing_finds_no_server_errors(api_schema, mode):
+    wait_schema_ready(api_schema)
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {op.path for op in operations} == {
         *("/health", "/ready", "/info", "/respond"),
