@@ -16,11 +16,11 @@ import pytest
 from benchmarks.service_load import Server
 from service.config import ConfigError, ServiceConfig, default_max_connections
 from service.engine import DecodeCost
+from tests.servers import free_port
 from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
     REPO,
     Gate,
     body,
-    free_port,
     run_in_app,
     subprocess_env,
     tiny_checkpoint,
