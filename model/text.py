@@ -37,6 +37,7 @@ _WORD = re.compile(r"(?<![a-z0-9])-?[a-z0-9]+(?:['\-&/][a-z0-9]+)*(?:(?<=s)')?")
 # NLTK's WordPunctTokenizer pattern (nltk.tokenize.regexp.WordPunctTokenizer), with Python's
 # unicode-aware \w exactly as NLTK compiles it.
 _WORDPUNCT = re.compile(r"\w+|[^\w\s]+")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 # Punctuation that joins the words around it in normalized text (see _WORD).
 _JOINERS = frozenset({"'", "-", "&", "/"})
 # What follows an apostrophe inside a word ("it's", "don't", "we've"); after any other word an
@@ -47,7 +48,8 @@ _CLITICS = frozenset({"s", "t", "ve", "re", "ll", "d", "m"})
 def normalize_utterance(text: str) -> list[str]:
     """The words of ``text`` in the test split's conventions."""
     # SwDA transcribers append notes after '*' ("... *listen", "*typo"); they are not speech.
-    text = text.split("*", 1)[0].lower()
+    # Typographic apostrophes (what phones and word processors type) are apostrophes.
+    text = text.split("*", 1)[0].lower().translate(_APOSTROPHES)
     return [w for w in _WORD.findall(text) if w not in FILLERS]
 
 

@@ -56,3 +56,8 @@ def test_words_tokenizer_is_the_old_normalization():
     with pytest.raises(ValueError, match="unknown tokenizer"):
         tokenize(text, "bpe")
     assert wordpunct("don't!?") == ["don", "'", "t", "!?"]
+
+
+def test_typographic_apostrophes_are_apostrophes():
+    assert tokenize("It\u2019s what they\u2018ve said") == tokenize("It's what they've said")
+    assert normalize_utterance("don\u2019t") == ["don't"]
