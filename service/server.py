@@ -30,6 +30,7 @@ log = logging.getLogger("service.server")
 
 
 def build_server(config: ServiceConfig, app) -> uvicorn.Server:
+    """uvicorn serving ``app`` with ``config``'s limits (its protocol's class attributes)."""
     max_connections = config.max_connections or default_max_connections()
     limits = {
         "header_timeout_s": config.header_timeout_s,
