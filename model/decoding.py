@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_REPETITION_PENALTY = 1000.0
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -34,8 +36,11 @@ class DecodingOptions:
     def __post_init__(self):
         if self.no_repeat_ngram_size < 0:
             raise ValueError("no_repeat_ngram_size must be >= 0")
-        if not self.repetition_penalty >= 1.0:
-            raise ValueError("repetition_penalty must be >= 1.0 (1.0: off)")
+        if not 1.0 <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            # Above that, float32 logits overflow: a logit of 0 times inf is NaN.
+            raise ValueError(
+                f"repetition_penalty must be in [1.0, {MAX_REPETITION_PENALTY:g}] (1.0: off)"
+            )
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0 (0: off)")
         if not 0.0 < self.top_p <= 1.0:

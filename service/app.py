@@ -19,6 +19,7 @@ from service.engine import InferenceEngine
 from service.responding import ANSWER_ERRORS, ReadyEngine, respond_to
 from service.schemas import (
     LIMITS,
+    ChatCompletionRequest,
     ErrorDetail,
     Info,
     ModelSummary,
@@ -45,7 +46,7 @@ QUOTE_ITEMS = 20
 QUOTE_DEPTH = 4
 MAX_ERRORS = 10
 # Request bodies whose integer bounds the OpenAPI document publishes (see _openapi).
-REQUEST_MODELS = (RespondRequest,)
+REQUEST_MODELS = (RespondRequest, ChatCompletionRequest)
 
 
 def create_app(engine: InferenceEngine) -> FastAPI:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from model.decoding import READABLE, DecodingOptions
+from model.decoding import MAX_REPETITION_PENALTY, READABLE, DecodingOptions
 
 MAX_TURN_CHARS = 1000
 MAX_SPEAKER_CHARS = 32
@@ -102,6 +102,7 @@ class RespondRequest(_Strict):
     repetition_penalty: float = Field(
         default=READABLE.repetition_penalty,
         ge=1.0,
+        le=MAX_REPETITION_PENALTY,
         allow_inf_nan=False,
         description="Tokens already in the response are made less likely by this factor "
         "(CTRL's penalty on the logits; 1.0: off).",

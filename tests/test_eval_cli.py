@@ -114,13 +114,13 @@ def test_end_to_end_json_has_every_key(setup, capsys):
         assert 0 <= m[f"{z}_p"] <= m[f"{z}_r"] <= 100
     assert 0 <= m["degenerate_rate"] <= 1
     # Baseline rows: the same keys, model-only metrics null, text metrics scored.
-    assert set(result["baselines"]) == {"random_responses", "frequent_response", "shuffled_context"}
+    # frequent_response needs a prepared training split (test_prepared_split has one).
+    assert {"random_responses", "shuffled_context"} <= set(result["baselines"])
     for name, b in result["baselines"].items():
         assert list(b) == list(METRIC_KEYS), name
         assert b["ppl"] is None and b["kl"] is None and b["active_units"] is None
         assert 0 <= b["bleu4_p"] <= b["bleu4_r"] <= 100 and b["a_bow_r"] is not None
-    frequent = result["baselines"]["frequent_response"]
-    assert frequent["intra_distinct1"] <= 1 / 3 + 1e-9  # one response repeated
+
     for n in range(1, 5):
         assert 0 <= m[f"bleu{n}_p"] <= m[f"bleu{n}_r"] <= 100
     for b in ("a_bow", "e_bow", "g_bow"):
@@ -196,6 +196,8 @@ def test_prepared_split(setup, synthetic_prepared):
     assert result["config"]["prepared"] == repo_relative(synthetic_prepared)
     assert result["config"]["glove"] == repo_relative(setup["glove"])
     assert result["protocol"]["frequent_response"]  # from the prepared training split
+    frequent = result["baselines"]["frequent_response"]
+    assert frequent["intra_distinct1"] <= 1 / 2 + 1e-9  # one response repeated
 
 
 def test_errors(setup, tmp_path, caplog):
