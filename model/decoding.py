@@ -105,5 +105,6 @@ def keep_top_p(logits: torch.Tensor, p: float) -> None:
     if (ranked.sum(dim=1) < p).any():
         ranked, order = probs.sort(dim=1, descending=True)
     inside = ranked.cumsum(dim=1) - ranked < p  # the mass before each token is short of p
+    inside[:, 0] = True  # even when p is below float32's smallest number (p = 5e-324 is 0.0)
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, order, inside)
     logits.masked_fill_(~keep, float("-inf"))

@@ -306,3 +306,11 @@ def test_invalid_options_are_refused(fields, message):
 def test_the_readable_preset_changes_decoding_and_the_default_does_not():
     assert DecodingOptions().is_plain and not READABLE.is_plain
     assert READABLE.no_repeat_ngram_size > 0 and not READABLE.allow_unk
+
+
+def test_top_p_below_float32_keeps_the_most_likely_token():
+    from model.decoding import keep_top_p
+
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    keep_top_p(logits, 5e-324)  # found by the API fuzzer: a NaN softmax before the fix
+    assert torch.isfinite(logits).tolist() == [[False, True, False]]
