@@ -138,13 +138,7 @@ class EvalConfig:
     allow_unk: bool = field(default=True, metadata={"help": "let samples contain <unk>"})
 
     def decoding_options(self) -> DecodingOptions:
-        return DecodingOptions(
-            no_repeat_ngram_size=self.no_repeat_ngram_size,
-            repetition_penalty=self.repetition_penalty,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            allow_unk=self.allow_unk,
-        )
+        return DecodingOptions.of(self)
 
     threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)"})
     decode_dtype: str = field(

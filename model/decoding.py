@@ -12,7 +12,7 @@ generated so far (words only: a row leaves the loop when it generates ``</s>``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -45,6 +45,11 @@ class DecodingOptions:
             raise ValueError("top_k must be >= 0 (0: off)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
+
+    @classmethod
+    def of(cls, settings) -> DecodingOptions:
+        """The options held by ``settings`` under the same names (a request, a CLI config)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     @property
     def is_plain(self) -> bool:

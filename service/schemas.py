@@ -146,13 +146,7 @@ class RespondRequest(_Strict):
     )
 
     def decoding_options(self) -> DecodingOptions:
-        return DecodingOptions(
-            no_repeat_ngram_size=self.no_repeat_ngram_size,
-            repetition_penalty=self.repetition_penalty,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            allow_unk=self.allow_unk,
-        )
+        return DecodingOptions.of(self)
 
 
 class SampledResponse(BaseModel):
