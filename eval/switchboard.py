@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -205,9 +206,7 @@ def load_dialogs(config: EvalConfig, tokenizer: str) -> tuple[list, str, EvalCon
     prepared = Path(config.prepared or DEFAULT_PREPARED)
     zhao = Path(config.zhao) if config.zhao else DEFAULT_ZHAO
     if (prepared / "manifest.json").is_file() or config.prepared is not None:
-        from training.prepare import load_prepared
-
-        corpus = load_prepared(prepared)
+        corpus = prepared_corpus(prepared)
         if corpus.tokenizer == tokenizer:
             used = dataclasses.replace(config, prepared=str(prepared))
             return getattr(corpus, config.split), f"prepared corpus ({config.split})", used
@@ -227,15 +226,22 @@ def load_dialogs(config: EvalConfig, tokenizer: str) -> tuple[list, str, EvalCon
     )
 
 
+@functools.lru_cache(maxsize=2)
+def prepared_corpus(directory: Path):
+    """A prepared corpus, read (and checksummed) once per evaluation: the evaluated split and
+    the frequent-response baseline both come from it."""
+    from training.prepare import load_prepared
+
+    return load_prepared(directory)
+
+
 def most_frequent_training_response(config: EvalConfig, tokenizer: str) -> list[str] | None:
     """The most frequent response of the prepared training split, as ``tokenizer``'s tokens
     (None without a prepared corpus)."""
     prepared = Path(config.prepared or DEFAULT_PREPARED)
     if not (prepared / "manifest.json").is_file():
         return None
-    from training.prepare import load_prepared
-
-    corpus = load_prepared(prepared)
+    corpus = prepared_corpus(prepared)
     counts = Counter(tuple(u.tokens) for d in corpus.train for u in d.utterances)
     tokens = list(counts.most_common(1)[0][0])
     if corpus.tokenizer != tokenizer:
@@ -303,6 +309,7 @@ def example_noise(seed: int, position: int, num_samples: int, latent_dim: int) -
 def evaluate(config: EvalConfig) -> dict:
     """Run the evaluation; returns the result dict written by ``--out``."""
     config.validate()
+    prepared_corpus.cache_clear()  # files may have changed since an earlier evaluation
     start_time = time.perf_counter()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
