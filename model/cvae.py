@@ -71,6 +71,10 @@ class ModelConfig:
     prior_kl_weight: float = 1.0  # weight of KL(p(z|c) || N(0,I)) (bn-cvae)
     bow_weight: float = 1.0  # weight of the bag-of-words loss (cvae-bow)
     bow_hidden: int = 400
+    # Dropout on the word embeddings (encoders' and decoder's inputs) and on the decoder's
+    # outputs before the vocabulary projection; training only. 0 is Zhao et al.'s setting
+    # (keep_prob 1.0), which overfits our half-size training set at the paper's dims.
+    dropout: float = 0.0
     # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
     tokenizer: str = DEFAULT_TOKENIZER
 
@@ -93,6 +97,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
@@ -138,14 +144,18 @@ def gaussian_kl(mu_q, logvar_q, mu_p=None, logvar_p=None) -> torch.Tensor:
 class UtteranceEncoder(nn.Module):
     """A bidirectional GRU; an utterance is the concatenation of both final states."""
 
-    def __init__(self, embedding: nn.Embedding, hidden: int):
+    def __init__(self, embedding: nn.Embedding, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.embedding = embedding
+        self.dropout = nn.Dropout(dropout)
         self.rnn = nn.GRU(embedding.embedding_dim, hidden, batch_first=True, bidirectional=True)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         packed = pack_padded_sequence(
-            self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+            self.dropout(self.embedding(tokens)),
+            lengths.cpu(),
+            batch_first=True,
+            enforce_sorted=False,
         )
         _, h = self.rnn(packed)  # [2, N, H]
         return torch.cat([h[0], h[1]], dim=-1)
@@ -203,10 +213,17 @@ class Decoder(nn.Module):
     """A GRU language model over the response whose initial state is a projection of [c; z]."""
 
     def __init__(
-        self, embedding: nn.Embedding, cond_dim: int, latent: int, hidden: int, vocab: int
+        self,
+        embedding: nn.Embedding,
+        cond_dim: int,
+        latent: int,
+        hidden: int,
+        vocab: int,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.embedding = embedding
+        self.dropout = nn.Dropout(dropout)
         self.init_state = nn.Linear(cond_dim + latent, hidden)
         self.rnn = nn.GRU(embedding.embedding_dim, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
@@ -222,7 +239,10 @@ class Decoder(nn.Module):
         """
         steps = (lengths - 1).cpu()  # inputs <s> w1..wn, targets w1..wn </s>
         inputs = pack_padded_sequence(
-            self.embedding(responses[:, :-1]), steps, batch_first=True, enforce_sorted=False
+            self.dropout(self.embedding(responses[:, :-1])),
+            steps,
+            batch_first=True,
+            enforce_sorted=False,
         )
         out, _ = self.rnn(inputs, h0)
         targets = pack_padded_sequence(
@@ -231,7 +251,7 @@ class Decoder(nn.Module):
         owner = torch.arange(responses.shape[0], device=responses.device)
         owner = owner.unsqueeze(1).expand(-1, responses.shape[1] - 1)
         owner = pack_padded_sequence(owner, steps, batch_first=True, enforce_sorted=False)
-        nll = F.cross_entropy(self.logits(out.data), targets.data, reduction="none")
+        nll = F.cross_entropy(self.logits(self.dropout(out.data)), targets.data, reduction="none")
         return nll, owner.data
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -281,14 +301,19 @@ class DialogCVAE(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
-        self.utt_encoder = UtteranceEncoder(self.embedding, cfg.utt_hidden)
+        self.utt_encoder = UtteranceEncoder(self.embedding, cfg.utt_hidden, cfg.dropout)
         self.ctx_encoder = ContextEncoder(2 * cfg.utt_hidden, cfg.ctx_hidden)
         self.recognition = RecognitionNetwork(
             cfg.cond_dim, 2 * cfg.utt_hidden, cfg.latent_dim, cfg.bn_gamma if cfg.use_bn else None
         )
         self.prior_net = PriorNetwork(cfg.cond_dim, cfg.latent_dim)
         self.decoder = Decoder(
-            self.embedding, cfg.cond_dim, cfg.latent_dim, cfg.dec_hidden, cfg.vocab_size
+            self.embedding,
+            cfg.cond_dim,
+            cfg.latent_dim,
+            cfg.dec_hidden,
+            cfg.vocab_size,
+            cfg.dropout,
         )
         self.bow_head = None
         if cfg.use_bow:

@@ -154,6 +154,19 @@ def test_objectives_of_the_variants(vocab):
     assert o.tokens.sum().item() == sum(len(t) + 1 for d in random_dialogs() for _, t in d)
 
 
+def test_dropout_acts_in_training_only(vocab):
+    batch = dialog_batch(random_dialogs(), vocab)
+    plain, dropped = make_model(vocab), make_model(vocab, dropout=0.5)  # the same weights
+    losses = {}
+    for mode in ("eval", "train"):  # eval first: a training pass moves the BN statistics
+        for name, model in (("plain", plain), ("dropped", dropped)):
+            getattr(model, mode)()
+            torch.manual_seed(3)
+            losses[mode, name] = model(batch).nll
+    torch.testing.assert_close(losses["eval", "plain"], losses["eval", "dropped"])
+    assert not torch.allclose(losses["train", "plain"], losses["train", "dropped"])
+
+
 def test_frozen_gamma_gets_no_gradient_and_never_changes(vocab):
     model = make_model(vocab, "bn-cvae", bn_gamma=0.6)
     bn = model.recognition.mu_bn

@@ -27,6 +27,9 @@ IMPOSSIBLE = [
     ("bn_gamma", float("inf")),
     ("prior_kl_weight", -1.0),
     ("bow_weight", float("nan")),
+    ("dropout", 1.0),
+    ("dropout", -0.1),
+    ("dropout", float("nan")),
     ("variant", "vae"),
     ("variant", ["bn-cvae"]),
 ]
@@ -41,7 +44,7 @@ def test_impossible_values_are_refused_naming_the_field(field, value):
 def test_presets_and_edge_values_are_accepted():
     for name in PRESETS:
         ModelConfig.preset(name)
-    ModelConfig(max_context=1, max_utt_len=1, bn_gamma=1, prior_kl_weight=0, bow_weight=0.0)
+    ModelConfig(max_context=1, max_utt_len=1, bn_gamma=1, prior_kl_weight=0, bow_weight=0.0, dropout=0.5)
 
 
 def write_config(checkpoint, directory, **model_fields):
