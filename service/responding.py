@@ -29,8 +29,13 @@ ANSWER_ERRORS: dict[int | str, dict] = {
 }
 
 
-def get_ready_engine(request: Request) -> InferenceEngine:
-    """The app's engine, once its model is loaded; until then 503 with Retry-After."""
+async def get_ready_engine(request: Request) -> InferenceEngine:
+    """The app's engine, once its model is loaded; until then 503 with Retry-After.
+
+    ``async`` although it awaits nothing: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hop per request that cost ~20% of the requests/s at 16 clients
+    (benchmarks/service_load.py).
+    """
     engine: InferenceEngine = request.app.state.engine
     if engine.state != "ready" or engine.model is None or engine.vocab is None:
         raise HTTPException(503, f"model not ready ({engine.state})", {"Retry-After": "1"})

@@ -44,7 +44,9 @@ def test_impossible_values_are_refused_naming_the_field(field, value):
 def test_presets_and_edge_values_are_accepted():
     for name in PRESETS:
         ModelConfig.preset(name)
-    ModelConfig(max_context=1, max_utt_len=1, bn_gamma=1, prior_kl_weight=0, bow_weight=0.0, dropout=0.5)
+    ModelConfig(
+        max_context=1, max_utt_len=1, bn_gamma=1, prior_kl_weight=0, bow_weight=0.0, dropout=0.5
+    )
 
 
 def write_config(checkpoint, directory, **model_fields):

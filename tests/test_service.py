@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -387,7 +388,7 @@ def test_the_engine_waits_for_company_up_to_the_previous_batch_size(tiny_checkpo
     async def scenario(client, engine):
         start = time.perf_counter()
         assert (await client.post("/respond", json=body(num_samples=1))).status_code == 200
-        assert time.perf_counter() - start < 0.9  # a lone request does not wait max_wait_ms
+        assert time.perf_counter() - start < 10  # a lone request does not wait max_wait_ms (20 s)
         await queue_behind_busy_model(client, engine, body(num_samples=1), [body()] * 3)
         assert engine.stats.largest_batch == 3 and engine.stats.batches == 3
         # after a batch of several, the next request waits for company, and gets it
@@ -402,9 +403,11 @@ def test_the_engine_waits_for_company_up_to_the_previous_batch_size(tiny_checkpo
         await asyncio.sleep(0.2)
         d = asyncio.create_task(client.post("/respond", json=body()))
         assert all(r.status_code == 200 for r in await asyncio.gather(c, d))
-        assert engine.stats.batches == 5 and time.perf_counter() - start < 0.9
+        assert engine.stats.batches == 5 and time.perf_counter() - start < 10
 
-    run_in_app(tiny_checkpoint, scenario, max_wait_ms=1000)
+    # A wait far longer than any load can slow a tiny model's decode: the test holds on a busy
+    # machine too.
+    run_in_app(tiny_checkpoint, scenario, max_wait_ms=20_000)
 
 
 def test_batch_size_is_bounded_in_samples(tiny_checkpoint):
@@ -496,6 +499,9 @@ def test_timeout_gets_504_and_the_server_recovers(tiny_checkpoint):
         assert (await running).status_code == 504
         gate.release.set()
         await wait_until(lambda: engine.stats.batches == 1)
+        # a longer limit for the request that shows the recovery: 0.3 s is not enough for
+        # a decode on a machine busy with other work
+        engine.config = dataclasses.replace(engine.config, timeout_s=30)
         ok = await client.post("/respond", json=body(num_samples=1))
         assert ok.status_code == 200
         return engine.stats
