@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup serve test lint bench-train bench-service stress prepare
+.PHONY: setup serve test test-fast lint bench-train bench-service stress prepare
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: $(DEV_STAMP)  ## lint + the whole test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
+
+test-fast: $(DEV_STAMP)  ## the suite without the tests marked slow (end-to-end servers, browser, multi-process)
+	$(PY) -m pytest -q -m "not slow"
 
 prepare: $(DEV_STAMP)
 	$(PY) -m training.prepare --out runs/data/switchboard

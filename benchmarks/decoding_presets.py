@@ -24,11 +24,13 @@ if str(REPO) not in sys.path:  # run as a script from a source checkout
 
 import torch  # noqa: E402
 
+from eval.metrics import distinct_n  # noqa: E402
 from model.batch import context_batch  # noqa: E402
 from model.checkpoint import load_pretrained  # noqa: E402
 from model.decoding import PLAIN, READABLE, DecodingOptions  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT  # noqa: E402
 from service.conversation import read_conversation  # noqa: E402
+from training.prepare import DEFAULT_DATA  # noqa: E402
 
 NO_UNK = DecodingOptions(allow_unk=False)
 CANDIDATES = {
@@ -55,17 +57,10 @@ def loops(tokens: list[str]) -> bool:
     return any(a == b == c for a, b, c in trigrams) or len(set(trigrams)) < len(trigrams)
 
 
-def distinct(responses: list[list[str]], n: int) -> float:
-    grams = [tuple(r[i : i + n]) for r in responses for i in range(len(r) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(REPO / DEFAULT_CHECKPOINT))
-    parser.add_argument(
-        "--data", default=str(REPO.parent / "shared/data/switchboard/zhao/valid.jsonl")
-    )
+    parser.add_argument("--data", default=str(DEFAULT_DATA / "zhao" / "valid.jsonl"))
     parser.add_argument("--contexts", type=int, default=300)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
@@ -96,7 +91,7 @@ def main() -> None:
         print(
             f"| {name} | {sum(map(loops, responses)) / n:.1%} "
             f"| {sum('<unk>' in r for r in responses) / n:.1%} "
-            f"| {distinct(responses, 1):.3f} | {distinct(responses, 2):.3f} "
+            f"| {distinct_n(responses, 1):.3f} | {distinct_n(responses, 2):.3f} "
             f"| {sum(map(len, responses)) / n:.1f} | {per_token:.2f} |"
         )
         plain = plain or responses

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from model.files import atomic_path  # noqa: E402
 
 PANELS = (
     ("train_kl", "KL(q||p), train (nats)", False),
@@ -61,10 +62,9 @@ def plot_runs(runs: list[Path], out: Path) -> None:
             ax.set_yscale("log")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -55,10 +54,11 @@ from eval.report import markdown_table
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.config import add_dataclass_args, overrides_from_args
-from model.cvae import DECODE_DTYPES, decode_dtype, gaussian_kl
+from model.cvae import DECODE_DTYPES, LikelihoodTotals, decode_dtype, gaussian_kl
 from model.decoding import DecodingOptions
 from model.text import detokenize, tokenize
 from model.vocab import SPECIALS
+from training.batching import plan_batches
 from training.prepare import DEFAULT_DATA
 
 log = logging.getLogger("eval.switchboard")
@@ -268,37 +268,6 @@ def default_out(config: EvalConfig) -> Path:
     return Path("runs") / "eval" / f"{name}-{what}.json"
 
 
-def plan_batches(
-    lengths: Sequence[int], batch_dialogs: int, max_examples: int, limit: int | None = None
-) -> list[list[tuple[int, int, int]]]:
-    """Batches of ``(dialog, start, end)`` response spans, in dialog order.
-
-    A batch holds at most ``batch_dialogs`` spans and ``max_examples`` responses; a longer dialog
-    is split into several spans. ``limit`` keeps only the first ``limit`` responses overall.
-    """
-    spans: list[tuple[int, int, int]] = []
-    remaining = math.inf if limit is None else limit
-    for i, n in enumerate(lengths):
-        n = int(min(n, remaining))
-        remaining -= n
-        spans.extend((i, s, min(s + max_examples, n)) for s in range(0, n, max_examples))
-        if remaining <= 0:
-            break
-    batches: list[list[tuple[int, int, int]]] = []
-    current: list[tuple[int, int, int]] = []
-    size = 0
-    for span in spans:
-        k = span[2] - span[1]
-        if current and (len(current) >= batch_dialogs or size + k > max_examples):
-            batches.append(current)
-            current, size = [], 0
-        current.append(span)
-        size += k
-    if current:
-        batches.append(current)
-    return batches
-
-
 def example_noise(seed: int, position: int, num_samples: int, latent_dim: int) -> torch.Tensor:
     """The standard-normal draws of one example's prior samples [num_samples, latent_dim]."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + position)
@@ -347,7 +316,7 @@ def evaluate(config: EvalConfig) -> dict:
         samples_file = samples_path.open("w", encoding="utf-8")
     jsonl = samples_path is not None and samples_path.suffix == ".jsonl"
 
-    nll_sum = tok_sum = kl_sum = 0.0
+    totals = LikelihoodTotals()
     mus, logvars = [], []
     references, all_samples = [], []
     position = 0
@@ -368,9 +337,7 @@ def evaluate(config: EvalConfig) -> dict:
                         mu_q, logvar_q = extras["mu_q"], extras["logvar_q"]
                     else:  # not part of the API contract: recompute the posterior
                         mu_q, logvar_q = model.posterior(batch)
-                nll_sum += float(out.nll.double().sum())
-                tok_sum += float(out.tokens.double().sum())
-                kl_sum += float(out.kl.double().sum())
+                totals.add(out)
                 mus.append(mu_q.detach().double())
                 logvars.append(logvar_q.detach().double())
 
@@ -418,9 +385,9 @@ def evaluate(config: EvalConfig) -> dict:
     mu, logvar = torch.cat(mus), torch.cat(logvars)
     text_metrics = response_metrics.result()
     metrics: dict = {
-        "ppl": math.exp(nll_sum / tok_sum),
-        "elbo_ppl": math.exp((nll_sum + kl_sum) / tok_sum),
-        "kl": kl_sum / position,
+        "ppl": totals.ppl,
+        "elbo_ppl": totals.elbo_ppl,
+        "kl": totals.kl / position,
         **text_metrics,
         "active_units": active_units(mu),
         "mutual_info": mutual_information(

@@ -18,6 +18,7 @@ Loss per example (minimised):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -290,6 +291,35 @@ class CVAEOutput:
 
 
 @dataclass
+class LikelihoodTotals:
+    """:class:`CVAEOutput` summed over examples (in float64), and the perplexities they give:
+    the validation of training and the evaluation's ``ppl``/``elbo_ppl``/``kl`` both use it."""
+
+    nll: float = 0.0
+    kl: float = 0.0
+    prior_kl: float = 0.0
+    tokens: float = 0.0
+    examples: int = 0
+
+    def add(self, out: CVAEOutput) -> None:
+        self.nll += float(out.nll.double().sum())
+        self.kl += float(out.kl.double().sum())
+        self.prior_kl += float(out.prior_kl.double().sum())
+        self.tokens += float(out.tokens.double().sum())
+        self.examples += out.nll.shape[0]
+
+    @property
+    def ppl(self) -> float:
+        """Reconstruction perplexity, z ~ q(z|c,x): exp(sum NLL / sum tokens)."""
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def elbo_ppl(self) -> float:
+        """exp(-ELBO per token): an upper bound on the model's true perplexity."""
+        return math.exp((self.nll + self.kl) / self.tokens)
+
+
+@dataclass
 class SampledResponses:
     token_ids: torch.Tensor  # [E, N, T] words then </s> (unless cut at max_length), 0-padded
     lengths: torch.Tensor  # [E, N] words, excluding </s>
@@ -531,6 +561,21 @@ def _restrict(logits: torch.Tensor, history: torch.Tensor, options: DecodingOpti
         penalize_repetitions(logits, history, options.repetition_penalty)
     if options.no_repeat_ngram_size:
         block_repeated_ngrams(logits, history, options.no_repeat_ngram_size)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` (one of DEVICES) as a device: ``auto`` is the GPU when torch sees one, else the
+    CPU. ``cuda`` where torch sees no GPU is refused (ValueError), not left to fail later."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda, but torch sees no CUDA device; use auto or cpu")
+    return torch.device(name)
 
 
 DECODE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data" / "switchboard"
 sys.path.insert(0, str(ROOT))
 
 from tests.synthetic import write_synthetic_zhao  # noqa: E402
+from training.prepare import DEFAULT_DATA as SHARED_DATA  # noqa: E402
 
 
 def require_shared_data() -> Path:

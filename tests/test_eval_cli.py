@@ -16,7 +16,6 @@ from eval.switchboard import (
     evaluate,
     main,
     markdown_table,
-    plan_batches,
     repo_relative,
 )
 from model.checkpoint import save_pretrained
@@ -24,6 +23,7 @@ from model.cvae import DialogCVAE, ModelConfig
 from model.text import normalize_utterance, tokenize
 from model.vocab import Vocabulary
 from tests.conftest import ROOT
+from training.batching import plan_batches
 
 DIALOGS = [
     [

@@ -11,11 +11,10 @@ import pytest
 
 import training.prepare as prep
 from model.vocab import Vocabulary
+from tests.conftest import SHARED_DATA
 from training.corpus import PRETOKENIZED, CorpusError, read_zhao_jsonl
 from training.leakage import NgramIndex
 from training.prepare import PrepareConfig, build_parser, load_prepared, main, prepare
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "switchboard"
 
 # Invented conversations; LEAK appears in Zhao's valid split and (SwDA style) in swda/train.
 LEAK = [

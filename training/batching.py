@@ -9,8 +9,8 @@ re-encoding every context window would cost, while a batch still mixes several c
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -18,19 +18,55 @@ from model.batch import DialogBatch, Turn, dialog_batch
 from model.vocab import Vocabulary
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
+    """Consecutive responses of one dialog (training batches them; evaluation too, in order)."""
+
     dialog: int
     start: int  # first response (turn index)
     end: int  # one past the last response
 
 
-def make_segments(dialogs: Sequence[Sequence[Turn]], segment_size: int) -> list[Segment]:
+def split_dialogs(lengths: Iterable[int], segment_size: int) -> list[Segment]:
+    """Each dialog's responses (``lengths``: responses per dialog) in segments of at most
+    ``segment_size``, dialog by dialog."""
     return [
-        Segment(i, s, min(s + segment_size, len(turns)))
-        for i, turns in enumerate(dialogs)
-        for s in range(0, len(turns), segment_size)
+        Segment(i, s, min(s + segment_size, n))
+        for i, n in enumerate(lengths)
+        for s in range(0, n, segment_size)
     ]
+
+
+def make_segments(dialogs: Sequence[Sequence[Turn]], segment_size: int) -> list[Segment]:
+    return split_dialogs(map(len, dialogs), segment_size)
+
+
+def plan_batches(
+    lengths: Sequence[int], batch_dialogs: int, max_examples: int, limit: int | None = None
+) -> list[list[Segment]]:
+    """Batches of segments in dialog order, for evaluation: a batch holds at most
+    ``batch_dialogs`` segments and ``max_examples`` responses (a longer dialog is split).
+    ``limit`` keeps only the first ``limit`` responses overall."""
+    if limit is not None:
+        kept, remaining = [], limit
+        for n in lengths:
+            if remaining <= 0:
+                break
+            kept.append(min(n, remaining))
+            remaining -= kept[-1]
+        lengths = kept
+    batches: list[list[Segment]] = []
+    current: list[Segment] = []
+    size = 0
+    for segment in split_dialogs(lengths, max_examples):
+        k = segment.end - segment.start
+        if current and (len(current) >= batch_dialogs or size + k > max_examples):
+            batches.append(current)
+            current, size = [], 0
+        current.append(segment)
+        size += k
+    if current:
+        batches.append(current)
+    return batches
 
 
 class SegmentBatches:

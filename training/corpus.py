@@ -48,15 +48,14 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.files import atomic_write_text
 from model.text import DEFAULT_TOKENIZER, split_tokens, tokenize
 
 log = logging.getLogger(__name__)
@@ -432,27 +431,6 @@ def dialog_to_json(dialog: Dialog) -> dict:
         "source": dialog.source,
         "utts": [[u.speaker, " ".join(u.tokens), [u.act, []]] for u in dialog.utterances],
     }
-
-
-def file_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes files 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_jsonl(dialogs: Iterable[Dialog], path: str | Path) -> None:

@@ -35,9 +35,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 import typing
 from collections import Counter
@@ -46,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from model.files import atomic_path, atomic_write_text
 from model.text import DEFAULT_TOKENIZER, LEGACY_TOKENIZER, TOKENIZERS
 from model.vocab import SPECIALS, Vocabulary
 from training.corpus import (
@@ -56,8 +55,6 @@ from training.corpus import (
     CorpusError,
     Dialog,
     ReadStats,
-    atomic_write_text,
-    file_mode,
     parse_swda_line,
     read_swda,
     read_zhao,
@@ -337,14 +334,8 @@ def prepare(config: PrepareConfig) -> dict:
     log.info("writing %s", out)
     for split, dialogs in splits.items():
         write_jsonl(dialogs, out / f"{split}.jsonl")
-    fd, tmp = tempfile.mkstemp(prefix=".vocab.json.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
+    with atomic_path(out / "vocab.json") as tmp:
         vocab.save(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, out / "vocab.json")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     config_dict = dataclasses.asdict(cfg)
     atomic_write_text(out / "config.json", json.dumps(config_dict, indent=2) + "\n")
 

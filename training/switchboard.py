@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, save_pretrained
 from model.config import add_dataclass_args, overrides_from_args
-from model.cvae import DialogCVAE, ModelConfig
+from model.cvae import DialogCVAE, LikelihoodTotals, ModelConfig, resolve_device
+from model.files import atomic_path, atomic_write_text
 from training.batching import SegmentBatches, eval_batches
 from training.corpus import CorpusError
 from training.curves import plot_curves
@@ -84,42 +85,26 @@ class TrainConfig:
     resume: bool = False
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def validate(model: DialogCVAE, batches, device, seed: int) -> dict:
     """Validation -ELBO with z ~ q(z|c,x), drawn from a fixed seed so the training RNG is untouched."""
     was_training = model.training
     model.eval()
-    nll = kl = tokens = examples = prior_kl = 0.0
+    totals = LikelihoodTotals()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch in batches:
-            out = model(batch.to(device))
-            nll += out.nll.sum().item()
-            kl += out.kl.sum().item()
-            prior_kl += out.prior_kl.sum().item()
-            tokens += out.tokens.sum().item()
-            examples += batch.num_examples
+            totals.add(model(batch.to(device)))
     model.train(was_training)
+    n = totals.examples
     return {
-        "valid_loss": (nll + kl) / examples,
-        "valid_nll": nll / examples,
-        "valid_kl": kl / examples,
-        "valid_prior_kl": prior_kl / examples,
-        "valid_ppl": math.exp(nll / tokens),
-        "valid_elbo_ppl": math.exp((nll + kl) / tokens),
+        "valid_loss": (totals.nll + totals.kl) / n,
+        "valid_nll": totals.nll / n,
+        "valid_kl": totals.kl / n,
+        "valid_prior_kl": totals.prior_kl / n,
+        "valid_ppl": totals.ppl,
+        "valid_elbo_ppl": totals.elbo_ppl,
     }
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _read_metrics(path: Path, upto_step: int) -> list[dict]:
@@ -129,196 +114,301 @@ def _read_metrics(path: Path, upto_step: int) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= upto_step]
 
 
-def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    state_path = out / STATE_FILE
-    if state_path.exists() and not cfg.resume:
-        raise RunError(f"{out} already holds a run; pass --resume or choose another --out")
+@dataclass
+class Progress:
+    """Where a run is: saved in its training state, and the start of its ``summary.json``."""
 
-    corpus = load_prepared(cfg.data)
-    vocab = corpus.vocab
-    train_dialogs = [d.turns() for d in corpus.train]
-    valid_dialogs = [d.turns() for d in corpus.valid]
-    if cfg.valid_dialogs > 0:
-        valid_dialogs = valid_dialogs[: cfg.valid_dialogs]
-    for split, dialogs in (("train", train_dialogs), ("valid", valid_dialogs)):
-        if not any(dialogs):
-            raise RunError(f"{Path(cfg.data) / (split + '.jsonl')}: no {split} dialogs")
-    mcfg = ModelConfig.preset(
-        cfg.preset,
-        variant=cfg.variant,
-        vocab_size=len(vocab),
-        tokenizer=corpus.tokenizer,
-        **(model_overrides or {}),
-    )
-    torch.manual_seed(cfg.seed)
-    model = DialogCVAE(mcfg).to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    batches = SegmentBatches(
-        train_dialogs, vocab, cfg.segment_size, cfg.batch_segments,
-        mcfg.max_context, mcfg.max_utt_len, seed=cfg.seed,
-    )  # fmt: skip
-    valid = list(eval_batches(valid_dialogs, vocab, 4, mcfg.max_context, mcfg.max_utt_len))
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch already trained on (where to resume)
+    best: float = math.inf  # the best validation -ELBO so far
+    bad_rounds: int = 0  # validations in a row without a better one, after the KL annealing
+    best_step: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
 
-    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "bad_rounds": 0,
-                "best_step": 0, "train_seconds": 0.0, "stopped_early": False}  # fmt: skip
-    # The partly filled logging window: saved with the state so a resumed run logs the same.
-    running: dict[str, float] = {}
-    if cfg.resume and state_path.exists():
-        state = load_training_state(state_path)
-        if state["model_config"] != mcfg.to_dict():
-            raise RunError(f"{state_path}: saved with a different model config; cannot resume")
+
+class TrainingWindow:
+    """Sums over the steps since the last train record (one record every ``log_every`` steps).
+
+    Saved with the training state, so that a resumed run logs what the uninterrupted one would.
+    """
+
+    KEYS = ("loss", "nll", "kl", "tokens", "examples")
+
+    def __init__(self, sums: dict[str, float] | None = None):
+        self.sums = dict(sums or {})
+
+    def add(self, out, examples: int) -> None:
+        values = (out.loss.item(), out.nll.sum().item(), out.kl.sum().item(),
+                  out.tokens.sum().item(), float(examples))  # fmt: skip
+        for key, value in zip(self.KEYS, values, strict=True):
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def record(self, progress: Progress, kl_weight: float, steps: int, elapsed: float) -> dict:
+        """The train record of the last ``steps`` steps; the window starts again."""
+        s, n = self.sums, self.sums["examples"]
+        entry = {
+            "step": progress.step, "split": "train", "epoch": progress.epoch,
+            "kl_weight": kl_weight, "train_loss": (s["nll"] + s["kl"]) / n,
+            "train_objective": s["loss"] / steps, "train_kl": s["kl"] / n,
+            "train_ppl": math.exp(s["nll"] / s["tokens"]), "elapsed_s": elapsed,
+        }  # fmt: skip
+        self.sums.clear()
+        return entry
+
+
+class Run:
+    """One training run, in the steps :func:`train` takes: set up (:meth:`__init__`),
+    :meth:`resume`, :meth:`step` on each batch, :meth:`validate_and_checkpoint`,
+    :meth:`save_state`, and :meth:`finish`."""
+
+    def __init__(self, cfg: TrainConfig, model_overrides: dict | None = None):
+        self.cfg = cfg
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise RunError(f"{state_path}: does not fit this model: {e}") from e
-        progress.update(state["progress"])
-        running.update(state.get("running", {}))
-        torch.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        log.info("resumed from %s at step %d", state_path, progress["step"])
-    else:
-        torch.manual_seed(cfg.seed + rank)
+            self.device = device = resolve_device(cfg.device)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        if self.world > 1:
+            if device.type == "cuda":
+                self.device = device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        self.state_path = self.out / STATE_FILE
+        if self.state_path.exists() and not cfg.resume:
+            raise RunError(f"{self.out} already holds a run; pass --resume or choose another --out")
 
-    ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-    metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, progress["step"])
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        resolved = {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(), "world_size": world}
-        (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-        log.info("model: %s, %.2fM parameters; %d train dialogs, %d segments, %d batches/epoch",
-                 mcfg.variant, sum(p.numel() for p in model.parameters()) / 1e6,
-                 len(train_dialogs), len(batches.segments), len(batches))  # fmt: skip
+        corpus = load_prepared(cfg.data)
+        self.vocab = vocab = corpus.vocab
+        train_dialogs = [d.turns() for d in corpus.train]
+        valid_dialogs = [d.turns() for d in corpus.valid]
+        if cfg.valid_dialogs > 0:
+            valid_dialogs = valid_dialogs[: cfg.valid_dialogs]
+        for split, dialogs in (("train", train_dialogs), ("valid", valid_dialogs)):
+            if not any(dialogs):
+                raise RunError(f"{Path(cfg.data) / (split + '.jsonl')}: no {split} dialogs")
+        self.model_config = mcfg = ModelConfig.preset(
+            cfg.preset,
+            variant=cfg.variant,
+            vocab_size=len(vocab),
+            tokenizer=corpus.tokenizer,
+            **(model_overrides or {}),
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = DialogCVAE(mcfg).to(device)
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr
+        )
+        self.batches = SegmentBatches(
+            train_dialogs, vocab, cfg.segment_size, cfg.batch_segments,
+            mcfg.max_context, mcfg.max_utt_len, seed=cfg.seed,
+        )  # fmt: skip
+        self.valid = list(eval_batches(valid_dialogs, vocab, 4, mcfg.max_context, mcfg.max_utt_len))
+        self.num_train_dialogs = len(train_dialogs)
+        self.progress = Progress()
+        self.window = TrainingWindow()
+        self.history: list[dict] = []
+        self.metrics_path = self.out / "metrics.jsonl"
+        self._clock_started = time.perf_counter()
 
-    def record(entry: dict) -> None:
-        history.append(entry)
-        if rank == 0:
-            with metrics_path.open("a") as f:
+    def resume(self) -> None:
+        """Continue from the training state if there is one (``--resume``), else seed this
+        process; then write the run's config and the metrics kept so far."""
+        cfg, mcfg = self.cfg, self.model_config
+        if cfg.resume and self.state_path.exists():
+            state = load_training_state(self.state_path)
+            if state["model_config"] != mcfg.to_dict():
+                raise RunError(
+                    f"{self.state_path}: saved with a different model config; cannot resume"
+                )
+            try:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise RunError(f"{self.state_path}: does not fit this model: {e}") from e
+            self.progress = Progress(**state["progress"])
+            self.window = TrainingWindow(state.get("running"))
+            rng = state["rng"]
+            torch.set_rng_state(rng[self.rank] if self.rank < len(rng) else rng[0])
+            log.info("resumed from %s at step %d", self.state_path, self.progress.step)
+        else:
+            torch.manual_seed(cfg.seed + self.rank)
+
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.history = _read_metrics(self.metrics_path, self.progress.step)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            resolved = {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(),
+                        "world_size": self.world}  # fmt: skip
+            atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2) + "\n")
+            atomic_write_text(
+                self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history)
+            )
+            log.info("model: %s, %.2fM parameters; %d train dialogs, %d segments, %d batches/epoch",
+                     mcfg.variant, sum(p.numel() for p in self.model.parameters()) / 1e6,
+                     self.num_train_dialogs, len(self.batches.segments), len(self.batches))  # fmt: skip
+
+    def record(self, entry: dict) -> None:
+        self.history.append(entry)
+        if self.rank == 0:
+            with self.metrics_path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    def save_state() -> None:
-        rng = [torch.get_rng_state()]
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, torch.get_rng_state())
-            rng = gathered
-        if rank == 0:
-            _atomic_torch_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "progress": dict(progress), "rng": rng, "model_config": mcfg.to_dict(),
-                 "running": dict(running)},
-                state_path,
-            )  # fmt: skip
+    def start_clock(self) -> None:
+        self._clock_started = time.perf_counter()
 
-    def run_validation() -> bool:
-        """Validate, keep the best checkpoint; True when early stopping should end the run."""
+    def train_seconds(self) -> float:
+        """The run's training time so far: what earlier sessions banked, and this one's."""
+        return self.progress.train_seconds + time.perf_counter() - self._clock_started
+
+    def bank_time(self) -> None:
+        """Add this session's time so far to ``progress.train_seconds`` (before a save)."""
+        self.progress.train_seconds = self.train_seconds()
+        self.start_clock()
+
+    def kl_weight(self) -> float:
+        """The KL annealing: from 0 up to 1 over the first kl_anneal_steps steps."""
+        return min(1.0, self.progress.step / max(1, self.cfg.kl_anneal_steps))
+
+    def step(self, batch) -> dict | None:
+        """One optimizer step on ``batch``; every log_every steps, the train record it logs."""
+        cfg, progress = self.cfg, self.progress
+        kl_weight = self.kl_weight()
+        prior_kl_weight = self.model_config.prior_kl_weight * (
+            kl_weight if cfg.anneal_prior_kl else 1.0
+        )
+        out = self.ddp(batch.to(self.device), kl_weight=kl_weight, prior_kl_weight=prior_kl_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        progress.step += 1
+        progress.batch_in_epoch += 1
+        self.window.add(out, batch.num_examples)
+        if progress.step % cfg.log_every:
+            return None
+        entry = self.window.record(progress, kl_weight, cfg.log_every, self.train_seconds())
+        self.record(entry)
+        return entry
+
+    def validate_and_checkpoint(self) -> bool:
+        """Validate, keep the best checkpoint in ``best/``; True when patience runs out."""
+        cfg, progress = self.cfg, self.progress
         stop = False
-        if rank == 0:
-            v = validate(model, valid, device, cfg.seed)
-            record({"step": progress["step"], "split": "valid", **v})
-            log.info("step %d valid: %s", progress["step"],
+        if self.rank == 0:
+            v = validate(self.model, self.valid, self.device, cfg.seed)
+            self.record({"step": progress.step, "split": "valid", **v})
+            log.info("step %d valid: %s", progress.step,
                      " ".join(f"{k}={x:.3f}" for k, x in v.items()))  # fmt: skip
-            if v["valid_loss"] < progress["best"]:
-                progress.update(best=v["valid_loss"], best_step=progress["step"], bad_rounds=0)
-                meta = {"step": progress["step"], **v, "train_config": dataclasses.asdict(cfg)}
-                save_pretrained(model, vocab, out / "best", metadata=meta)
-            elif progress["step"] >= cfg.kl_anneal_steps:
-                progress["bad_rounds"] += 1
-            stop = progress["bad_rounds"] >= cfg.patience
-            plot_curves(history, out / "curves.png", title=f"{mcfg.variant} ({cfg.preset})")
-        if world > 1:
-            flag = [stop, progress["best"], progress["bad_rounds"], progress["best_step"]]
-            dist.broadcast_object_list(flag, src=0)
-            stop, progress["best"], progress["bad_rounds"], progress["best_step"] = flag
+            if v["valid_loss"] < progress.best:
+                progress.best, progress.best_step, progress.bad_rounds = (
+                    v["valid_loss"],
+                    progress.step,
+                    0,
+                )
+                meta = {"step": progress.step, **v, "train_config": dataclasses.asdict(cfg)}
+                save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
+            elif progress.step >= cfg.kl_anneal_steps:
+                progress.bad_rounds += 1
+            stop = progress.bad_rounds >= cfg.patience
+            title = f"{self.model_config.variant} ({cfg.preset})"
+            plot_curves(self.history, self.out / "curves.png", title=title)
+        if self.world > 1:
+            shared = [stop, progress.best, progress.bad_rounds, progress.best_step]
+            dist.broadcast_object_list(shared, src=0)
+            stop, progress.best, progress.bad_rounds, progress.best_step = shared
         return stop
 
-    total = cfg.max_steps or cfg.epochs * len(batches)
-    bar = tqdm(total=total, initial=progress["step"], disable=rank != 0, desc=mcfg.variant)
-    ddp.train()
-    started = time.perf_counter()
-    done = progress["stopped_early"] or progress["step"] >= total
-    while not done and progress["epoch"] < cfg.epochs:
-        for batch in batches.epoch(progress["epoch"], progress["batch_in_epoch"], rank, world):
-            kl_weight = min(1.0, progress["step"] / max(1, cfg.kl_anneal_steps))
-            prior_kl_weight = mcfg.prior_kl_weight * (kl_weight if cfg.anneal_prior_kl else 1.0)
-            o = ddp(batch.to(device), kl_weight=kl_weight, prior_kl_weight=prior_kl_weight)
-            optimizer.zero_grad(set_to_none=True)
-            o.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            progress["step"] += 1
-            progress["batch_in_epoch"] += 1
+    def save_state(self) -> None:
+        """``training_state.pt``: what :meth:`resume` needs to go on exactly from here."""
+        rng = [torch.get_rng_state()]
+        if self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, torch.get_rng_state())
+            rng = gathered
+        if self.rank == 0:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "progress": dataclasses.asdict(self.progress),
+                "rng": rng,
+                "model_config": self.model_config.to_dict(),
+                "running": dict(self.window.sums),
+            }
+            with atomic_path(self.state_path) as tmp:
+                torch.save(state, tmp)
+
+    def finish(self) -> None:
+        """The last checkpoint in ``last/`` and ``summary.json``."""
+        cfg, progress = self.cfg, self.progress
+        if self.rank == 0:
+            meta = {"step": progress.step, "train_config": dataclasses.asdict(cfg)}
+            save_pretrained(self.model, self.vocab, self.out / "last", metadata=meta)
+            if progress.stopped_early:
+                reason = f"patience: {cfg.patience} validations without improvement"
+            elif cfg.max_steps and progress.step >= cfg.max_steps:
+                reason = f"max_steps {cfg.max_steps}"
+            else:
+                reason = f"max epochs {cfg.epochs}"
+            examples = progress.step * self.batches.examples_per_batch()
+            summary = {
+                **dataclasses.asdict(progress), "stop_reason": reason,
+                "variant": self.model_config.variant, "preset": cfg.preset,
+                "examples_per_second": examples / max(progress.train_seconds, 1e-9),
+            }  # fmt: skip
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            log.info("done: %d steps in %.0f s; best valid loss %.3f at step %d", progress.step,
+                     progress.train_seconds, progress.best, progress.best_step)  # fmt: skip
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
+    """Train until patience, max_steps or max epochs; returns the run directory."""
+    run = Run(cfg, model_overrides)
+    run.resume()
+    progress = run.progress
+    total = cfg.max_steps or cfg.epochs * len(run.batches)
+    bar = tqdm(total=total, initial=progress.step, disable=run.rank != 0, desc=cfg.variant)
+    run.ddp.train()
+    run.start_clock()
+    done = progress.stopped_early or progress.step >= total
+    while not done and progress.epoch < cfg.epochs:
+        epoch = run.batches.epoch(progress.epoch, progress.batch_in_epoch, run.rank, run.world)
+        for batch in epoch:
+            entry = run.step(batch)
             bar.update(1)
-            for k, v in (("loss", o.loss.item()), ("nll", o.nll.sum().item()),
-                         ("kl", o.kl.sum().item()), ("tokens", o.tokens.sum().item()),
-                         ("examples", float(batch.num_examples))):  # fmt: skip
-                running[k] = running.get(k, 0.0) + v
-            step = progress["step"]
-            if step % cfg.log_every == 0:
-                n = running["examples"]
-                entry = {"step": step, "split": "train", "epoch": progress["epoch"],
-                         "kl_weight": kl_weight, "train_loss": (running["nll"] + running["kl"]) / n,
-                         "train_objective": running["loss"] / cfg.log_every,
-                         "train_kl": running["kl"] / n,
-                         "train_ppl": math.exp(running["nll"] / running["tokens"]),
-                         "elapsed_s": progress["train_seconds"] + time.perf_counter() - started}  # fmt: skip
-                record(entry)
+            if entry is not None:
                 bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
                                 ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
-                running.clear()
-            if step % cfg.eval_every == 0 and run_validation():
-                progress["stopped_early"] = True
-                log.info("early stopping at step %d (best step %d)", step, progress["best_step"])
-            if step % cfg.save_every == 0 or progress["stopped_early"] or step >= total:
-                progress["train_seconds"] += time.perf_counter() - started
-                started = time.perf_counter()
-                save_state()
-            if progress["stopped_early"] or step >= total:
+            step = progress.step
+            if step % cfg.eval_every == 0 and run.validate_and_checkpoint():
+                progress.stopped_early = True
+                log.info("early stopping at step %d (best step %d)", step, progress.best_step)
+            if step % cfg.save_every == 0 or progress.stopped_early or step >= total:
+                run.bank_time()
+                run.save_state()
+            if progress.stopped_early or step >= total:
                 done = True
                 break
         else:
-            progress["epoch"] += 1
-            progress["batch_in_epoch"] = 0
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
     bar.close()
 
-    if progress["step"] % cfg.eval_every != 0:
-        run_validation()
-    progress["train_seconds"] += time.perf_counter() - started
-    save_state()
-    if rank == 0:
-        meta = {"step": progress["step"], "train_config": dataclasses.asdict(cfg)}
-        save_pretrained(model, vocab, out / "last", metadata=meta)
-        if progress["stopped_early"]:
-            reason = f"patience: {cfg.patience} validations without improvement"
-        elif cfg.max_steps and progress["step"] >= cfg.max_steps:
-            reason = f"max_steps {cfg.max_steps}"
-        else:
-            reason = f"max epochs {cfg.epochs}"
-        summary = {
-            **progress, "stop_reason": reason, "variant": mcfg.variant, "preset": cfg.preset,
-            "examples_per_second": progress["step"] * batches.examples_per_batch()
-            / max(progress["train_seconds"], 1e-9),
-        }  # fmt: skip
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("done: %d steps in %.0f s; best valid loss %.3f at step %d", progress["step"],
-                 progress["train_seconds"], progress["best"], progress["best_step"])  # fmt: skip
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return out
+    if progress.step % cfg.eval_every != 0:
+        run.validate_and_checkpoint()
+    run.bank_time()
+    run.save_state()
+    run.finish()
+    return run.out
 
 
 def load_training_state(path: Path) -> dict:
