@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from model.checkpoint import load_pretrained, save_pretrained
-from model.cvae import DECODE_DTYPES, DialogCVAE, ModelConfig, fast_decode_dtype
+from model.config import ModelConfig
+from model.cvae import DECODE_DTYPES, DialogCVAE, fast_decode_dtype
 from model.vocab import Vocabulary
 from service import config as service_config
 from service.app import create_app
