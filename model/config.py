@@ -1,57 +1,129 @@
-"""Command-line overrides for configuration dataclasses.
+"""The model's configuration: :class:`ModelConfig`, its presets and variants.
 
-Every stage keeps its configuration in one dataclass; :func:`add_dataclass_args` exposes each
-field as ``--field-name`` (``--prefix.field-name`` for a nested one) so that any value can be
-overridden without editing code, and :func:`dataclass_from_args` reads them back.
+The configuration/modeling split of Hugging Face's libraries: this module holds what a model is
+(sizes, variant, tokenizer; saved in a checkpoint's ``config.json``) and imports no torch;
+:mod:`model.cvae` builds the network from it. Each field's ``metadata["help"]`` is the help
+text of its ``--model.<field>`` option of ``python -m training.switchboard`` (:mod:`model.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+
+from model.text import DEFAULT_TOKENIZER, TOKENIZERS, check_tokenizer
+
+VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
+
+PRESETS: dict[str, dict] = {
+    # The paper's (and Zhao et al.'s) dimensions.
+    "paper": dict(embed_dim=200, utt_hidden=300, ctx_hidden=600, dec_hidden=400, latent_dim=200),
+    # Chosen by measurement: ~440 training examples/s on 2 CPU cores, so a 4-epoch Switchboard
+    # run (12k steps) takes ~25 min alone (up to ~65 when sharing the cores); the paper dims
+    # train at ~210 examples/s (README).
+    "cpu": dict(embed_dim=128, utt_hidden=128, ctx_hidden=256, dec_hidden=256, latent_dim=64),
+    # For tests.
+    "tiny": dict(embed_dim=16, utt_hidden=16, ctx_hidden=24, dec_hidden=24, latent_dim=8),
+}
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def _is_number(value) -> bool:
+    """An int or float, not a bool (for ModelConfig.__post_init__)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> Any:
-    hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args:  # Optional[X] / X | None
-        hint = args[0]
-    return _parse_bool if hint is bool else hint
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add ``--name`` for every field of ``cls``; unset options keep the dataclass default."""
-    group = parser.add_argument_group(f"{cls.__name__} ({prefix or 'top level'})")
-    for f in dataclasses.fields(cls):
-        name = f"--{prefix}{f.name.replace('_', '-')}"
-        kind = _field_type(cls, f)
-        group.add_argument(
-            name,
-            dest=f"{prefix}{f.name}",
-            type=kind,
-            default=None,
-            # a bare boolean flag means true ("--resume"); "--resume false" also works
-            **({"nargs": "?", "const": True} if kind is _parse_bool else {}),
-            help=(f.metadata.get("help", "") + " " if f.metadata else "")
-            + "(default: %s)" % (f.default if f.default is not dataclasses.MISSING else "required"),
-        )
+@dataclass
+class ModelConfig:
+    # variant, vocab_size and tokenizer are no --model.<field> options: the variant comes from
+    # --variant, the vocabulary and its tokenizer from the prepared corpus.
+    variant: str = field(
+        default="bn-cvae", metadata=_help("model variant", choices=VARIANTS, cli=False)
+    )
+    vocab_size: int = field(default=10_005, metadata=_help("vocabulary size", cli=False))
+    embed_dim: int = field(default=200, metadata=_help("word embedding size"))
+    utt_hidden: int = field(
+        default=300, metadata=_help("per direction of the bidirectional utterance GRU")
+    )
+    ctx_hidden: int = field(default=600, metadata=_help("context GRU size"))
+    dec_hidden: int = field(default=400, metadata=_help("decoder GRU size"))
+    latent_dim: int = field(default=200, metadata=_help("size of the latent variable z"))
+    max_context: int = field(default=10, metadata=_help("context utterances seen per response"))
+    max_utt_len: int = field(default=40, metadata=_help("words kept per utterance"))
+    bn_gamma: float = field(
+        default=0.6, metadata=_help("the frozen BN scale on the posterior mean (bn-cvae)")
+    )
+    prior_kl_weight: float = field(
+        default=1.0, metadata=_help("weight of KL(p(z|c) || N(0,I)) (bn-cvae)")
+    )
+    bow_weight: float = field(
+        default=1.0, metadata=_help("weight of the bag-of-words loss (cvae-bow)")
+    )
+    bow_hidden: int = field(default=400, metadata=_help("hidden size of the bag-of-words MLP"))
+    # Dropout on the word embeddings (encoders' and decoder's inputs) and on the decoder's
+    # outputs before the vocabulary projection; training only. 0 is Zhao et al.'s setting
+    # (keep_prob 1.0), which overfits our half-size training set at the paper's dims.
+    dropout: float = field(
+        default=0.0,
+        metadata=_help(
+            "dropout on the word embeddings and the decoder's outputs, in training (0: Zhao's)"
+        ),
+    )
+    # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
+    tokenizer: str = field(
+        default=DEFAULT_TOKENIZER,
+        metadata=_help("how text becomes tokens (model/text.py)", choices=TOKENIZERS, cli=False),
+    )
 
+    def __post_init__(self):
+        # Impossible values (from a config.json, or flags) are refused here, naming the field:
+        # else they fail later inside torch, or load and give wrong results (max_context 0 made
+        # every response fail, max_utt_len 0 gave a wrong perplexity).
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_tokenizer(self.tokenizer)
+        sizes = ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
+        for name in (*sizes, "bow_hidden", "max_context", "max_utt_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # (comparisons with inf are also False for NaN)
+        if not (_is_number(self.bn_gamma) and 0 < self.bn_gamma < float("inf")):
+            raise ValueError(f"bn_gamma must be a finite number > 0, got {self.bn_gamma!r}")
+        for name in ("prior_kl_weight", "bow_weight"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
 
-def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> dict:
-    """The fields of ``cls`` given on the command line (those left unset are omitted)."""
-    values = vars(args)
-    return {
-        f.name: values[f"{prefix}{f.name}"]
-        for f in dataclasses.fields(cls)
-        if values.get(f"{prefix}{f.name}") is not None
-    }
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def use_bn(self) -> bool:
+        return self.variant == "bn-cvae"
+
+    @property
+    def use_bow(self) -> bool:
+        return self.variant == "cvae-bow"
+
+    @property
+    def cond_dim(self) -> int:
+        return self.ctx_hidden

@@ -19,7 +19,7 @@ Loss per example (minimised):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.batch import DialogBatch
+from model.config import ModelConfig
 from model.decoding import (
     PLAIN,
     DecodingOptions,
@@ -35,100 +36,7 @@ from model.decoding import (
     keep_top_p,
     penalize_repetitions,
 )
-from model.text import DEFAULT_TOKENIZER, check_tokenizer
 from model.vocab import Vocabulary
-
-VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
-
-PRESETS: dict[str, dict] = {
-    # The paper's (and Zhao et al.'s) dimensions.
-    "paper": dict(embed_dim=200, utt_hidden=300, ctx_hidden=600, dec_hidden=400, latent_dim=200),
-    # Chosen by measurement: ~440 training examples/s on 2 CPU cores, so a 4-epoch Switchboard
-    # run (12k steps) takes ~25 min alone (up to ~65 when sharing the cores); the paper dims
-    # train at ~210 examples/s (README).
-    "cpu": dict(embed_dim=128, utt_hidden=128, ctx_hidden=256, dec_hidden=256, latent_dim=64),
-    # For tests.
-    "tiny": dict(embed_dim=16, utt_hidden=16, ctx_hidden=24, dec_hidden=24, latent_dim=8),
-}
-
-
-def _is_number(value) -> bool:
-    """An int or float, not a bool (for ModelConfig.__post_init__)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass
-class ModelConfig:
-    variant: str = "bn-cvae"
-    vocab_size: int = 10_005
-    embed_dim: int = 200
-    utt_hidden: int = 300  # per direction of the bidirectional utterance GRU
-    ctx_hidden: int = 600
-    dec_hidden: int = 400
-    latent_dim: int = 200
-    max_context: int = 10
-    max_utt_len: int = 40
-    bn_gamma: float = 0.6  # the frozen BN scale on the posterior mean (bn-cvae)
-    prior_kl_weight: float = 1.0  # weight of KL(p(z|c) || N(0,I)) (bn-cvae)
-    bow_weight: float = 1.0  # weight of the bag-of-words loss (cvae-bow)
-    bow_hidden: int = 400
-    # Dropout on the word embeddings (encoders' and decoder's inputs) and on the decoder's
-    # outputs before the vocabulary projection; training only. 0 is Zhao et al.'s setting
-    # (keep_prob 1.0), which overfits our half-size training set at the paper's dims.
-    dropout: float = 0.0
-    # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
-    tokenizer: str = DEFAULT_TOKENIZER
-
-    def __post_init__(self):
-        # Impossible values (from a config.json, or flags) are refused here, naming the field:
-        # else they fail later inside torch, or load and give wrong results (max_context 0 made
-        # every response fail, max_utt_len 0 gave a wrong perplexity).
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        check_tokenizer(self.tokenizer)
-        sizes = ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
-        for name in (*sizes, "bow_hidden", "max_context", "max_utt_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        # (comparisons with inf are also False for NaN)
-        if not (_is_number(self.bn_gamma) and 0 < self.bn_gamma < float("inf")):
-            raise ValueError(f"bn_gamma must be a finite number > 0, got {self.bn_gamma!r}")
-        for name in ("prior_kl_weight", "bow_weight"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value < float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> ModelConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def use_bn(self) -> bool:
-        return self.variant == "bn-cvae"
-
-    @property
-    def use_bow(self) -> bool:
-        return self.variant == "cvae-bow"
-
-    @property
-    def cond_dim(self) -> int:
-        return self.ctx_hidden
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p=None, logvar_p=None) -> torch.Tensor:

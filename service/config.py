@@ -1,19 +1,29 @@
-"""The service's configuration: one dataclass, built from the command line and the environment."""
+"""The service's configuration: one dataclass, built from the command line and the environment
+(``BNCVAE_*`` variables) by :mod:`model.cli`."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-CHECKPOINT_ENV = "BNCVAE_CHECKPOINT"
-# The project's default checkpoint, relative to the repository root (or the working directory,
-# as in the Docker image, where the package is installed and the checkpoint sits under /app).
+from model.cli import CommandLine, parse_args
+
+ENV_PREFIX = "BNCVAE_"
+CHECKPOINT_ENV = ENV_PREFIX + "CHECKPOINT"
+DESCRIPTION = (
+    "Serve BN-CVAE dialogue responses over HTTP (POST /respond).\n\nEvery option can also be "
+    f"set by an environment variable {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}PORT=9000,\n"
+    f"{CHECKPOINT_ENV}=DIR); the command line wins."
+)
+# The project's default checkpoint, shipped in the repository (checkpoints/bn-cvae-switchboard),
+# relative to the repository root (or the working directory, as in the Docker image, where the
+# package is installed and the checkpoint sits under /app).
 DEFAULT_CHECKPOINT = Path("checkpoints") / "bn-cvae-switchboard"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # model.cvae.DEVICES, without importing torch
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # "auto" and model.cvae.DECODE_DTYPES' names, written out so that parsing the command line does
 # not import torch (a test keeps the two in step).
 DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -26,35 +36,107 @@ class ConfigError(ValueError):
     """The service cannot start with this configuration; the message says how to fix it."""
 
 
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
-    checkpoint: Path | None = None  # None: a model is handed to the engine directly (tests)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str = "cpu"  # "auto" is resolved to "cuda" or "cpu" by from_args
+    """The service's settings; each field is a ``--option`` of ``python -m service`` and a
+    ``BNCVAE_<FIELD>`` environment variable."""
+
+    # None: a model is handed to the engine directly (tests)
+    checkpoint: Path | None = field(
+        default=None,
+        metadata=_help(
+            "checkpoint directory (model.checkpoint.save_pretrained)",
+            default=f"${CHECKPOINT_ENV}, else {DEFAULT_CHECKPOINT}",
+        ),
+    )
+    host: str = field(default="127.0.0.1", metadata=_help("interface to listen on"))
+    port: int = field(default=8000, metadata=_help("port"))
+    # "auto" is resolved to "cuda" or "cpu" by from_args (the command line's default)
+    device: str = field(
+        default="cpu", metadata=_help("auto: the GPU when present", choices=DEVICES)
+    )
     # Engine: requests waiting in the queue are decoded together, up to max_batch_size samples
     # (contexts x num_samples) per model call; under concurrent traffic a batch waits at most
     # max_wait_ms for company.
-    max_batch_size: int = 256
-    max_wait_ms: float = 5.0
-    queue_size: int = 256
-    timeout_s: float = 30.0
-    batching: bool = True
-    torch_threads: int = 0  # CPU threads per model call; 0: default_torch_threads()
+    max_batch_size: int = field(
+        default=256,
+        metadata=_help("most samples (contexts x num_samples) decoded in one model call"),
+    )
+    max_wait_ms: float = field(
+        default=5.0,
+        metadata=_help("under concurrent traffic, how long a batch waits for more requests"),
+    )
+    queue_size: int = field(
+        default=256, metadata=_help("requests that may wait; beyond that 503 + Retry-After")
+    )
+    timeout_s: float = field(
+        default=30.0,
+        metadata=_help(
+            "per-request time limit, queueing included; then 504. A request is admitted only if "
+            "the decoding queued before it and its own (as measured) fit in half of it, else 503 "
+            "+ Retry-After"
+        ),
+    )
+    batching: bool = field(
+        default=True,
+        metadata=_help(
+            "decode queued requests together (--no-batching: each on its own, a baseline)"
+        ),
+    )
+    torch_threads: int = field(
+        default=0,
+        metadata=_help(
+            "CPU threads per model call; 1 on a machine busy with other work",
+            default=lambda: f"0: every core, at most 4; here {default_torch_threads()}",
+        ),
+    )
     # dtype of the decoder's vocabulary projection (most of the decoding time); "auto": bfloat16
     # where the hardware has it natively, else float32 (model.cvae.fast_decode_dtype).
-    decode_dtype: str = "auto"
-    max_body_bytes: int = 256 * 1024
+    decode_dtype: str = field(
+        default="auto",
+        metadata=_help(
+            "dtype of the decoder's vocabulary projection, most of the decoding time; auto: "
+            "bfloat16 on a CPU or GPU that computes it natively (2.5-5x faster there), else "
+            "float32",
+            choices=DECODE_DTYPES,
+        ),
+    )
+    max_body_bytes: int = field(default=256 * 1024, metadata=_help("larger request bodies get 413"))
     # Slow and idle clients (service/server.py): a connection holds a socket, a file descriptor
-    # and buffers. Open connections (0: default_max_connections()); time for a request's headers
-    # (from its first byte, or the connection's opening) and their size; time for its body
-    # (after the headers); an idle kept-alive connection's time between requests.
-    max_connections: int = 0
-    header_timeout_s: float = 10.0
-    max_header_bytes: int = 16 * 1024
-    body_timeout_s: float = 20.0
-    keep_alive_s: float = 5.0
-    log_level: str = "info"
+    # and buffers.
+    max_connections: int = field(
+        default=0,
+        metadata=_help(
+            "open connections; when reached, a new one closes the oldest idle one, and with none "
+            "idle its request gets 503",
+            default=lambda: (
+                f"0: the file-descriptor limit less {FD_RESERVE}, at most "
+                f"{MAX_CONNECTIONS}; here {default_max_connections()}"
+            ),
+        ),
+    )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata=_help(
+            "a connection that does not send a request's headers within this is closed (from "
+            "the request's first byte, or the connection's opening)"
+        ),
+    )
+    max_header_bytes: int = field(
+        default=16 * 1024, metadata=_help("larger request headers get 431")
+    )
+    body_timeout_s: float = field(
+        default=20.0,
+        metadata=_help("a request body not received within this after the headers gets 408"),
+    )
+    keep_alive_s: float = field(
+        default=5.0, metadata=_help("an idle kept-alive connection is closed after this")
+    )
+    log_level: str = field(default="info", metadata=_help("log level", choices=LOG_LEVELS))
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -85,143 +167,34 @@ class ServiceConfig:
     def from_args(
         cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> ServiceConfig:
-        """Parse ``python -m service`` arguments; resolve the checkpoint and the device.
+        """Parse ``python -m service`` arguments and ``BNCVAE_*`` variables of ``environ``
+        (default: ``os.environ``; the command line wins); resolve the checkpoint and the device.
 
-        Raises :class:`ConfigError` when no checkpoint can be found or the device is missing.
+        Raises :class:`ConfigError` when no checkpoint can be found or the device is missing;
+        exits with code 2 on a malformed option.
         """
         environ = os.environ if environ is None else environ
-        args = build_parser().parse_args(argv)
-        return cls(
-            checkpoint=resolve_checkpoint(args.checkpoint, environ),
-            host=args.host,
-            port=args.port,
-            device=resolve_device(args.device),
-            max_batch_size=args.max_batch_size,
-            max_wait_ms=args.max_wait_ms,
-            queue_size=args.queue_size,
-            timeout_s=args.timeout_s,
-            batching=not args.no_batching,
-            torch_threads=args.torch_threads,
-            decode_dtype=args.decode_dtype,
-            max_body_bytes=args.max_body_bytes,
-            max_connections=args.max_connections,
-            header_timeout_s=args.header_timeout_s,
-            max_header_bytes=args.max_header_bytes,
-            body_timeout_s=args.body_timeout_s,
-            keep_alive_s=args.keep_alive_s,
-            log_level=args.log_level,
+        args = command_line(argv, environ)
+        values = dict(args.values)
+        explicit = values["checkpoint"] if "checkpoint" in args.from_command_line else None
+        values["checkpoint"] = resolve_checkpoint(
+            None if explicit is None else str(explicit), environ
         )
+        values["device"] = resolve_device(values["device"])
+        return cls(**values)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = ServiceConfig()
-    p = argparse.ArgumentParser(
+def command_line(argv: Sequence[str] | None, environ: Mapping[str, str]) -> CommandLine:
+    """The options of ``python -m service``: ``argv``, then ``BNCVAE_<FIELD>`` of ``environ``."""
+    return parse_args(
+        ServiceConfig,
+        argv,
         prog="python -m service",
-        description="Serve BN-CVAE dialogue responses over HTTP (POST /respond).",
+        description=DESCRIPTION,
+        defaults={"device": "auto"},
+        env_prefix=ENV_PREFIX,
+        environ=environ,
     )
-    p.add_argument(
-        "--checkpoint",
-        metavar="DIR",
-        help=f"checkpoint directory (default: ${CHECKPOINT_ENV}, else {DEFAULT_CHECKPOINT})",
-    )
-    p.add_argument("--host", default=d.host, help=f"interface to listen on (default {d.host})")
-    p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
-    p.add_argument(
-        "--device", choices=DEVICES, default="auto", help="auto: the GPU when present (default)"
-    )
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=d.max_batch_size,
-        help="most samples (contexts x num_samples) decoded in one model call "
-        f"(default {d.max_batch_size})",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=d.max_wait_ms,
-        help="under concurrent traffic, how long a batch waits for more requests "
-        f"(default {d.max_wait_ms})",
-    )
-    p.add_argument(
-        "--queue-size",
-        type=int,
-        default=d.queue_size,
-        help=f"requests that may wait; beyond that 503 + Retry-After (default {d.queue_size})",
-    )
-    p.add_argument(
-        "--timeout-s",
-        type=float,
-        default=d.timeout_s,
-        help="per-request time limit, queueing included; then 504. A request is admitted only "
-        "if the decoding queued before it and its own (as measured) fit in half of it, else 503 "
-        f"+ Retry-After (default {d.timeout_s})",
-    )
-    p.add_argument(
-        "--no-batching", action="store_true", help="decode every request on its own (baseline)"
-    )
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=d.torch_threads,
-        help="CPU threads per model call (default 0: every core, at most 4; here "
-        f"{default_torch_threads()}); 1 on a machine busy with other work",
-    )
-    p.add_argument(
-        "--decode-dtype",
-        choices=DECODE_DTYPES,
-        default=d.decode_dtype,
-        help="dtype of the decoder's vocabulary projection, most of the decoding time; auto: "
-        "bfloat16 on a CPU or GPU that computes it natively (2.5-5x faster there), else float32 "
-        f"(default {d.decode_dtype})",
-    )
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=d.max_body_bytes,
-        help=f"larger request bodies get 413 (default {d.max_body_bytes})",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=d.max_connections,
-        help="open connections; when reached, a new one closes the oldest idle one, and with "
-        "none idle its request gets 503 (default 0: the file-descriptor limit less "
-        f"{FD_RESERVE}, at most {MAX_CONNECTIONS}; here {default_max_connections()})",
-    )
-    p.add_argument(
-        "--header-timeout-s",
-        type=float,
-        default=d.header_timeout_s,
-        help="a connection that does not send a request's headers within this is closed "
-        f"(default {d.header_timeout_s})",
-    )
-    p.add_argument(
-        "--max-header-bytes",
-        type=int,
-        default=d.max_header_bytes,
-        help=f"larger request headers get 431 (default {d.max_header_bytes})",
-    )
-    p.add_argument(
-        "--body-timeout-s",
-        type=float,
-        default=d.body_timeout_s,
-        help="a request body not received within this after the headers gets 408 "
-        f"(default {d.body_timeout_s})",
-    )
-    p.add_argument(
-        "--keep-alive-s",
-        type=float,
-        default=d.keep_alive_s,
-        help=f"an idle kept-alive connection is closed after this (default {d.keep_alive_s})",
-    )
-    p.add_argument(
-        "--log-level",
-        default=d.log_level,
-        choices=("critical", "error", "warning", "info", "debug"),
-        help=f"(default {d.log_level})",
-    )
-    return p
 
 
 def default_torch_threads() -> int:
@@ -277,18 +250,16 @@ def resolve_checkpoint(explicit: str | None, environ: Mapping[str, str]) -> Path
     looked = " and ".join(str(c) for c in dict.fromkeys(candidates))
     raise ConfigError(
         f"no checkpoint: the default checkpoint {DEFAULT_CHECKPOINT} is not there (looked in "
-        f"{looked}; it has not shipped yet). Pass one with --checkpoint DIR or set "
+        f"{looked}: a copy without it). Pass one with --checkpoint DIR or set "
         f"{CHECKPOINT_ENV}=DIR (a directory written by model.checkpoint.save_pretrained)."
     )
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    """model.cvae.resolve_device, with its refusal as a ConfigError."""
+    from model.cvae import resolve_device as to_device  # torch: only once the flags are parsed
 
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no CUDA device; use --device auto or cpu")
-    return device
+    try:
+        return str(to_device(device))
+    except ValueError as e:
+        raise ConfigError(f"--device: {e}") from None

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from model.batch import context_batch
-from model.cvae import DialogCVAE, ModelConfig
+from model.config import ModelConfig
+from model.cvae import DialogCVAE
 from model.decoding import (
     READABLE,
     DecodingOptions,

@@ -19,7 +19,8 @@ from eval.switchboard import (
     repo_relative,
 )
 from model.checkpoint import save_pretrained
-from model.cvae import DialogCVAE, ModelConfig
+from model.config import ModelConfig
+from model.cvae import DialogCVAE
 from model.text import normalize_utterance, tokenize
 from model.vocab import Vocabulary
 from tests.conftest import ROOT
@@ -84,7 +85,7 @@ def setup(tmp_path_factory):
 def run_cli(setup, out, *extra) -> dict:
     argv = ["--checkpoint", str(setup["ckpt"]), "--data", str(setup["data"])]
     argv += ["--glove", str(setup["glove"]), "--samples", "3", "--max-length", "8"]
-    argv += ["--progress", "false", "--out", str(out), *extra]
+    argv += ["--no-progress", "--out", str(out), *extra]
     assert main(argv) == 0
     return json.loads(out.read_text())
 
@@ -246,9 +247,7 @@ def test_zhao_release_fallback(setup, tmp_path, monkeypatch):
 def test_default_output_goes_under_runs(setup, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["--checkpoint", str(setup["ckpt"]), "--data", str(setup["data"]), "--limit", "2"]
-    assert (
-        main([*argv, "--glove", str(setup["glove"]), "--samples", "2", "--progress", "false"]) == 0
-    )
+    assert main([*argv, "--glove", str(setup["glove"]), "--samples", "2", "--no-progress"]) == 0
     assert (tmp_path / "runs" / "eval" / "ckpt-dialogs.json").is_file()
     assert (tmp_path / "runs" / "eval" / "ckpt-dialogs.samples.txt").is_file()
 
@@ -325,7 +324,7 @@ def test_decoding_options_reach_the_samples(setup, tmp_path):
     assert plain["protocol"]["decoding"]["plain"] is True
     blocked = run_cli(
         setup, tmp_path / "blocked.json", "--limit", "6", "--no-repeat-ngram-size", "1",
-        "--allow-unk", "false", "--max-length", "8",
+        "--no-allow-unk", "--max-length", "8",
     )  # fmt: skip
     assert blocked["protocol"]["decoding"]["no_repeat_ngram_size"] == 1
     assert blocked["protocol"]["decoding"]["plain"] is False

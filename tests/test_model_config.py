@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from model.checkpoint import CheckpointError, load_pretrained
-from model.cvae import PRESETS, ModelConfig
+from model.config import PRESETS, ModelConfig
 from tests.test_service import tiny_checkpoint  # noqa: F401 (fixture)
 
 IMPOSSIBLE = [

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from model.checkpoint import load_pretrained, save_pretrained
-from model.cvae import DECODE_DTYPES, DialogCVAE, ModelConfig, fast_decode_dtype
+from model.config import ModelConfig
+from model.cvae import DECODE_DTYPES, DEVICES, DialogCVAE, fast_decode_dtype
 from model.vocab import Vocabulary
 from service import config as service_config
 from service.app import create_app
@@ -573,6 +574,7 @@ def test_config_from_cli_and_environment(tiny_checkpoint, tmp_path):
     )
     assert cfg.decode_dtype == "float32"
     assert service_config.DECODE_DTYPES == ("auto", *DECODE_DTYPES)
+    assert service_config.DEVICES == DEVICES
     with pytest.raises(ConfigError, match="decode_dtype"):
         ServiceConfig(decode_dtype="int8")
     with pytest.raises(ConfigError, match="does not exist"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import DEFAULT_CHECKPOINT, build_parser
+from service.config import DEFAULT_CHECKPOINT, command_line
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -90,8 +90,8 @@ def test_cmd_runs_the_service_module_with_valid_arguments():
     cmd = json.loads(cmds[0])  # exec form
     assert cmd[:3] == ["python", "-m", "service"], cmd
     assert (REPO / "service" / "__main__.py").is_file()
-    args = build_parser().parse_args(cmd[3:])
-    assert (args.host, args.port, args.device) == ("0.0.0.0", 8000, "auto")
+    args = command_line(cmd[3:], {}).values
+    assert (args["host"], args["port"], args["device"]) == ("0.0.0.0", 8000, "auto")
 
 
 def test_image_basics():

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model.batch import context_batch
-from model.cvae import DialogCVAE, ModelConfig, SampledResponses
+from model.config import ModelConfig
+from model.cvae import DialogCVAE, SampledResponses
 from model.text import tokenize
 from model.vocab import Vocabulary
 from service.app import create_app

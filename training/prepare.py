@@ -30,20 +30,19 @@ Read it back with :func:`load_prepared`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import sys
 import time
-import typing
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from model.cli import parse_args
 from model.files import atomic_path, atomic_write_text
 from model.text import DEFAULT_TOKENIZER, LEGACY_TOKENIZER, TOKENIZERS
 from model.vocab import SPECIALS, Vocabulary
@@ -87,26 +86,28 @@ class PrepareConfig:
     zhao: str | None = field(
         default=None,
         metadata={
-            "help": "Zhao release: directory with valid/test[/train].jsonl, or the pickle "
-            f"(default: {DEFAULT_DATA / 'zhao'} if present)"
+            "help": "Zhao release: directory with valid/test[/train].jsonl, or the pickle",
+            "default": f"{DEFAULT_DATA / 'zhao'} if present",
         },
     )
     swda: str | None = field(
         default=None,
         metadata={
             "help": "SwDA export directory (train/ + val/); the train set unless Zhao has "
-            f"a train split (default: {DEFAULT_DATA / 'swda'} if present)"
+            "a train split",
+            "default": f"{DEFAULT_DATA / 'swda'} if present",
         },
     )
     tokenizer: str = field(
         default=DEFAULT_TOKENIZER,
-        metadata={"help": f"tokens of every split, one of {list(TOKENIZERS)} (model/text.py)"},
+        metadata={"help": "tokens of every split (model/text.py)", "choices": TOKENIZERS},
     )
     segmentation: str = field(
         default=DEFAULT_SEGMENTATION,
         metadata={
-            "help": f"SwDA training utterances, one of {list(SEGMENTATIONS)}: 'sentence' joins a "
-            "speaker's consecutive segments until one ends a sentence (training/corpus.py)"
+            "help": "SwDA training utterances: 'sentence' joins a speaker's consecutive "
+            "segments until one ends a sentence (training/corpus.py)",
+            "choices": SEGMENTATIONS,
         },
     )
     max_words: int = field(default=10_000, metadata={"help": "vocabulary size (without specials)"})
@@ -432,39 +433,18 @@ def load_prepared(directory: str | Path) -> PreparedCorpus:
 # --------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """An ``argparse`` parser with one ``--option`` per :class:`PrepareConfig` field."""
-    parser = argparse.ArgumentParser(
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(
+        PrepareConfig,
+        argv,
         prog="python -m training.prepare",
         description="Prepare Switchboard (Zhao valid/test + SwDA train minus leaked "
         "conversations) for training.",
     )
-    hints = typing.get_type_hints(PrepareConfig)
-    for f in dataclasses.fields(PrepareConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict = {"dest": f.name, "help": f.metadata.get("help", "")}
-        hint = hints[f.name]
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            args = [a for a in typing.get_args(hint) if a is not type(None)]
-            kwargs["type"] = args[0] if args else hint
-            kwargs["metavar"] = f.name.upper()
-        if f.default is dataclasses.MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = f.default
-            kwargs["help"] += f" (default: {f.default})" if f.default is not None else ""
-        parser.add_argument(flag, **kwargs)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = PrepareConfig(**vars(args))
+    config = PrepareConfig(**args.values)
     try:
         manifest = prepare(config)
     except CorpusError as e:

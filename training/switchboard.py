@@ -15,7 +15,6 @@ the processes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -23,7 +22,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,8 +30,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, save_pretrained
-from model.config import add_dataclass_args, overrides_from_args
-from model.cvae import DialogCVAE, LikelihoodTotals, ModelConfig, resolve_device
+from model.cli import parse_args
+from model.config import PRESETS, VARIANTS, ModelConfig
+from model.cvae import DialogCVAE, LikelihoodTotals, resolve_device
 from model.files import atomic_path, atomic_write_text
 from training.batching import SegmentBatches, eval_batches
 from training.corpus import CorpusError
@@ -51,38 +51,70 @@ class RunError(ValueError):
     """A run cannot start or resume (bad state file, mismatched settings, empty data)."""
 
 
+def _help(text: str, **more) -> dict:
+    return {"help": text, **more}
+
+
 @dataclass
 class TrainConfig:
-    out: str = "runs/bn-cvae"
-    data: str = "runs/data/switchboard"  # a prepared corpus (python -m training.prepare)
-    variant: str = "bn-cvae"
-    preset: str = "cpu"
-    seed: int = 0
+    """Everything a training run depends on; each field is a ``--option`` of the CLI."""
+
+    out: str = field(default="runs/bn-cvae", metadata=_help("run directory"))
+    data: str = field(
+        default="runs/data/switchboard",
+        metadata=_help("a prepared corpus (python -m training.prepare)"),
+    )
+    variant: str = field(default="bn-cvae", metadata=_help("model variant", choices=VARIANTS))
+    preset: str = field(
+        default="cpu", metadata=_help("model dimensions (model/config.py)", choices=tuple(PRESETS))
+    )
+    seed: int = field(default=0, metadata=_help("random seed"))
     # A batch is batch_segments runs of segment_size consecutive responses, each from a random
     # dialog: 8 x 8 = 64 examples from ~8 dialogs, so batch normalization sees many
     # conversations while each utterance is still encoded once per batch (measured with
     # benchmarks/train_throughput.py: 2.3x the per-window path at the paper dims; 4 x 16 was 2.5x
     # with 4 dialogs, 16 x 4 2.0x, 32 x 2 1.6x).
-    segment_size: int = 8
-    batch_segments: int = 8
-    lr: float = 1e-3
-    grad_clip: float = 5.0
-    kl_anneal_steps: int = 5000  # KL weight rises linearly from 0 to 1 over these steps
+    segment_size: int = field(
+        default=8, metadata=_help("consecutive responses of one dialog in a batch")
+    )
+    batch_segments: int = field(default=8, metadata=_help("segments (dialogs) per batch"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
+    grad_clip: float = field(default=5.0, metadata=_help("gradient norm clipping"))
+    kl_anneal_steps: int = field(
+        default=5000, metadata=_help("the KL weight rises linearly from 0 to 1 over these steps")
+    )
     # bn-cvae: anneal the extra KL(p(z|c) || N(0,I)) term with the same weight (the paper is
     # silent; the default was chosen by a measured short run of each, docs/results.md).
-    anneal_prior_kl: bool = False
-    epochs: int = 4  # the most epochs a run trains; validation may stop it earlier
-    max_steps: int = 0  # stop after this many steps (0: run all epochs)
-    eval_every: int = 1000  # validate (and keep the best checkpoint) every N steps
-    save_every: int = 250  # training-state saves, for --resume
-    # Stop after this many validations in a row without a better -ELBO (counted once the KL
-    # annealing is over).
-    patience: int = 6
-    valid_dialogs: int = 0  # validate on the first N valid dialogs (0: all)
-    log_every: int = 50
-    threads: int = 0  # torch threads (0: torch's default)
-    device: str = "auto"
-    resume: bool = False
+    anneal_prior_kl: bool = field(
+        default=False,
+        metadata=_help("bn-cvae: anneal KL(p(z|c) || N(0,I)) with the same weight"),
+    )
+    epochs: int = field(
+        default=4, metadata=_help("the most epochs a run trains; validation may stop it earlier")
+    )
+    max_steps: int = field(default=0, metadata=_help("stop after this many steps (0: all epochs)"))
+    eval_every: int = field(
+        default=1000, metadata=_help("validate (and keep the best checkpoint) every N steps")
+    )
+    save_every: int = field(default=250, metadata=_help("save the training state (for --resume)"))
+    # Counted once the KL annealing is over.
+    patience: int = field(
+        default=6,
+        metadata=_help("stop after this many validations in a row without a better -ELBO"),
+    )
+    valid_dialogs: int = field(
+        default=0, metadata=_help("validate on the first N valid dialogs (0: all)")
+    )
+    log_every: int = field(default=50, metadata=_help("log training metrics every N steps"))
+    threads: int = field(default=0, metadata=_help("torch threads (0: torch's default)"))
+    device: str = field(
+        default="auto",
+        metadata=_help("auto: the GPU when present", choices=("auto", "cpu", "cuda")),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_help("continue the run in --out with its own settings (config.json)"),
+    )
 
 
 @torch.no_grad()
@@ -461,20 +493,20 @@ def settings_for_resume(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    preset_dims = {
+        k: "the --preset's: " + ", ".join(f"{name} {dims[k]}" for name, dims in PRESETS.items())
+        for k in PRESETS["cpu"]
+    }
+    args = parse_args(
+        TrainConfig,
+        argv,
         prog="python -m training.switchboard",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        nested={"model": (ModelConfig, "ModelConfig fields (model/config.py), over the --preset")},
+        nested_defaults={"model": preset_dims},
     )
-    add_dataclass_args(parser, TrainConfig)
-    add_dataclass_args(parser, ModelConfig, prefix="model.")
-    args = parser.parse_args(argv)
-    train_overrides = overrides_from_args(args, TrainConfig)
-    model_overrides = overrides_from_args(args, ModelConfig, prefix="model.")
-    if {"variant", "vocab_size", "tokenizer"} & set(model_overrides):
-        parser.error(
-            "the variant comes from --variant, vocab_size and tokenizer from the prepared corpus"
-        )
+    model_overrides = args.given.pop("model", {})
+    train_overrides = args.given
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
