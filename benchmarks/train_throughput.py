@@ -9,11 +9,12 @@ on the same real batches with
 * the per-window path: every context window's utterances re-encoded, as a straightforward
   implementation does;
 
-and the BN-CVAE step against the CVAE step (the paper's Table 2 reports 1.02-1.04). Steps of
-the variants being compared are interleaved and the median step time is used, so that other
-load on the machine affects both alike. The last two lines are
+and the CVAE+BOW and BN-CVAE steps against the CVAE step (the paper's Table 2 reports
+1.02-1.04 for BN-VAE). Steps of the configurations being compared are interleaved and the median
+step time is used, so that other load on the machine affects them alike. The last three lines are
 
-    speedup_vs_per_window: X.XX   (the first of --presets, paper dims by default)
+    bow_over_cvae_step_time: Z.ZZ (the first of --presets, paper dims by default; dialog-level)
+    speedup_vs_per_window: X.XX   (the same dims)
     bn_over_cvae_step_time: Y.YY  (the same dims, dialog-level path)
 """
 
@@ -109,8 +110,8 @@ def main() -> None:
           f"{args.segment_size} responses: {examples:.1f} examples from {dialogs_per_batch:.1f} "
           f"dialogs and {encodes:.1f} distinct utterances per batch")  # fmt: skip
     print()
-    print("| dims  | variant | path         | step ms | examples/s |")
-    print("|-------|---------|--------------|---------|------------|")
+    print("| dims  | variant  | path         | step ms | examples/s |")
+    print("|-------|----------|--------------|---------|------------|")
 
     results = {}
     for preset in args.presets:
@@ -118,18 +119,21 @@ def main() -> None:
         steppers = {
             ("cvae", "dialog"): Stepper(preset, "cvae", v, per_window=False),
             ("cvae", "per-window"): Stepper(preset, "cvae", v, per_window=True),
+            ("cvae-bow", "dialog"): Stepper(preset, "cvae-bow", v, per_window=False),
             ("bn-cvae", "dialog"): Stepper(preset, "bn-cvae", v, per_window=False),
         }
         times = compare(steppers, batches)
         for (variant, path), t in times.items():
             results[(preset, variant, path)] = t
             print(
-                f"| {preset:5s} | {variant:7s} | {path:12s} | {t * 1e3:7.1f} | {examples / t:10.1f} |"
+                f"| {preset:5s} | {variant:8s} | {path:12s} | {t * 1e3:7.1f} | {examples / t:10.1f} |"
             )
     p = args.presets[0]
     speedup = results[(p, "cvae", "per-window")] / results[(p, "cvae", "dialog")]
     ratio = results[(p, "bn-cvae", "dialog")] / results[(p, "cvae", "dialog")]
+    bow_ratio = results[(p, "cvae-bow", "dialog")] / results[(p, "cvae", "dialog")]
     print()
+    print(f"bow_over_cvae_step_time: {bow_ratio:.2f}")
     print(f"speedup_vs_per_window: {speedup:.2f}")
     print(f"bn_over_cvae_step_time: {ratio:.2f}")
 
