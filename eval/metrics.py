@@ -1,53 +1,13 @@
-"""Metrics for sampled dialogue responses (Zhao et al. 2017 / Zhu et al. 2020 protocol).
+"""Scores of sampled dialogue responses against their reference (Zhao et al. 2017 / Zhu et al.
+2020 protocol): sacrebleu's BLEU-1..4, Zhao's BLEU (NLTK), A/E/G-bow, distinct-n, the
+degenerate rate, and precision (mean) / recall (max) over the K samples of a context.
 
-For every context the model draws K responses; each is compared with the single reference
-response. A per-sample score ``s_1..s_K`` gives the context's
-
-* precision = mean over the K samples,
-* recall    = max over the K samples,
-
-and the corpus value is the average over contexts (BLEU and bag-of-words scores ×100).
-
-BLEU-n (n = 1..4)
-    sacrebleu sentence BLEU on whitespace tokens: ``BLEU(max_ngram_order=n, tokenize='none',
-    smooth_method='exp', effective_order=True)``, i.e. the geometric mean of the 1..n-gram
-    precisions only (uniform weights 1/n) with the brevity penalty; orders for which the
-    hypothesis has no n-grams are left out (effective order) and zero-match orders are smoothed
-    NIST-style ('exp'). A hypothesis with no matching unigram (in particular an empty one, or
-    an empty reference) scores 0. :func:`bleu_scores` computes the n-gram statistics once up to
-    order 4 and calls sacrebleu's own ``BLEU.compute_bleu`` for every order, which equals
-    ``sentence_score`` of the n-th metric (checked in the tests).
-
-A-bow / E-bow / G-bow (embedding metrics, cosine similarity with the reference)
-    Only tokens with a word vector count. A token missing from the vectors is first split the
-    way GloVe's PTB-style tokenizer would (``don't`` -> ``do n't``, ``it's`` -> ``it 's``,
-    ``kids'`` -> ``kids '``, ``um-hum`` -> ``um hum``); pieces that are still unknown are
-    dropped.
-
-    * A-bow: cosine of the averaged word vectors;
-    * E-bow: cosine of the extrema vectors (per dimension the value with the largest absolute
-      value over the sentence's tokens; a tie keeps the positive value, as in DialogWAE);
-    * G-bow: greedy matching (Rus & Lintean 2012, Liu et al. 2016, DialogWAE): every token's
-      best cosine with the other sentence's tokens, averaged over the tokens, and the two
-      directions averaged.
-
-    If either sentence has no token with a vector (or a zero vector) the score is 0.
-
-Zhao's BLEU (``zhao_bleu3``, ``zhao_bleu4``)
-    What NeuralDialog-CVAE's evaluation computes, with NLTK itself: ``sentence_bleu([ref], hyp,
-    smoothing_function=SmoothingFunction().method7, weights=...)`` with weights (1/3, 1/3, 1/3)
-    and (1/4, 1/4, 1/4, 1/4), x100, precision = mean and recall = max over the samples; a
-    sample NLTK cannot score (Zhao's ``except``) counts 0.
-
-Degenerate rate
-    The share of samples that loop: a token three times in a row ("a a a") or any 3-gram three
-    times ("different types of different types of different types of").
-
-Distinct-n (Li et al. 2016), reported as fractions in [0, 1]
-    distinct-n of a set of sentences = number of distinct n-grams / number of n-grams.
-    *intra*: over the K samples of one context pooled together, averaged over contexts;
-    *inter*: over all samples of all contexts. A set with no n-gram (e.g. only empty or
-    one-word responses for n=2) has distinct-n 0.
+What each metric is (definitions, which tokens count, the scores of empty samples) is written
+once, in :data:`eval.protocol.PROTOCOL` (keys ``bleu``, ``zhao_bleu``, ``a_bow``, ``e_bow``,
+``g_bow``, ``bow_tokens``, ``distinct``, ``degenerate_rate``, ``precision_recall``), which every
+result JSON carries; this module implements it. :func:`bleu_scores` computes the n-gram
+statistics once up to order 4 and calls sacrebleu's own ``BLEU.compute_bleu`` for every order,
+which equals ``sentence_score`` of the n-th metric (checked in the tests).
 
 Latent-variable diagnostics (active units, mutual information, KL bounds) are in
 :mod:`eval.latent`.

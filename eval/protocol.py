@@ -1,10 +1,24 @@
 """What an evaluation measures and how it differs from the paper, written once.
 
 The CLI writes :data:`PROTOCOL` into every result JSON and prints :func:`differences_markdown`
-under its table; ``docs/evaluation.md`` holds the same list (a test keeps them equal).
+under its table. ``docs/evaluation.md`` shows both (:func:`protocol_markdown` and
+:func:`differences_markdown`, verbatim: a test keeps them equal); the docstrings of
+``eval/switchboard.py`` and ``eval/metrics.py`` point here instead of restating it.
 """
 
 from __future__ import annotations
+
+# The keys of a result's ``metrics`` (and of each baseline row), in the order it writes them.
+METRIC_KEYS = (
+    "ppl", "elbo_ppl", "kl",
+    "bleu1_p", "bleu1_r", "bleu2_p", "bleu2_r", "bleu3_p", "bleu3_r", "bleu4_p", "bleu4_r",
+    "zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
+    "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "g_bow_p", "g_bow_r",
+    "intra_distinct1", "intra_distinct2", "inter_distinct1", "inter_distinct2", "degenerate_rate",
+    "active_units", "mutual_info", "kl_prior_standard", "kl_lower_bound",
+)  # fmt: skip
+# The reference rows (PROTOCOL["baselines"]), in the order a result lists them.
+BASELINES = ("random_responses", "frequent_response", "shuffled_context")
 
 # Zhu et al. (ACL 2020), Table 4 (Switchboard): PPL, KL, BLEU-4, A-bow P/R, E-bow P/R.
 PAPER_TABLE4 = {
@@ -100,18 +114,22 @@ PROTOCOL = {
     "kl": "mean over examples of KL(q(z|c,x) || p(z|c)) in nats",
     "bleu": "bleuN_p / bleuN_r: sacrebleu sentence BLEU-N x100 on whitespace tokens, "
     "BLEU(max_ngram_order=N, tokenize='none', smooth_method='exp', effective_order=True), "
-    "i.e. uniform weights over orders 1..N; 0 for an empty sample",
+    "i.e. uniform weights over orders 1..N with the brevity penalty; orders for which the sample "
+    "has no n-gram are left out (effective order), zero-match orders are smoothed NIST-style "
+    "('exp'); 0 for a sample with no matching unigram (an empty one in particular)",
     "zhao_bleu": "zhao_bleu3_* / zhao_bleu4_*: NLTK sentence_bleu([reference], sample, weights "
     "(1/3,)*3 or (1/4,)*4, smoothing_function=SmoothingFunction().method7) x100, as in Zhao et "
     "al.'s code; 0 where NLTK raises. method7's smoothing can lift a (near-)exact match above "
     "100, in NLTK itself",
     "a_bow": "cosine x100 of the mean word vectors of sample and reference",
-    "e_bow": "cosine x100 of the extrema vectors (per dimension the value of largest magnitude)",
+    "e_bow": "cosine x100 of the extrema vectors (per dimension the value of largest magnitude; "
+    "a tie keeps the positive value, as in DialogWAE)",
     "g_bow": "greedy matching x100 (mean over tokens of the best cosine with the other sentence's "
-    "tokens, both directions averaged; Liu et al. 2016)",
+    "tokens, both directions averaged; Rus & Lintean 2012, Liu et al. 2016, DialogWAE)",
     "bow_tokens": "only tokens with a word vector count; an unknown token is first split like "
-    "GloVe's tokenizer (don't -> do n't, it's -> it 's, um-hum -> um hum); a sentence without any "
-    "token with a vector scores 0",
+    "GloVe's tokenizer (don't -> do n't, it's -> it 's, kids' -> kids ', um-hum -> um hum) and "
+    "pieces still unknown are dropped; a sentence without any token with a vector (or whose "
+    "vector is zero) scores 0",
     "distinct": "distinct-n = distinct n-grams / all n-grams (fraction, not x100); intra = over the "
     "samples of one context, averaged over contexts; inter = over all samples of all contexts; "
     "0 when there is no n-gram",
@@ -138,3 +156,11 @@ PROTOCOL = {
 def differences_markdown() -> str:
     """The list of differences from the paper, as the CLI prints it and the docs show it."""
     return "\n".join(f"- **{topic}**: {text}." for topic, text in PAPER_DIFFERENCES)
+
+
+def protocol_markdown() -> str:
+    """:data:`PROTOCOL` as the markdown list docs/evaluation.md shows (``<`` and ``*`` escaped)."""
+    return "\n".join(
+        f"- `{key}`: " + text.replace("<", "&lt;").replace("*", "\\*")
+        for key, text in PROTOCOL.items()
+    )

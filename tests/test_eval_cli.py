@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.switchboard import (
-    METRIC_KEYS,
-    EvalConfig,
-    EvalError,
-    evaluate,
-    main,
-    markdown_table,
-    repo_relative,
-)
+from eval.config import EvalConfig, EvalError, repo_relative
+from eval.protocol import METRIC_KEYS
+from eval.report import markdown_table
+from eval.switchboard import evaluate, main
 from model.checkpoint import save_pretrained
 from model.config import ModelConfig
 from model.cvae import DialogCVAE
@@ -228,12 +223,12 @@ def test_plan_batches():
 
 
 def test_zhao_release_fallback(setup, tmp_path, monkeypatch):
-    import eval.switchboard as sb
+    from eval import config as eval_config
 
     zhao = tmp_path / "zhao"
     zhao.mkdir()
     (zhao / "valid.jsonl").write_text(setup["data"].read_text())
-    monkeypatch.setattr(sb, "DEFAULT_PREPARED", str(tmp_path / "no-prepared-corpus"))
+    monkeypatch.setattr(eval_config, "DEFAULT_PREPARED", str(tmp_path / "no-prepared-corpus"))
     common = dict(checkpoint=str(setup["ckpt"]), glove=str(setup["glove"]), samples=2, max_length=5)
     from_zhao = evaluate(EvalConfig(split="valid", zhao=str(zhao), progress=False, **common))
     from_file = evaluate(EvalConfig(data=str(setup["data"]), progress=False, **common))
@@ -302,6 +297,15 @@ def test_docs_list_the_differences_the_cli_prints():
     from eval.protocol import differences_markdown
 
     assert differences_markdown() in (ROOT / "docs" / "evaluation.md").read_text()
+
+
+def test_docs_show_the_protocol_the_json_carries():
+    """The protocol is written once (eval/protocol.py's PROTOCOL); the docs show its text."""
+    from eval.protocol import PROTOCOL, protocol_markdown
+
+    shown = protocol_markdown()
+    assert shown in (ROOT / "docs" / "evaluation.md").read_text()
+    assert len(shown.splitlines()) == len(PROTOCOL)
 
 
 def test_report_table_of_several_results(setup, capsys):

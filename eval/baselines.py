@@ -1,0 +1,44 @@
+"""The reference rows (``PROTOCOL["baselines"]``), scored by the same code as the model."""
+
+from __future__ import annotations
+
+import random
+
+from eval.metrics import EmbeddingScorer, ResponseMetrics
+from eval.protocol import BASELINES, METRIC_KEYS
+
+
+def score_baselines(
+    references: list[list[str]],
+    samples: list[list[list[str]]],
+    frequent: list[str] | None,
+    scorer: EmbeddingScorer,
+    k: int,
+    seed: int,
+) -> dict[str, dict]:
+    """The reference rows (PROTOCOL["baselines"]), each with the keys of ``metrics``."""
+    rng = random.Random(seed)
+    n = len(references)
+    candidates: dict[str, list[list[list[str]]]] = {
+        "random_responses": [[references[rng.randrange(n)] for _ in range(k)] for _ in range(n)],
+    }
+    if frequent is not None:
+        candidates["frequent_response"] = [[frequent] * k for _ in range(n)]
+    if n > 1:
+        # A random derangement: example order[j] gets the samples of example order[j + 1].
+        order = list(range(n))
+        rng.shuffle(order)
+        shuffled = [None] * n
+        for j, i in enumerate(order):
+            shuffled[i] = samples[order[(j + 1) % n]]
+        candidates["shuffled_context"] = shuffled
+    out = {}
+    for name in BASELINES:
+        if name not in candidates:
+            continue
+        metrics = ResponseMetrics(scorer)
+        for reference, hyps in zip(references, candidates[name], strict=True):
+            metrics.add(hyps, reference)
+        scores = metrics.result()
+        out[name] = {key: scores.get(key) for key in METRIC_KEYS}
+    return out

