@@ -22,9 +22,7 @@ import asyncio
 import json
 import os
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +37,11 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.service_process import ServiceProcess  # noqa: E402
 from model.batch import context_batch  # noqa: E402
 from model.checkpoint import load_config, load_pretrained, save_pretrained  # noqa: E402
-from model.cvae import DECODE_DTYPES, DialogCVAE, ModelConfig, decode_dtype  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.cvae import DECODE_DTYPES, DialogCVAE, decode_dtype  # noqa: E402
 from model.decoding import READABLE  # noqa: E402
 from model.vocab import SPECIALS, Vocabulary  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT, default_torch_threads  # noqa: E402
@@ -114,14 +114,8 @@ def bare_decode_ms(
     return statistics.median(times) * 1e3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m service`` in a subprocess on a free loopback port."""
+class Server(ServiceProcess):
+    """``python -m service`` in a subprocess on a free loopback port, batching on or off."""
 
     def __init__(
         self,
@@ -133,34 +127,10 @@ class Server:
         log_dir: Path,
         extra: Sequence[str] = (),
     ):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"server-batching-{'on' if batching else 'off'}.log"
-        cmd = [
-            *(sys.executable, "-m", "service", "--checkpoint", str(checkpoint)),
-            *("--host", "127.0.0.1", "--port", str(self.port), "--device", device),
-            *("--log-level", "warning", "--torch-threads", str(threads), "--decode-dtype", dtype),
-        ]
-        if not batching:
-            cmd.append("--no-batching")
-        cmd += extra
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
+        options = ["--log-level", "warning", "--torch-threads", str(threads)]
+        options += ["--decode-dtype", dtype, *([] if batching else ["--no-batching"]), *extra]
+        log = log_dir / f"server-batching-{'on' if batching else 'off'}.log"
+        super().__init__(checkpoint, log, *options, device=device)
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/info", timeout=10).json()["engine"]["stats"]
@@ -172,14 +142,6 @@ class Server:
         except OSError:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 async def load(url: str, payload: dict, clients: int, requests: int, time_budget: float) -> dict:

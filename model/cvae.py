@@ -392,8 +392,9 @@ class DialogCVAE(nn.Module):
     ) -> SampledResponses:
         """Draw ``num_samples`` responses per context: z ~ p(z|c), then decode given z.
 
-        ``noise`` ([E, N, latent_dim]) fixes the standard-normal draws of z (used by the service
-        to keep a seeded request reproducible whatever else shares its batch). ``options``:
+        ``noise`` ([E, N, latent_dim]) fixes the standard-normal draws of z (used by the
+        evaluation, eval/switchboard.py, so that each example's z depends on the seed and its
+        position, not on the batch it is decoded in). ``options``:
         n-gram blocking, repetition penalty, top-k/top-p sampling, ``<unk>`` or not
         (:mod:`model.decoding`); the default is the plain decoding of the evaluation protocol.
         ``log_probs`` are the model's, over the tokens it may say (so without ``<unk>`` when

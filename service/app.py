@@ -1,5 +1,6 @@
-"""The FastAPI application: ``create_app(engine)`` with the routes, the error path and the body
-limits (size and read time)."""
+"""The FastAPI application: ``create_app(engine)`` assembles the routers (service.routes,
+service.openai_api, service.playground, service.docs), the body limits (size and read time) and
+the error path; the routes reach the engine through their dependencies (service.responding)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import docs, openai_api, playground
+from service import docs, openai_api, playground, routes
 from service.engine import InferenceEngine
-from service.responding import ANSWER_ERRORS, ReadyEngine, respond_to
-from service.schemas import (
-    LIMITS,
-    ChatCompletionRequest,
-    ErrorDetail,
-    Info,
-    ModelSummary,
-    RespondRequest,
-    RespondResponse,
-    SampledResponse,
-    Status,
-)
+from service.schemas import ChatCompletionRequest, RespondRequest
 
 log = logging.getLogger("service.app")
 
@@ -50,16 +40,7 @@ REQUEST_MODELS = (RespondRequest, ChatCompletionRequest)
 
 
 def create_app(engine: InferenceEngine) -> FastAPI:
-    """The app around ``engine``, which it starts and stops with its lifespan."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await engine.start()
-        try:
-            yield
-        finally:
-            await engine.stop()
-
+    """The app around ``engine`` (in ``app.state``), which it starts and stops with its lifespan."""
     app = FastAPI(
         title="BN-CVAE dialogue responses",
         version="0.1.0",
@@ -69,93 +50,45 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         redoc_url=None,
     )
     app.state.engine = engine
-    app.include_router(docs.router)
-    app.include_router(playground.router)
-    app.include_router(openai_api.router)
+    # In this order: the OpenAPI document lists the paths in the order they were added.
+    for router in (docs.router, playground.router, openai_api.router, routes.router):
+        app.include_router(router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=engine.config.max_body_bytes,
         timeout_s=engine.config.body_timeout_s,
     )
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.openapi = _openapi(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        if isinstance(exc.body, bytes) and not _is_utf8(exc.body):
-            # A body FastAPI did not parse as JSON (its content type is not JSON), and that is
-            # not text either; as an undecodable JSON body, it gets 400.
-            return error_response(400, "request body is not UTF-8 text")
-        errors = exc.errors()
-        shown = list(errors[:MAX_ERRORS])
-        if len(errors) > MAX_ERRORS:
-            more = f"{len(errors) - MAX_ERRORS} more errors not shown"
-            shown.append({"type": "too_many_errors", "loc": ["body"], "msg": more, "input": None})
-        return error_response(422, shown)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, exc.detail, exc.headers)
-
-    unavailable = {"model": ErrorDetail, "description": "Model not loaded yet, or overloaded"}
-
-    @app.get("/health", response_model=Status, responses={503: {"model": Status}})
-    async def health():
-        """Liveness: the process serves. 503 only if the model failed to load."""
-        if engine.state == "failed":
-            return JSONResponse({"status": "failed", "error": engine.error}, status_code=503)
-        return Status(status="ok")
-
-    @app.get("/ready", response_model=Status, responses={503: {"model": Status}})
-    async def ready():
-        """Readiness: 200 once the model is loaded, 503 (loading or failed) until then."""
-        if engine.state != "ready":
-            return JSONResponse(
-                {"status": engine.state, "error": engine.error},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
-        return Status(status="ready")
-
-    @app.get("/info", response_model=Info, responses={503: unavailable})
-    async def info(engine: ReadyEngine):
-        """The model's variant and dimensions, vocabulary size, device, checkpoint, engine."""
-        return Info(**engine.describe(), limits=LIMITS)
-
-    @app.post(
-        "/respond",
-        response_model=RespondResponse,
-        responses=ANSWER_ERRORS,
-    )
-    async def respond(body: RespondRequest, engine: ReadyEngine):
-        """Sample ``num_samples`` responses to the conversation."""
-        result, report = await respond_to(
-            engine,
-            [(t.speaker, t.text) for t in body.conversation],
-            body.responder,
-            num_samples=body.num_samples,
-            max_length=body.max_length,
-            decoding=body.decoding,
-            temperature=body.temperature,
-            seed=body.seed,
-            options=body.decoding_options(),
-        )
-        return RespondResponse(
-            responses=[
-                SampledResponse(
-                    text=r.text,
-                    log_prob=r.log_prob if math.isfinite(r.log_prob) else None,
-                    num_tokens=len(r.tokens),
-                )
-                for r in result.responses
-            ],
-            responder=result.responder,
-            input=report,
-            model=ModelSummary(
-                name=engine.name, variant=engine.model.config.variant, device=str(engine.device)
-            ),
-        )
-
     return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    engine: InferenceEngine = app.state.engine
+    await engine.start()
+    try:
+        yield
+    finally:
+        await engine.stop()
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc.body, bytes) and not _is_utf8(exc.body):
+        # A body FastAPI did not parse as JSON (its content type is not JSON), and that is not
+        # text either; as an undecodable JSON body, it gets 400.
+        return error_response(400, "request body is not UTF-8 text")
+    errors = exc.errors()
+    shown = list(errors[:MAX_ERRORS])
+    if len(errors) > MAX_ERRORS:
+        more = f"{len(errors) - MAX_ERRORS} more errors not shown"
+        shown.append({"type": "too_many_errors", "loc": ["body"], "msg": more, "input": None})
+    return error_response(422, shown)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, exc.detail, exc.headers)
 
 
 def error_response(status: int, detail, headers: dict | None = None) -> JSONResponse:

@@ -520,40 +520,7 @@ class InferenceEngine:
             results.append(GenerationResult(responses, p.responder))
         return results
 
-    # --- description ------------------------------------------------------------------------
-
-    def describe(self) -> dict:
-        """What /info shows: the model's variant and dimensions, the device, the engine."""
-        model, vocab = self.model, self.vocab
-        assert model is not None and vocab is not None
-        cfg = model.config
-        c = self.config
-        return {
-            "variant": cfg.variant,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "device": str(self.device),
-            "vocab_size": len(vocab),
-            "dims": {
-                k: getattr(cfg, k)
-                for k in ("embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
-            },
-            "max_context": cfg.max_context,
-            "max_utt_len": cfg.max_utt_len,
-            "parameters": num_parameters(model),
-            "metadata": self.metadata,
-            "engine": {
-                "batching": c.batching,
-                "max_batch_size": c.max_batch_size,
-                "max_wait_ms": c.max_wait_ms,
-                "queue_size": c.queue_size,
-                "timeout_s": c.timeout_s,
-                "torch_threads": self.torch_threads,
-                "decode_dtype": str(self.decode_dtype).removeprefix("torch."),
-                "queue_depth": self.queue_depth(),
-                "backlog_s": round(self.backlog_seconds(), 3),
-                "stats": self.stats.as_dict(),
-            },
-        }
+    # --- naming -----------------------------------------------------------------------------
 
     @property
     def name(self) -> str:

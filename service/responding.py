@@ -1,5 +1,6 @@
-"""What every route that answers a conversation shares: the engine as a dependency, and one
-call from turns of raw text to sampled responses, with the engine's errors as HTTP statuses."""
+"""What the routes share: the engine as a dependency (:data:`AnyEngine`, :data:`ReadyEngine`),
+and, for those that answer a conversation, one call from turns of raw text to sampled
+responses, with the engine's errors as HTTP statuses."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ ANSWER_ERRORS: dict[int | str, dict] = {
 }
 
 
+async def get_engine(request: Request) -> InferenceEngine:
+    """The app's engine (``create_app`` puts it in ``app.state``), in whatever state it is.
+
+    ``async`` although it awaits nothing: see :func:`get_ready_engine`.
+    """
+    return request.app.state.engine
+
+
 async def get_ready_engine(request: Request) -> InferenceEngine:
     """The app's engine, once its model is loaded; until then 503 with Retry-After.
 
@@ -42,6 +51,7 @@ async def get_ready_engine(request: Request) -> InferenceEngine:
     return engine
 
 
+AnyEngine = Annotated[InferenceEngine, Depends(get_engine)]
 ReadyEngine = Annotated[InferenceEngine, Depends(get_ready_engine)]
 
 

@@ -1,7 +1,9 @@
 """The HTTP service: schema, engine (batching, seeds, overload, timeouts), body limit, a real
 uvicorn process and a bounded schemathesis run.
 
-Until a trained checkpoint ships, everything runs on a small randomly initialised one.
+Everything here runs on a small randomly initialised checkpoint (fast; no assertion depends on
+trained weights); the shipped one, checkpoints/bn-cvae-switchboard, is served by
+test_openai_api.py and test_playground.py.
 """
 
 from __future__ import annotations

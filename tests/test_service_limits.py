@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from benchmarks.service_load import Server
+from benchmarks.service_process import free_port
 from service.config import ConfigError, ServiceConfig, default_max_connections
 from service.engine import DecodeCost
-from tests.servers import free_port
 from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
     REPO,
     Gate,
