@@ -41,6 +41,7 @@ def option_entries(text: str) -> dict[str, str]:
     return entries
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", COMMANDS)
 def test_help_names_the_module_and_explains_every_option(module):
     text = help_text(module)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import pytest
+
 from eval.compare_runs import main as compare_main
 from training.switchboard import main as train_main
 
 
+@pytest.mark.slow
 def test_compare_runs_plots_every_run_and_reports_times(synthetic_prepared, tmp_path, capsys):
     runs = []
     for variant in ("cvae", "bn-cvae"):

@@ -69,6 +69,7 @@ def service(tmp_path_factory):
         yield base
 
 
+@pytest.mark.slow
 def test_type_a_turn_ask_for_three_responses_and_pick_one(service, tmp_path):
     with browser_page() as (page, requested):
         page.goto(f"{service}/")
@@ -95,6 +96,7 @@ def test_type_a_turn_ask_for_three_responses_and_pick_one(service, tmp_path):
         assert all(url.startswith(service) for url in requested), requested
 
 
+@pytest.mark.slow
 def test_a_warning_when_the_model_cannot_read_the_input(service):
     with browser_page() as (page, requested):
         page.goto(f"{service}/")
@@ -103,6 +105,7 @@ def test_a_warning_when_the_model_cannot_read_the_input(service):
         assert "most of the input could not be read" in page.inner_text("#warning")
 
 
+@pytest.mark.slow
 def test_api_docs_render_without_internet(service):
     with browser_page() as (page, requested):
         page.goto(f"{service}/docs")

@@ -263,6 +263,7 @@ def real(tmp_path_factory):
     return manifest, load_prepared(out)
 
 
+@pytest.mark.slow
 def test_real_counts(real):
     manifest, corpus = real
     splits = manifest["splits"]
@@ -309,6 +310,7 @@ def test_real_excluded_conversations(real):
     assert not train_ids & {m["dialog_id"] for m in leak["excluded"]}
 
 
+@pytest.mark.slow
 def test_real_zero_leakage(real):
     manifest, corpus = real
     index = NgramIndex({"valid": corpus.valid, "test": corpus.test})
@@ -317,6 +319,7 @@ def test_real_zero_leakage(real):
     assert worst.score < threshold, worst
 
 
+@pytest.mark.slow
 def test_real_normalization_statistics(real):
     manifest, corpus = real
     norm = manifest["normalization"]

@@ -28,6 +28,7 @@ from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", ["config", "weights"])
 def test_cli_exits_non_zero_naming_the_file_when_the_checkpoint_fails_to_load(
     tiny_checkpoint,  # noqa: F811
@@ -97,6 +98,7 @@ def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
     return data, time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_connections_that_do_not_send_their_headers_in_time_are_closed(limited_server):
     idle = connect(limited_server)
     partial = connect(limited_server)
@@ -110,6 +112,7 @@ def test_connections_that_do_not_send_their_headers_in_time_are_closed(limited_s
     assert "no request headers within 2 s" in limited_server.log.read_text()
 
 
+@pytest.mark.slow
 def test_a_stalled_body_gets_408_and_is_closed(limited_server):
     sock = connect(limited_server)
     head = "POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

@@ -37,6 +37,7 @@ def test_segment_batches_cover_every_example_once_per_epoch(synthetic_prepared):
     assert sb.order(0) == sb.order(0) and sb.order(0) != sb.order(1)
 
 
+@pytest.mark.slow
 def test_tiny_training_lowers_validation_loss_and_round_trips(synthetic_prepared, tmp_path):
     run = tmp_path / "run"
     main(["--data", str(synthetic_prepared), "--out", str(run), "--max-steps", "150",
@@ -70,6 +71,7 @@ def _train_cmd(data: Path, out: Path, steps: int) -> list[str]:
             "--variant", "cvae-bow", "--epochs", "1000", *TINY]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(synthetic_prepared, tmp_path):
     steps = 400
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -107,20 +109,21 @@ def test_resume_after_sigkill_equals_uninterrupted(synthetic_prepared, tmp_path)
     assert without_time(killed) == without_time(full)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(synthetic_prepared, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.switchboard", "--data", str(synthetic_prepared), "--out", str(out),
-           "--max-steps", "40", "--eval-every", "10", "--device", "cpu", *TINY]  # fmt: skip
+           "--max-steps", "20", "--eval-every", "5", "--device", "cpu", *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
-    assert json.loads((out / "summary.json").read_text())["step"] == 40
-    # the two processes trained one model: its loss fell
-    valid, train_records = records(out, "valid"), records(out, "train")
+    assert json.loads((out / "summary.json").read_text())["step"] == 20
+    # the two processes trained one model: its loss fell (20 steps: within the first epoch,
+    # whose batches split evenly between the two processes)
+    valid = records(out, "valid")
     assert len(valid) == 4 and valid[-1]["valid_loss"] < valid[0]["valid_loss"]
-    assert train_records[-1]["train_loss"] < train_records[0]["train_loss"]
     # and the state holds each process's random generator, for an exact resume of both
     state = torch.load(out / STATE_FILE, weights_only=True)
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0], state["rng"][1])
