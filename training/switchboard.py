@@ -299,11 +299,6 @@ class Run:
         """The run's training time so far: what earlier sessions banked, and this one's."""
         return self.progress.train_seconds + time.perf_counter() - self._clock_started
 
-    def bank_time(self) -> None:
-        """Add this session's time so far to ``progress.train_seconds`` (before a save)."""
-        self.progress.train_seconds = self.train_seconds()
-        self.start_clock()
-
     def kl_weight(self) -> float:
         """The KL annealing: from 0 up to 1 over the first kl_anneal_steps steps."""
         return min(1.0, self.progress.step / max(1, self.cfg.kl_anneal_steps))
@@ -339,11 +334,8 @@ class Run:
             log.info("step %d valid: %s", progress.step,
                      " ".join(f"{k}={x:.3f}" for k, x in v.items()))  # fmt: skip
             if v["valid_loss"] < progress.best:
-                progress.best, progress.best_step, progress.bad_rounds = (
-                    v["valid_loss"],
-                    progress.step,
-                    0,
-                )
+                progress.best, progress.best_step = v["valid_loss"], progress.step
+                progress.bad_rounds = 0
                 meta = {"step": progress.step, **v, "train_config": dataclasses.asdict(cfg)}
                 save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
             elif progress.step >= cfg.kl_anneal_steps:
@@ -358,7 +350,10 @@ class Run:
         return stop
 
     def save_state(self) -> None:
-        """``training_state.pt``: what :meth:`resume` needs to go on exactly from here."""
+        """``training_state.pt``: what :meth:`resume` needs to go on exactly from here (with
+        this session's time so far added to ``progress.train_seconds``)."""
+        self.progress.train_seconds = self.train_seconds()
+        self.start_clock()
         rng = [torch.get_rng_state()]
         if self.world > 1:
             gathered = [None] * self.world
@@ -425,7 +420,6 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
                 progress.stopped_early = True
                 log.info("early stopping at step %d (best step %d)", step, progress.best_step)
             if step % cfg.save_every == 0 or progress.stopped_early or step >= total:
-                run.bank_time()
                 run.save_state()
             if progress.stopped_early or step >= total:
                 done = True
@@ -437,7 +431,6 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
 
     if progress.step % cfg.eval_every != 0:
         run.validate_and_checkpoint()
-    run.bank_time()
     run.save_state()
     run.finish()
     return run.out
