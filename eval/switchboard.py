@@ -95,7 +95,7 @@ def evaluate(config: EvalConfig) -> dict:
         resolved = dataclasses.replace(resolved, samples_out=str(samples_path))
     with SamplesFile(samples_path, config.samples_context, mcfg.max_context) as samples_file:
         gathered = run_examples(
-            model, vocab, config, dialogs, turns, batches, response_metrics, samples_file
+            model, vocab, config, dialogs, turns, batches, total, response_metrics, samples_file
         )
 
     metrics = model_metrics(model, gathered, response_metrics.result(), config.seed)
@@ -129,13 +129,12 @@ def evaluate(config: EvalConfig) -> dict:
 
 
 def run_examples(
-    model, vocab, config, dialogs, turns, batches, response_metrics, samples_file
+    model, vocab, config, dialogs, turns, batches, total, response_metrics, samples_file
 ) -> Gathered:
-    """One pass over ``batches``: for each batch the likelihood pass (z ~ q(z|c,x) from torch's
-    global RNG), then the sampled responses, scored into ``response_metrics`` and written to
-    ``samples_file``."""
+    """One pass over ``batches`` (``total`` examples): for each batch the likelihood pass
+    (z ~ q(z|c,x) from torch's global RNG), then the sampled responses, scored into
+    ``response_metrics`` and written to ``samples_file``."""
     gathered = Gathered()
-    total = sum(e - s for b in batches for _, s, e in b)
     with tqdm(total=total, unit="ex", desc="eval", disable=not config.progress) as bar:
         for spans in batches:
             batch = dialog_batch(
