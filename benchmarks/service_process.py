@@ -25,6 +25,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def service_env() -> dict[str, str]:
+    """The environment for ``python -m service`` run from this checkout: the repository on the
+    import path, and no $BNCVAE_CHECKPOINT (the checkpoint is always passed)."""
+    env = {k: v for k, v in os.environ.items() if k != "BNCVAE_CHECKPOINT"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 class ServiceProcess:
     """``python -m service --checkpoint CHECKPOINT --device DEVICE *args`` on 127.0.0.1 and a
     free port, its output (stdout and stderr) written to ``log``; a context manager that stops
@@ -39,11 +47,9 @@ class ServiceProcess:
         self.log = log
         command = [sys.executable, "-m", "service", "--checkpoint", str(checkpoint)]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--device", device, *args]
-        env = {k: v for k, v in os.environ.items() if k != "BNCVAE_CHECKPOINT"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+                command, cwd=REPO, env=service_env(), stdout=out, stderr=subprocess.STDOUT
             )
 
     def wait_ready(self, timeout: float = 300) -> None:

@@ -27,6 +27,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from benchmarks.service_process import service_env
 from model.checkpoint import load_pretrained, save_pretrained
 from model.config import ModelConfig
 from model.cvae import DECODE_DTYPES, DEVICES, DialogCVAE, fast_decode_dtype
@@ -603,7 +604,7 @@ def test_cli_exits_with_a_clear_error_without_a_checkpoint(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "service", "--checkpoint", str(tmp_path / "missing")],
         cwd=REPO,
-        env=subprocess_env(),
+        env=service_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -627,13 +628,6 @@ def test_service_imports_only_model():
 
 
 # --- a real server ------------------------------------------------------------------------
-
-
-def subprocess_env() -> dict:
-    env = dict(os.environ)
-    env.pop("BNCVAE_CHECKPOINT", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from benchmarks.service_load import Server
-from benchmarks.service_process import free_port
+from benchmarks.service_process import free_port, service_env
 from service.config import ConfigError, ServiceConfig, default_max_connections
 from service.engine import DecodeCost
 from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
@@ -22,7 +22,6 @@ from tests.test_service import (  # noqa: F401 (tiny_checkpoint: a fixture)
     Gate,
     body,
     run_in_app,
-    subprocess_env,
     tiny_checkpoint,
     wait_until,
 )
@@ -49,7 +48,7 @@ def test_cli_exits_non_zero_naming_the_file_when_the_checkpoint_fails_to_load(
         [sys.executable, "-m", "service", "--checkpoint", str(directory)]
         + ["--port", str(free_port()), "--device", "cpu"],
         cwd=REPO,
-        env=subprocess_env(),
+        env=service_env(),
         capture_output=True,
         text=True,
         timeout=120,
