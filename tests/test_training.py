@@ -109,19 +109,41 @@ def test_resume_after_sigkill_equals_uninterrupted(synthetic_prepared, tmp_path)
     assert without_time(killed) == without_time(full)
 
 
+def test_every_process_gets_two_examples_of_every_batch(synthetic_prepared):
+    # Batch norm refuses a single example ("Expected more than 1 value per channel"): an
+    # epoch's last batch once left a process one 1-response segment and crashed a 2-process run.
+    corpus = load_prepared(synthetic_prepared)
+    dialogs = [d.turns() for d in corpus.train]
+    merged = []
+    for segment_size in (2, 3, 5, 7):
+        for per_batch in (2, 3, 4):
+            sb = SegmentBatches(dialogs, corpus.vocab, segment_size, per_batch, seed=segment_size)
+            order, n = sb.order(0), len(sb.segments)
+            if not sb.splits(order[(n - 1) // per_batch * per_batch :], world=2):
+                merged.append(sb)  # its last batch, as drawn, would leave a process one example
+            batches = sb.batch_ids(0, world=2)
+            assert sorted(i for ids in batches for i in ids) == list(range(n))
+            assert all(sb.splits(ids, world=2) for ids in batches)
+    for rank in (0, 1):  # the batches themselves, where the last batch was merged
+        assert all(len(b.response_index) >= 2 for b in merged[0].epoch(0, rank=rank, world=2))
+    assert merged  # the case that crashed came up and was handled
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run(synthetic_prepared, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training.switchboard", "--data", str(synthetic_prepared), "--out", str(out),
-           "--max-steps", "20", "--eval-every", "5", "--device", "cpu", *TINY]  # fmt: skip
+           "--max-steps", "40", "--eval-every", "10", "--device", "cpu", *TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
-    assert json.loads((out / "summary.json").read_text())["step"] == 20
-    # the two processes trained one model: its loss fell (20 steps: within the first epoch,
-    # whose batches split evenly between the two processes)
+    assert json.loads((out / "summary.json").read_text())["step"] == 40
+    # 40 steps cross the end of the first epoch, whose last batch, as drawn, would leave one
+    # process a single example (batch norm refused it before batch_ids merged such batches)
+    assert records(out, "train")[-1]["epoch"] == 1
+    # the two processes trained one model: its loss fell
     valid = records(out, "valid")
     assert len(valid) == 4 and valid[-1]["valid_loss"] < valid[0]["valid_loss"]
     # and the state holds each process's random generator, for an exact resume of both

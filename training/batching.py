@@ -109,17 +109,39 @@ class SegmentBatches:
             spans=[(s.start, s.end) for s in segs],
         )
 
+    def batch_ids(self, epoch: int, world: int = 1) -> list[list[int]]:
+        """The segment ids of each batch of ``epoch``: ``segments_per_batch`` at a time, in the
+        epoch's order. Batch norm needs two or more examples in every process's share of a batch
+        (a segment can be a single response: a dialog's last), so a batch too small for that
+        takes in the next one; the last such batch joins the one before it."""
+        order, k = self.order(epoch), self.segments_per_batch
+        batches: list[list[int]] = []
+        pending: list[int] = []
+        for i in range(0, len(order), k):
+            pending += order[i : i + k]
+            if self.splits(pending, world):
+                batches.append(pending)
+                pending = []
+        if pending and batches:
+            batches[-1] += pending
+        elif pending:
+            batches.append(pending)  # the whole corpus is too small; epoch() skips it
+        return batches
+
+    def splits(self, segment_ids: Sequence[int], world: int) -> bool:
+        """Whether each of ``world`` processes gets two or more examples of this batch."""
+        segs = self.segments
+        shares = (segment_ids[rank::world] for rank in range(world))
+        return all(sum(segs[i].end - segs[i].start for i in share) >= 2 for share in shares)
+
     def epoch(
         self, epoch: int, skip: int = 0, rank: int = 0, world: int = 1
     ) -> Iterator[DialogBatch]:
         """Batches of ``epoch`` from batch number ``skip`` on; with ``world`` > 1, this rank's share."""
-        order = self.order(epoch)
-        k = self.segments_per_batch
-        for b in range(skip, len(self)):
-            ids = order[b * k : (b + 1) * k]
-            if len(ids) < world:  # a last batch too small to give every process a segment
+        for ids in self.batch_ids(epoch, world)[skip:]:
+            if not self.splits(ids, world):  # a corpus too small to give each process two
                 continue
-            yield self.batch(ids[rank::world] if world > 1 else ids)
+            yield self.batch(ids[rank::world])
 
 
 def eval_batches(
