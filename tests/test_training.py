@@ -191,3 +191,25 @@ def test_unreadable_training_state_is_one_line_naming_the_file(
 def test_missing_data_is_one_line(tmp_path, caplog):
     assert main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     assert "manifest.json" in caplog.records[-1].getMessage()
+
+
+def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, tmp_path):
+    from training.publish import publish
+
+    repo, run = tmp_path / "repo", tmp_path / "runs" / "r"
+    repo.mkdir()
+    with pytest.raises(SystemExit, match="summary.json: missing"):
+        run.mkdir(parents=True)
+        publish(run, "bn-cvae", repo / "results", base=repo)
+    _short_run(synthetic_prepared, run)
+    written = publish(run, "bn-cvae", repo / "results", base=repo)
+    suffixes = [p.name.removeprefix("bn-cvae.") for p in written]
+    assert suffixes == ["config.json", "summary.json", "metrics.ndjson", "curves.png"]
+    config = json.loads((repo / "results" / "bn-cvae.config.json").read_text())
+    assert config["train"]["out"] == "../runs/r"
+    assert not Path(config["train"]["data"]).is_absolute()
+    assert (repo / "results" / config["train"]["out"]).resolve() != run  # relative to the repo
+    assert (repo / config["train"]["out"]).resolve() == run.resolve()
+    assert (repo / "results/bn-cvae.metrics.ndjson").read_text() == (
+        run / "metrics.jsonl"
+    ).read_text()
