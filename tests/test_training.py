@@ -194,7 +194,7 @@ def test_missing_data_is_one_line(tmp_path, caplog):
 
 
 def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, tmp_path):
-    from training.publish import publish
+    from training.publish import publish, ship_checkpoint
 
     repo, run = tmp_path / "repo", tmp_path / "runs" / "r"
     repo.mkdir()
@@ -210,6 +210,13 @@ def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, t
     assert not Path(config["train"]["data"]).is_absolute()
     assert (repo / "results" / config["train"]["out"]).resolve() != run  # relative to the repo
     assert (repo / config["train"]["out"]).resolve() == run.resolve()
-    assert (repo / "results/bn-cvae.metrics.ndjson").read_text() == (
-        run / "metrics.jsonl"
-    ).read_text()
+    log = (repo / "results/bn-cvae.metrics.ndjson").read_text()
+    assert log == (run / "metrics.jsonl").read_text()
+
+    ship_checkpoint(run, repo / "checkpoints" / "default", base=repo)
+    shipped, _ = load_pretrained(repo / "checkpoints" / "default")
+    best, _ = load_pretrained(run / "best")
+    for name, weight in best.state_dict().items():  # float16, within its rounding
+        torch.testing.assert_close(shipped.state_dict()[name], weight, rtol=1e-3, atol=1e-4)
+    meta = json.loads((repo / "checkpoints/default/config.json").read_text())["metadata"]
+    assert meta["train_config"]["out"] == "../runs/r" and meta["weights"].startswith("float16")

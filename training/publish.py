@@ -5,7 +5,9 @@
 writes ``results/bn-cvae.config.json``, ``.summary.json``, ``.metrics.ndjson`` (the run's
 ``metrics.jsonl``) and ``.curves.png``. Paths in the config (``out``, ``data``) are rewritten
 relative to the current directory (run it from the repository), so no machine's absolute path
-is committed. The checkpoints themselves stay in the run directory.
+is committed. The checkpoints stay in the run directory, except with ``--checkpoint DIR``: the
+run's best checkpoint is written there in float16 (half the size; loaded as float32), e.g. as
+the project's default checkpoint, ``checkpoints/bn-cvae-switchboard``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
+from model.checkpoint import load_config, load_pretrained, save_pretrained
 from model.files import atomic_path, atomic_write_text
 
 PATH_KEYS = ("out", "data")  # the train config's path-valued fields
@@ -26,6 +31,11 @@ def relative(path: str, base: Path) -> str:
     return os.path.relpath((base / path).resolve(), base.resolve())
 
 
+def relative_config(train_config: dict, base: Path) -> dict:
+    """A copy of a train config with its paths relative to ``base``."""
+    return {k: relative(v, base) if k in PATH_KEYS and v else v for k, v in train_config.items()}
+
+
 def publish(run: Path, name: str, into: Path, base: Path | None = None) -> list[Path]:
     """Copy ``run``'s config, summary, metrics log and curves to ``into/<name>.*``; returns them.
     Raises ``SystemExit`` with one line naming the file when the run is not finished."""
@@ -34,9 +44,7 @@ def publish(run: Path, name: str, into: Path, base: Path | None = None) -> list[
     if not summary.exists():
         raise SystemExit(f"{summary}: missing (the run has not finished; resume it with --resume)")
     config = json.loads((run / "config.json").read_text())
-    for key in PATH_KEYS:
-        if config.get("train", {}).get(key):
-            config["train"][key] = relative(config["train"][key], base)
+    config["train"] = relative_config(config["train"], base)
     into.mkdir(parents=True, exist_ok=True)
     written = [into / f"{name}.config.json"]
     atomic_write_text(written[0], json.dumps(config, indent=2) + "\n")
@@ -52,6 +60,17 @@ def publish(run: Path, name: str, into: Path, base: Path | None = None) -> list[
     return written
 
 
+def ship_checkpoint(run: Path, directory: Path, base: Path | None = None) -> None:
+    """The run's best checkpoint, in float16, at ``directory``; its metadata says where from."""
+    base = Path.cwd() if base is None else base
+    model, vocab = load_pretrained(run / "best")
+    _, metadata = load_config(run / "best")
+    if "train_config" in metadata:
+        metadata["train_config"] = relative_config(metadata["train_config"], base)
+    metadata["weights"] = "float16 (loaded as float32)"
+    save_pretrained(model, vocab, directory, metadata=metadata, dtype=torch.float16)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.publish",
@@ -61,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a finished training.switchboard run directory")
     parser.add_argument("--name", required=True, help="file name stem, e.g. bn-cvae")
     parser.add_argument("--into", type=Path, default=Path("results"), help="target directory")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="also write the run's best checkpoint here, in float16"
+    )
     args = parser.parse_args(argv)
     for path in publish(args.run, args.name, args.into):
         print(path)
+    if args.checkpoint:
+        ship_checkpoint(args.run, args.checkpoint)
+        print(args.checkpoint)
     return 0
 
 
