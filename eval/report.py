@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from eval.protocol import PAPER_TABLE4, PPL_NOTE, differences_markdown
 
 HEAD = [
-    "Model", "PPL", "ELBO-PPL", "KL", "BLEU-4 (paper)", "Zhao BLEU-3 P / R",
+    "Model", "PPL", "ELBO-PPL", "KL", "AU", "MI", "BLEU-4 (paper)", "Zhao BLEU-3 P / R",
     "Zhao BLEU-4 P / R", "sacreBLEU-4 P / R", "A-bow P / R", "E-bow P / R", "degenerate",
 ]  # fmt: skip
 
@@ -21,7 +24,9 @@ def _pair(m: dict, key: str) -> str:
 def metrics_row(name: str, m: dict) -> str:
     """One table row of a result's ``metrics`` (or a baseline's)."""
     degenerate = m.get("degenerate_rate")
-    row = [name, _fmt(m.get("ppl")), _fmt(m.get("elbo_ppl")), _fmt(m.get("kl")), "–"]
+    au = m.get("active_units")
+    row = [name, _fmt(m.get("ppl")), _fmt(m.get("elbo_ppl")), _fmt(m.get("kl"))]
+    row += ["–" if au is None else str(au), _fmt(m.get("mutual_info")), "–"]
     row += [_pair(m, "zhao_bleu3"), _pair(m, "zhao_bleu4"), _pair(m, "bleu4")]
     row += [_pair(m, "a_bow"), _pair(m, "e_bow")]
     row += ["–" if degenerate is None else f"{100 * degenerate:.1f}%"]
@@ -38,7 +43,7 @@ def table_header() -> list[str]:
 def paper_rows() -> list[str]:
     rows = []
     for name, (ppl, kl, bleu4, ap, ar, ep, er) in PAPER_TABLE4.items():
-        row = [f"{name} (paper)", _fmt(ppl), "–", _fmt(kl), _fmt(bleu4), "–", "–", "–"]
+        row = [f"{name} (paper)", _fmt(ppl), "–", _fmt(kl), "–", "–", _fmt(bleu4), "–", "–", "–"]
         row += [f"{_fmt(ap)} / {_fmt(ar)}", f"{_fmt(ep)} / {_fmt(er)}", "–"]
         rows.append("| " + " | ".join(row) + " |")
     return rows
@@ -96,10 +101,63 @@ def results_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SPREAD_KEYS = (
+    "ppl", "elbo_ppl", "kl", "zhao_bleu4_p", "zhao_bleu4_r", "bleu4_p", "bleu4_r",
+    "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "degenerate_rate",
+)  # fmt: skip
+
+
+def spread_table(results: dict[str, dict]) -> str:
+    """Per metric, the range (max - min) over results of one model trained with different seeds:
+    a difference between two models smaller than this is not called a win."""
+    lines = ["| metric | " + " | ".join(results) + " | spread (max − min) |"]
+    lines.append("|---|" + "---:|" * (len(results) + 1))
+    for key in SPREAD_KEYS:
+        values = [r["metrics"].get(key) for r in results.values()]
+        if any(v is None for v in values):
+            continue
+        scale = 100 if key == "degenerate_rate" else 1
+        cells = [f"{scale * v:.2f}" for v in values] + [
+            f"{scale * (max(values) - min(values)):.2f}"
+        ]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_samples(result: dict) -> dict[int, dict]:
+    """A result's samples file (``--samples-out X.samples.jsonl``) by example position."""
+    path = Path(result["config"].get("samples_out") or "")
+    if path.suffix != ".jsonl" or not path.is_file():
+        raise ValueError(f"{path}: no JSON-lines samples file (evaluate with --samples-out "
+                         f"X.samples.jsonl)")  # fmt: skip
+    with path.open(encoding="utf-8") as f:
+        return {r["example"]: r for r in map(json.loads, f)}
+
+
+def samples_markdown(results: dict[str, dict], count: int, shown: int = 3, context: int = 3) -> str:
+    """``count`` examples spread evenly over the split, with each model's first ``shown``
+    samples for the same context (all results must cover the same split)."""
+    samples = {name: read_samples(result) for name, result in results.items()}
+    common = sorted(set.intersection(*(set(s) for s in samples.values())))
+    picks = sorted({common[i * len(common) // count] for i in range(count)}) if common else []
+    lines = []
+    for position in picks:
+        first = next(iter(samples.values()))[position]
+        lines += [f"**Example {position}** (dialog {first['dialog']}, turn {first['turn']})", ""]
+        turns = first["context"][-context:]
+        if len(first["context"]) > context:
+            lines.append("> …  ")
+        lines += [f"> {speaker}: {text}  " for speaker, text in turns] or ["> (start of dialog)  "]
+        lines += [f"> **reference {first['responder']}:** {first['reference']}", ""]
+        for name, by_position in samples.items():
+            drawn = by_position[position]["samples"][:shown]
+            lines.append(f"- {name}: " + " · ".join(d or "(empty)" for d in drawn))
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(
         prog="python -m eval.report",
@@ -107,12 +165,24 @@ def main(argv: list[str] | None = None) -> int:
         "(python -m eval.switchboard JSON files), next to the paper's Table 4.",
     )
     parser.add_argument("results", nargs="+", help="result JSON files; a row each")
+    parser.add_argument(
+        "--spread", action="store_true",
+        help="instead of the table: the range of each metric over the results (one model, "
+        "several seeds)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--samples", type=int, default=0, metavar="N",
+        help="also N examples with each model's first samples for the same context (needs each "
+        "result's --samples-out X.samples.jsonl file)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         results = {Path(p).stem: json.loads(Path(p).read_text()) for p in args.results}
-    except (OSError, ValueError) as e:
+        print(spread_table(results) if args.spread else results_table(results))
+        if args.samples:
+            print("\n" + samples_markdown(results, args.samples))
+    except (OSError, ValueError, KeyError) as e:
         parser.exit(2, f"python -m eval.report: {e}\n")
-    print(results_table(results))
     return 0
 
 

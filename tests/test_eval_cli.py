@@ -128,7 +128,7 @@ def test_end_to_end_json_has_every_key(setup, capsys):
     assert "mutual_info" in result["protocol"] and "kl_lower_bound" in result["protocol"]
     # stdout: the markdown table with the paper's rows and this checkpoint's row
     table = capsys.readouterr().out
-    assert "| BN-VAE (paper) | 30.67 | – | 5.18 | 8.64 |" in table
+    assert "| BN-VAE (paper) | 30.67 | – | 5.18 | – | – | 8.64 |" in table
     assert "this checkpoint (bn-cvae)" in table and "GloVe 6B 50-d" in table
     assert "baseline: shuffled_context" in table and "ELBO-PPL" in table
     assert "Subset" not in table
@@ -312,15 +312,38 @@ def test_report_table_of_several_results(setup, capsys):
     from eval.report import main as report_main
 
     out = setup["base"] / "report" / "one.json"
-    run_cli(setup, out)
+    run_cli(setup, out, "--samples-out", str(out.with_suffix(".samples.jsonl")))
+    two = run_cli(setup, out.with_name("two.json"), "--seed", "1", "--samples-out",
+                  str(out.with_name("two.samples.jsonl")))  # fmt: skip
     capsys.readouterr()
-    two = out.with_name("two.json")
-    two.write_text(out.read_text())
-    assert report_main([str(out), str(two)]) == 0
+    paths = [str(out), str(out.with_name("two.json"))]
+    assert report_main(paths) == 0
     table = capsys.readouterr().out
     assert "| **one** |" in table and "| **two** |" in table
     assert "baseline: random_responses" in table
     assert "| BN-VAE (paper) |" in table
+    assert "| AU | MI |" in table
+
+    # the seed spread: per metric, the two values and their range
+    assert report_main([*paths, "--spread"]) == 0
+    rows = {
+        r.split("|")[1].strip(): r.split("|")[2:-1] for r in capsys.readouterr().out.splitlines()
+    }
+    one = json.loads(out.read_text())
+    values = [one["metrics"]["e_bow_r"], two["metrics"]["e_bow_r"]]
+    assert [float(c) for c in rows["e_bow_r"]] == pytest.approx(
+        [*values, max(values) - min(values)], abs=0.006
+    )
+
+    # samples of both models on the same contexts
+    assert report_main([*paths, "--samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("**Example ") == 2 and text.count("- one: ") == 2
+    assert text.count("- two: ") == 2 and "**reference " in text
+    # a result without a JSON-lines samples file: one line naming it, exit 2
+    with pytest.raises(SystemExit) as e:
+        report_main([str(setup["base"] / "run1" / "metrics.json"), "--samples", "1"])
+    assert e.value.code == 2 and "samples" in capsys.readouterr().err
 
 
 def test_decoding_options_reach_the_samples(setup, tmp_path):
