@@ -71,6 +71,15 @@ class ModelConfig:
             "dropout on the word embeddings and the decoder's outputs, in training (0: Zhao's)"
         ),
     )
+    # Welleck et al. (2020)'s token-level unlikelihood loss, added to every variant's: not in
+    # Zhao's or Zhu's papers (0: theirs); it keeps greedy decoding out of loops.
+    unlikelihood_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of the token-level unlikelihood loss on repeating earlier tokens of the "
+            "response (0: the papers' objective)"
+        ),
+    )
     # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
     tokenizer: str = field(
         default=DEFAULT_TOKENIZER,
@@ -92,7 +101,7 @@ class ModelConfig:
         # (comparisons with inf are also False for NaN)
         if not (_is_number(self.bn_gamma) and 0 < self.bn_gamma < float("inf")):
             raise ValueError(f"bn_gamma must be a finite number > 0, got {self.bn_gamma!r}")
-        for name in ("prior_kl_weight", "bow_weight"):
+        for name in ("prior_kl_weight", "bow_weight", "unlikelihood_weight"):
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

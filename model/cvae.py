@@ -14,6 +14,7 @@ Loss per example (minimised):
     cvae:      -log p(x|c,z) + w_kl * KL(q(z|c,x) || p(z|c))
     cvae-bow:  the same + the bag-of-words loss -sum_t log p_bow(x_t|c,z)
     bn-cvae:   the same as cvae + KL(p(z|c) || N(0, I))      (Eq. 11-12)
+    any, with unlikelihood_weight > 0 (not in the papers): + w_ul * token-level unlikelihood
 """
 
 from __future__ import annotations
@@ -140,8 +141,11 @@ class Decoder(nn.Module):
     def initial_state(self, c, z):
         return self.init_state(torch.cat([c, z], dim=-1)).unsqueeze(0)
 
-    def token_nll(self, h0, responses, lengths) -> tuple[torch.Tensor, torch.Tensor]:
-        """-log p(x_t | x_<t, c, z) for every real target token, and the example each belongs to.
+    def token_nll(
+        self, h0, responses, lengths, unlikelihood: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """-log p(x_t | x_<t, c, z) for every real target token, its unlikelihood loss (when
+        asked; else None) and the example each token belongs to.
 
         Works on the packed sequence so that padded positions are never projected onto the
         vocabulary (the vocabulary projection is most of the decoder's cost).
@@ -154,14 +158,31 @@ class Decoder(nn.Module):
             enforce_sorted=False,
         )
         out, _ = self.rnn(inputs, h0)
-        targets = pack_padded_sequence(
-            responses[:, 1:], steps, batch_first=True, enforce_sorted=False
-        )
-        owner = torch.arange(responses.shape[0], device=responses.device)
-        owner = owner.unsqueeze(1).expand(-1, responses.shape[1] - 1)
-        owner = pack_padded_sequence(owner, steps, batch_first=True, enforce_sorted=False)
-        nll = F.cross_entropy(self.logits(self.dropout(out.data)), targets.data, reduction="none")
-        return nll, owner.data
+
+        def packed(t: torch.Tensor) -> torch.Tensor:  # [E, T] -> the packed order of ``out``
+            return pack_padded_sequence(t, steps, batch_first=True, enforce_sorted=False).data
+
+        targets = responses[:, 1:]
+        e, t = targets.shape
+        owner = packed(torch.arange(e, device=targets.device).unsqueeze(1).expand(-1, t))
+        logits = self.logits(self.dropout(out.data))
+        if not unlikelihood:
+            return F.cross_entropy(logits, packed(targets), reduction="none"), None, owner
+        log_p = F.log_softmax(logits, dim=-1)
+        nll = -log_p.gather(1, packed(targets).unsqueeze(1)).squeeze(1)
+        # Welleck et al. (2020), token-level unlikelihood: at step t the negative candidates are
+        # the distinct earlier tokens of the response other than x_t, and each costs
+        # -log(1 - p(c | x_<t)). It lowers the probability of repeating what was already said,
+        # which greedy decoding otherwise turns into loops ("the the the ...").
+        earlier = torch.ones(t, t, dtype=torch.bool, device=targets.device).tril(-1)  # s < t
+        same = targets.unsqueeze(2) == targets.unsqueeze(1)  # [E, t, s]: x_t == x_s
+        first = ~(same & earlier).any(dim=2)  # x_s's first occurrence in the response
+        candidate = earlier & ~same & (first & (targets != 0)).unsqueeze(1)  # [E, t, s]
+        time = packed(torch.arange(t, device=targets.device).expand(e, -1))
+        ids = targets[owner]  # [N, s]: each packed token's response
+        p = log_p.gather(1, ids).exp()  # p(x_s | x_<t) for every s
+        loss = -torch.log((1 - p).clamp_min(1e-5)) * candidate[owner, time]
+        return nll, loss.sum(dim=1), owner
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The vocabulary projection, always returned in float32.
@@ -195,6 +216,7 @@ class CVAEOutput:
     kl: torch.Tensor  # [E] KL(q(z|c,x) || p(z|c))
     prior_kl: torch.Tensor  # [E] KL(p(z|c) || N(0,I))
     bow: torch.Tensor  # [E] bag-of-words loss (zeros unless cvae-bow)
+    unlikelihood: torch.Tensor  # [E] token-level unlikelihood loss (zeros unless its weight > 0)
     extras: dict = field(default_factory=dict)
 
 
@@ -346,9 +368,14 @@ class DialogCVAE(nn.Module):
         responses = batch.responses()
         lengths = batch.utt_lengths[batch.response_index]
         h0 = self.decoder.initial_state(c, z)
-        token_nll, owner = self.decoder.token_nll(h0, responses, lengths)
+        token_nll, token_ul, owner = self.decoder.token_nll(
+            h0, responses, lengths, unlikelihood=cfg.unlikelihood_weight > 0
+        )
         n = responses.shape[0]
         nll = token_nll.new_zeros(n).index_add_(0, owner, token_nll)
+        unlikelihood = torch.zeros_like(nll)
+        if token_ul is not None:
+            unlikelihood.index_add_(0, owner, token_ul)
         tokens = (lengths - 1).to(nll.dtype)
 
         kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
@@ -366,6 +393,8 @@ class DialogCVAE(nn.Module):
         if cfg.use_bn:
             # Eq. 11: L' = L - KL(p(z|c) || N(0,I)); minimised here as -L'
             per_example = per_example + prior_kl_weight * prior_kl
+        if token_ul is not None:  # not in the papers: an option against greedy loops
+            per_example = per_example + cfg.unlikelihood_weight * unlikelihood
         return CVAEOutput(
             loss=per_example.mean(),
             nll=nll,
@@ -373,6 +402,7 @@ class DialogCVAE(nn.Module):
             kl=kl,
             prior_kl=prior_kl,
             bow=bow,
+            unlikelihood=unlikelihood,
             extras={"mu_q": mu_q, "logvar_q": logvar_q},
         )
 

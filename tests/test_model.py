@@ -167,6 +167,45 @@ def test_dropout_acts_in_training_only(vocab):
     assert not torch.allclose(losses["train", "plain"], losses["train", "dropped"])
 
 
+def test_unlikelihood_loss_matches_welleck_et_al(vocab):
+    """Token-level unlikelihood (Welleck et al. 2020), against a plain loop over the steps: at
+    step t, -sum log(1 - p(c)) over the distinct earlier tokens c of the response other than x_t."""
+    model = make_model(vocab, unlikelihood_weight=1.0).eval()
+    w = [vocab.bos_id, *vocab.encode(["w1", "w2", "w1", "w1", "w3"])]
+    responses = torch.tensor([w + [vocab.eos_id], w[:3] + [vocab.eos_id, 0, 0, 0]])
+    lengths = torch.tensor([7, 4])
+    h0 = torch.randn(1, 2, model.config.dec_hidden)
+    nll, ul, owner = model.decoder.token_nll(h0, responses, lengths, unlikelihood=True)
+    plain_nll, none, _ = model.decoder.token_nll(h0, responses, lengths)
+    assert none is None
+    torch.testing.assert_close(nll, plain_nll)  # the same -log p either way
+
+    out, _ = model.decoder.rnn(model.decoder.embedding(responses[:, :-1]), h0)
+    log_p = torch.log_softmax(model.decoder.logits(out), dim=-1)
+    expected = []
+    for e, n in enumerate(lengths.tolist()):
+        targets = responses[e, 1:n].tolist()
+        total = 0.0
+        for t, target in enumerate(targets):
+            for c in set(targets[:t]) - {target}:
+                total -= torch.log(1 - log_p[e, t, c].exp()).item()
+        expected.append(total)
+    per_example = torch.zeros(2).index_add_(0, owner, ul)
+    torch.testing.assert_close(per_example, torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    assert expected[0] > 0 and expected[1] > 0
+
+    # it enters the objective with its weight; the -ELBO terms are unchanged
+    batch = dialog_batch(random_dialogs(), vocab)
+    torch.manual_seed(2)
+    o = model(batch)
+    torch.testing.assert_close(o.loss, (o.nll + o.kl + o.prior_kl + o.unlikelihood).mean())
+    plain_model = make_model(vocab).eval()  # the same weights
+    torch.manual_seed(2)
+    plain = plain_model(batch)
+    torch.testing.assert_close(o.nll, plain.nll)
+    assert (plain.unlikelihood == 0).all()
+
+
 def test_frozen_gamma_gets_no_gradient_and_never_changes(vocab):
     model = make_model(vocab, "bn-cvae", bn_gamma=0.6)
     bn = model.recognition.mu_bn

@@ -220,3 +220,28 @@ def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, t
         torch.testing.assert_close(shipped.state_dict()[name], weight, rtol=1e-3, atol=1e-4)
     meta = json.loads((repo / "checkpoints/default/config.json").read_text())["metadata"]
     assert meta["train_config"]["out"] == "../runs/r" and meta["weights"].startswith("float16")
+
+
+def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_path, caplog):
+    from training.switchboard import Run
+
+    _short_run(synthetic_prepared, tmp_path / "base")
+    best = tmp_path / "base" / "best"
+    cfg = TrainConfig(data=str(synthetic_prepared), out=str(tmp_path / "ft"), preset="tiny",
+                      init_from=str(best))  # fmt: skip
+    run = Run(cfg, {"unlikelihood_weight": 1.0, "dropout": 0.1})  # training-only: may differ
+    shipped, _ = load_pretrained(best)
+    for name, weight in shipped.state_dict().items():
+        torch.testing.assert_close(run.model.state_dict()[name], weight)
+    assert run.model_config.unlikelihood_weight == 1.0
+
+    # a checkpoint of another model: one line naming its config and the field
+    argv = ["--data", str(synthetic_prepared), "--out", str(tmp_path / "ft2"), *TINY]
+    assert main([*argv, "--init-from", str(best), "--model.latent-dim", "4"]) == 2
+    message = caplog.records[-1].getMessage()
+    assert "best/config.json" in message and "latent_dim 8 (this run: 4)" in message
+    assert main([*argv, "--init-from", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such checkpoint directory" in caplog.records[-1].getMessage()
+    # and a fine-tuning run trains from there
+    assert main([*argv, "--init-from", str(best), "--max-steps", "3", "--eval-every", "3",
+                 "--model.unlikelihood-weight", "1"]) == 0  # fmt: skip

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, save_pretrained
+from model.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from model.cli import parse_args
 from model.config import PRESETS, VARIANTS, ModelConfig
 from model.cvae import DialogCVAE, LikelihoodTotals, resolve_device
@@ -45,6 +45,9 @@ STATE_FILE = "training_state.pt"
 # Flags that may differ when a run is resumed: they do not change what is computed, only where
 # (epochs, max_steps: to extend a run) and how fast it runs.
 RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps")
+# Model options that shape only the training objective: a run started from a checkpoint
+# (--init-from) may set them anew; every other model field must be the checkpoint's.
+TRAINING_ONLY = ("dropout", "unlikelihood_weight", "prior_kl_weight", "bow_weight")
 
 
 class RunError(ValueError):
@@ -114,6 +117,13 @@ class TrainConfig:
     resume: bool = field(
         default=False,
         metadata=_help("continue the run in --out with its own settings (config.json)"),
+    )
+    init_from: str = field(
+        default="",
+        metadata=_help(
+            "start from this checkpoint's weights (fine-tuning; a fresh optimizer): its "
+            "vocabulary and model must be this run's, but for the training-only --model options"
+        ),
     )
 
 
@@ -232,6 +242,8 @@ class Run:
         )
         torch.manual_seed(cfg.seed)
         self.model = DialogCVAE(mcfg).to(device)
+        if cfg.init_from:
+            self.load_weights(Path(cfg.init_from))
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr
         )
@@ -247,13 +259,37 @@ class Run:
         self.metrics_path = self.out / "metrics.jsonl"
         self._clock_started = time.perf_counter()
 
+    def load_weights(self, checkpoint: Path) -> None:
+        """The weights of ``checkpoint`` (``--init-from``), whose vocabulary and model fields
+        (but ``TRAINING_ONLY``) must be this run's."""
+        try:
+            model, vocab = load_pretrained(checkpoint)
+        except CheckpointError as e:
+            raise RunError(str(e)) from None
+        if vocab.words != self.vocab.words:
+            raise RunError(f"{checkpoint / 'vocab.json'}: not the vocabulary of {self.cfg.data}")
+        ours, theirs = self.model_config.to_dict(), model.config.to_dict()
+        differ = [f"{k} {theirs[k]!r} (this run: {ours[k]!r})" for k in ours
+                  if k not in TRAINING_ONLY and ours[k] != theirs[k]]  # fmt: skip
+        if differ:
+            raise RunError(f"{checkpoint / 'config.json'}: another model: " + ", ".join(differ)
+                           + "; give the checkpoint's --variant, --preset and --model options")  # fmt: skip
+        self.model.load_state_dict(model.state_dict())
+        log.info("weights from %s", checkpoint)
+
     def resume(self) -> None:
         """Continue from the training state if there is one (``--resume``), else seed this
         process; then write the run's config and the metrics kept so far."""
         cfg, mcfg = self.cfg, self.model_config
         if cfg.resume and self.state_path.exists():
             state = load_training_state(self.state_path)
-            if state["model_config"] != mcfg.to_dict():
+            # (through from_dict: a field added since the state was saved takes its default,
+            # which is the behaviour the run had)
+            try:
+                saved = ModelConfig.from_dict(state["model_config"])
+            except (TypeError, ValueError) as e:
+                raise RunError(f"{self.state_path}: bad model config: {e}") from e
+            if saved != mcfg:
                 raise RunError(
                     f"{self.state_path}: saved with a different model config; cannot resume"
                 )
