@@ -102,7 +102,8 @@ def results_table(results: dict[str, dict]) -> str:
 
 
 SPREAD_KEYS = (
-    "ppl", "elbo_ppl", "kl", "zhao_bleu4_p", "zhao_bleu4_r", "bleu4_p", "bleu4_r",
+    "ppl", "elbo_ppl", "kl", "zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
+    "bleu4_p", "bleu4_r",
     "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "degenerate_rate",
 )  # fmt: skip
 
