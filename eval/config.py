@@ -4,15 +4,14 @@ each), their defaults, and how its paths are written into a result."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.cvae import DECODE_DTYPES
 from model.decoding import DecodingOptions
+from model.files import repo_relative
 from training.prepare import DEFAULT_DATA
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREPARED = "runs/data/switchboard"
 DEFAULT_ZHAO = DEFAULT_DATA / "zhao"
 SPLITS = ("test", "valid")
@@ -163,16 +162,6 @@ def default_out(config: EvalConfig) -> Path:
         name = Path(config.checkpoint).resolve().parent.name + "-" + name
     what = Path(config.data).stem if config.data else config.split
     return Path("runs") / "eval" / f"{name}-{what}.json"
-
-
-def repo_relative(path: str | Path | None) -> str | None:
-    """``path`` relative to the repository (results are committed; no machine's own paths)."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_absolute() and not p.exists():
-        return str(path)  # a name such as a package's, not a path
-    return os.path.relpath(p.resolve(), PROJECT_ROOT)
 
 
 def recorded(config: EvalConfig) -> dict:

@@ -42,6 +42,7 @@ from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.cli import parse_args
 from model.cvae import LikelihoodTotals, decode_dtype, gaussian_kl
+from model.files import repo_relative_paths
 from model.vocab import SPECIALS
 from training.batching import plan_batches
 
@@ -253,7 +254,7 @@ def protocol_record(
         "tokenizer": mcfg.tokenizer,
         "latent_dim": mcfg.latent_dim,
         "bn_gamma": mcfg.bn_gamma if mcfg.use_bn else None,
-        "checkpoint_metadata": metadata,
+        "checkpoint_metadata": repo_relative_paths(metadata),
     }
     return protocol
 

@@ -69,7 +69,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = DialogCVAE(ModelConfig.preset("tiny", variant="bn-cvae", vocab_size=len(vocab)))
     ckpt = base / "ckpt"
-    save_pretrained(model, vocab, ckpt, metadata={"note": "random init"})
+    meta = {"note": "random init", "train_config": {"out": str(base / "run")}}  # absolute
+    save_pretrained(model, vocab, ckpt, metadata=meta)
     cvae = base / "ckpt-cvae"
     save_pretrained(
         DialogCVAE(ModelConfig.preset("tiny", variant="cvae", vocab_size=len(vocab))), vocab, cvae
@@ -101,6 +102,9 @@ def test_end_to_end_json_has_every_key(setup, capsys):
     assert (ROOT / result["checkpoint"]).resolve() == setup["ckpt"].resolve()
     assert result["config"]["samples"] == 3
     assert result["config"]["glove"] == repo_relative(setup["glove"])
+    # the checkpoint's metadata too: a committed result holds no machine's absolute paths
+    out_path = result["protocol"]["model"]["checkpoint_metadata"]["train_config"]["out"]
+    assert out_path == repo_relative(setup["base"] / "run") and not Path(out_path).is_absolute()
     assert result["config"]["samples_out"] == repo_relative(out.parent / "metrics.samples.txt")
     for key in METRIC_KEYS:
         assert m[key] is not None, key

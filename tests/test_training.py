@@ -194,32 +194,32 @@ def test_missing_data_is_one_line(tmp_path, caplog):
 
 
 def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, tmp_path):
+    from model.files import PROJECT_ROOT
     from training.publish import publish, ship_checkpoint
 
-    repo, run = tmp_path / "repo", tmp_path / "runs" / "r"
-    repo.mkdir()
+    results, run = tmp_path / "results", tmp_path / "runs" / "r"
     with pytest.raises(SystemExit, match="summary.json: missing"):
         run.mkdir(parents=True)
-        publish(run, "bn-cvae", repo / "results", base=repo)
-    _short_run(synthetic_prepared, run)
-    written = publish(run, "bn-cvae", repo / "results", base=repo)
+        publish(run, "bn-cvae", results)
+    _short_run(synthetic_prepared, run.resolve())  # an absolute --out, as a run may be given
+    written = publish(run, "bn-cvae", results)
     suffixes = [p.name.removeprefix("bn-cvae.") for p in written]
     assert suffixes == ["config.json", "summary.json", "metrics.ndjson", "curves.png"]
-    config = json.loads((repo / "results" / "bn-cvae.config.json").read_text())
-    assert config["train"]["out"] == "../runs/r"
-    assert not Path(config["train"]["data"]).is_absolute()
-    assert (repo / "results" / config["train"]["out"]).resolve() != run  # relative to the repo
-    assert (repo / config["train"]["out"]).resolve() == run.resolve()
-    log = (repo / "results/bn-cvae.metrics.ndjson").read_text()
+    config = json.loads((results / "bn-cvae.config.json").read_text())
+    for key in ("out", "data"):
+        assert not Path(config["train"][key]).is_absolute()  # relative to the repository
+    assert (PROJECT_ROOT / config["train"]["out"]).resolve() == run.resolve()
+    log = (results / "bn-cvae.metrics.ndjson").read_text()
     assert log == (run / "metrics.jsonl").read_text()
 
-    ship_checkpoint(run, repo / "checkpoints" / "default", base=repo)
-    shipped, _ = load_pretrained(repo / "checkpoints" / "default")
+    ship_checkpoint(run, tmp_path / "checkpoints" / "default")
+    shipped, _ = load_pretrained(tmp_path / "checkpoints" / "default")
     best, _ = load_pretrained(run / "best")
     for name, weight in best.state_dict().items():  # float16, within its rounding
         torch.testing.assert_close(shipped.state_dict()[name], weight, rtol=1e-3, atol=1e-4)
-    meta = json.loads((repo / "checkpoints/default/config.json").read_text())["metadata"]
-    assert meta["train_config"]["out"] == "../runs/r" and meta["weights"].startswith("float16")
+    meta = json.loads((tmp_path / "checkpoints/default/config.json").read_text())["metadata"]
+    assert not Path(meta["train_config"]["out"]).is_absolute()
+    assert meta["weights"].startswith("float16")
 
 
 def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_path, caplog):

@@ -3,48 +3,34 @@
     python -m training.publish ../bncvae-runs/bn-cvae-paper-d0.3 --name bn-cvae --into results
 
 writes ``results/bn-cvae.config.json``, ``.summary.json``, ``.metrics.ndjson`` (the run's
-``metrics.jsonl``) and ``.curves.png``. Paths in the config (``out``, ``data``) are rewritten
-relative to the current directory (run it from the repository), so no machine's absolute path
-is committed. The checkpoints stay in the run directory, except with ``--checkpoint DIR``: the
-run's best checkpoint is written there in float16 (half the size; loaded as float32), e.g. as
-the project's default checkpoint, ``checkpoints/bn-cvae-switchboard``.
+``metrics.jsonl``) and ``.curves.png``. Absolute paths in the config (``out``, ``init_from``)
+are made relative to the repository, so no machine's own paths are committed. The checkpoints
+stay in the run directory, except with ``--checkpoint DIR``: the run's best checkpoint is
+written there in float16 (half the size; loaded as float32), e.g. as the project's default
+checkpoint, ``checkpoints/bn-cvae-switchboard``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from model.checkpoint import load_config, load_pretrained, save_pretrained
-from model.files import atomic_path, atomic_write_text
-
-PATH_KEYS = ("out", "data")  # the train config's path-valued fields
+from model.files import atomic_path, atomic_write_text, repo_relative_paths
 
 
-def relative(path: str, base: Path) -> str:
-    """``path`` (absolute, or relative to ``base``) relative to ``base``."""
-    return os.path.relpath((base / path).resolve(), base.resolve())
-
-
-def relative_config(train_config: dict, base: Path) -> dict:
-    """A copy of a train config with its paths relative to ``base``."""
-    return {k: relative(v, base) if k in PATH_KEYS and v else v for k, v in train_config.items()}
-
-
-def publish(run: Path, name: str, into: Path, base: Path | None = None) -> list[Path]:
+def publish(run: Path, name: str, into: Path) -> list[Path]:
     """Copy ``run``'s config, summary, metrics log and curves to ``into/<name>.*``; returns them.
     Raises ``SystemExit`` with one line naming the file when the run is not finished."""
-    base = Path.cwd() if base is None else base
     summary = run / "summary.json"
     if not summary.exists():
         raise SystemExit(f"{summary}: missing (the run has not finished; resume it with --resume)")
     config = json.loads((run / "config.json").read_text())
-    config["train"] = relative_config(config["train"], base)
+    config = repo_relative_paths(config)
     into.mkdir(parents=True, exist_ok=True)
     written = [into / f"{name}.config.json"]
     atomic_write_text(written[0], json.dumps(config, indent=2) + "\n")
@@ -60,13 +46,11 @@ def publish(run: Path, name: str, into: Path, base: Path | None = None) -> list[
     return written
 
 
-def ship_checkpoint(run: Path, directory: Path, base: Path | None = None) -> None:
+def ship_checkpoint(run: Path, directory: Path) -> None:
     """The run's best checkpoint, in float16, at ``directory``; its metadata says where from."""
-    base = Path.cwd() if base is None else base
     model, vocab = load_pretrained(run / "best")
     _, metadata = load_config(run / "best")
-    if "train_config" in metadata:
-        metadata["train_config"] = relative_config(metadata["train_config"], base)
+    metadata = repo_relative_paths(metadata)
     metadata["weights"] = "float16 (loaded as float32)"
     save_pretrained(model, vocab, directory, metadata=metadata, dtype=torch.float16)
 
