@@ -198,8 +198,8 @@ def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, t
     from training.publish import publish, ship_checkpoint
 
     results, run = tmp_path / "results", tmp_path / "runs" / "r"
-    with pytest.raises(SystemExit, match="summary.json: missing"):
-        run.mkdir(parents=True)
+    run.mkdir(parents=True)
+    with pytest.raises(ValueError, match="summary.json: missing"):
         publish(run, "bn-cvae", results)
     _short_run(synthetic_prepared, run.resolve())  # an absolute --out, as a run may be given
     written = publish(run, "bn-cvae", results)

@@ -25,10 +25,10 @@ from model.files import atomic_path, atomic_write_text, repo_relative_paths
 
 def publish(run: Path, name: str, into: Path) -> list[Path]:
     """Copy ``run``'s config, summary, metrics log and curves to ``into/<name>.*``; returns them.
-    Raises ``SystemExit`` with one line naming the file when the run is not finished."""
+    A run that has not finished is refused (ValueError naming its missing summary)."""
     summary = run / "summary.json"
     if not summary.exists():
-        raise SystemExit(f"{summary}: missing (the run has not finished; resume it with --resume)")
+        raise ValueError(f"{summary}: missing (the run has not finished; resume it with --resume)")
     config = json.loads((run / "config.json").read_text())
     config = repo_relative_paths(config)
     into.mkdir(parents=True, exist_ok=True)
@@ -68,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", type=Path, help="also write the run's best checkpoint here, in float16"
     )
     args = parser.parse_args(argv)
-    for path in publish(args.run, args.name, args.into):
-        print(path)
-    if args.checkpoint:
-        ship_checkpoint(args.run, args.checkpoint)
-        print(args.checkpoint)
+    try:
+        for path in publish(args.run, args.name, args.into):
+            print(path)
+        if args.checkpoint:
+            ship_checkpoint(args.run, args.checkpoint)
+            print(args.checkpoint)
+    except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+        parser.exit(2, f"python -m training.publish: {e}\n")
     return 0
 
 
