@@ -113,7 +113,8 @@ class SegmentBatches:
         """The segment ids of each batch of ``epoch``: ``segments_per_batch`` at a time, in the
         epoch's order. Batch norm needs two or more examples in every process's share of a batch
         (a segment can be a single response: a dialog's last), so a batch too small for that
-        takes in the next one; the last such batch joins the one before it."""
+        takes in the next one; the last such batch joins the one before it (a corpus too small
+        for even one such batch gives none)."""
         order, k = self.order(epoch), self.segments_per_batch
         batches: list[list[int]] = []
         pending: list[int] = []
@@ -124,8 +125,6 @@ class SegmentBatches:
                 pending = []
         if pending and batches:
             batches[-1] += pending
-        elif pending:
-            batches.append(pending)  # the whole corpus is too small; epoch() skips it
         return batches
 
     def splits(self, segment_ids: Sequence[int], world: int) -> bool:
@@ -139,8 +138,6 @@ class SegmentBatches:
     ) -> Iterator[DialogBatch]:
         """Batches of ``epoch`` from batch number ``skip`` on; with ``world`` > 1, this rank's share."""
         for ids in self.batch_ids(epoch, world)[skip:]:
-            if not self.splits(ids, world):  # a corpus too small to give each process two
-                continue
             yield self.batch(ids[rank::world])
 
 
