@@ -230,6 +230,7 @@ def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_
     cfg = TrainConfig(data=str(synthetic_prepared), out=str(tmp_path / "ft"), preset="tiny",
                       init_from=str(best))  # fmt: skip
     run = Run(cfg, {"unlikelihood_weight": 1.0, "dropout": 0.1})  # training-only: may differ
+    run.resume()  # a fresh run: the checkpoint's weights come in here
     shipped, _ = load_pretrained(best)
     for name, weight in shipped.state_dict().items():
         torch.testing.assert_close(run.model.state_dict()[name], weight)

@@ -242,8 +242,6 @@ class Run:
         )
         torch.manual_seed(cfg.seed)
         self.model = DialogCVAE(mcfg).to(device)
-        if cfg.init_from:
-            self.load_weights(Path(cfg.init_from))
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr
         )
@@ -304,6 +302,10 @@ class Run:
             torch.set_rng_state(rng[self.rank] if self.rank < len(rng) else rng[0])
             log.info("resumed from %s at step %d", self.state_path, self.progress.step)
         else:
+            # A fresh run (a resumed one has its weights from the state, and needs no
+            # --init-from checkpoint any more).
+            if cfg.init_from:
+                self.load_weights(Path(cfg.init_from))
             torch.manual_seed(cfg.seed + self.rank)
 
         self.ddp = self.model
