@@ -80,6 +80,20 @@ class ModelConfig:
             "response (0: the papers' objective)"
         ),
     )
+    # Welleck et al. (2020)'s sequence-level unlikelihood, on the model's own greedy responses
+    # (DialogCVAE.sequence_unlikelihood): not in the papers either; meant for fine-tuning
+    # (--init-from), and it decodes a response per example at every training step.
+    sequence_unlikelihood_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of the sequence-level unlikelihood loss on the repeated n-grams of the "
+            "model's own greedy responses (0: the papers' objective)"
+        ),
+    )
+    sequence_unlikelihood_ngram: int = field(
+        default=3,
+        metadata=_help("the n of the repeated n-grams the sequence-level unlikelihood penalises"),
+    )
     # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
     tokenizer: str = field(
         default=DEFAULT_TOKENIZER,
@@ -94,14 +108,16 @@ class ModelConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         check_tokenizer(self.tokenizer)
         sizes = ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
-        for name in (*sizes, "bow_hidden", "max_context", "max_utt_len"):
+        extra = ("bow_hidden", "max_context", "max_utt_len", "sequence_unlikelihood_ngram")
+        for name in (*sizes, *extra):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         # (comparisons with inf are also False for NaN)
         if not (_is_number(self.bn_gamma) and 0 < self.bn_gamma < float("inf")):
             raise ValueError(f"bn_gamma must be a finite number > 0, got {self.bn_gamma!r}")
-        for name in ("prior_kl_weight", "bow_weight", "unlikelihood_weight"):
+        weights = ("prior_kl_weight", "bow_weight", "unlikelihood_weight")
+        for name in (*weights, "sequence_unlikelihood_weight"):
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -15,6 +15,8 @@ Loss per example (minimised):
     cvae-bow:  the same + the bag-of-words loss -sum_t log p_bow(x_t|c,z)
     bn-cvae:   the same as cvae + KL(p(z|c) || N(0, I))      (Eq. 11-12)
     any, with unlikelihood_weight > 0 (not in the papers): + w_ul * token-level unlikelihood
+    any, with sequence_unlikelihood_weight > 0 (not in the papers, training only):
+               + w_seq * sequence-level unlikelihood on the model's own greedy responses
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from model.decoding import (
     keep_top_k,
     keep_top_p,
     penalize_repetitions,
+    repeated_ngram_mask,
 )
 from model.vocab import Vocabulary
 
@@ -119,6 +122,12 @@ class PriorNetwork(nn.Module):
         return mu, logvar
 
 
+def packed_order(t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """[E, T] -> the entries of each row's first ``steps`` positions, in the order of a packed
+    sequence of those lengths (the order of :meth:`Decoder.token_nll`'s tokens)."""
+    return pack_padded_sequence(t, steps.cpu(), batch_first=True, enforce_sorted=False).data
+
+
 class Decoder(nn.Module):
     """A GRU language model over the response whose initial state is a projection of [c; z]."""
 
@@ -159,8 +168,8 @@ class Decoder(nn.Module):
         )
         out, _ = self.rnn(inputs, h0)
 
-        def packed(t: torch.Tensor) -> torch.Tensor:  # [E, T] -> the packed order of ``out``
-            return pack_padded_sequence(t, steps, batch_first=True, enforce_sorted=False).data
+        def packed(t: torch.Tensor) -> torch.Tensor:
+            return packed_order(t, steps)
 
         targets = responses[:, 1:]
         e, t = targets.shape
@@ -217,6 +226,8 @@ class CVAEOutput:
     prior_kl: torch.Tensor  # [E] KL(p(z|c) || N(0,I))
     bow: torch.Tensor  # [E] bag-of-words loss (zeros unless cvae-bow)
     unlikelihood: torch.Tensor  # [E] token-level unlikelihood loss (zeros unless its weight > 0)
+    # [E] sequence-level unlikelihood loss (zeros unless its weight > 0 and in training)
+    sequence_unlikelihood: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -395,6 +406,10 @@ class DialogCVAE(nn.Module):
             per_example = per_example + prior_kl_weight * prior_kl
         if token_ul is not None:  # not in the papers: an option against greedy loops
             per_example = per_example + cfg.unlikelihood_weight * unlikelihood
+        sequence_ul, extras = torch.zeros_like(nll), {"mu_q": mu_q, "logvar_q": logvar_q}
+        if cfg.sequence_unlikelihood_weight > 0 and self.training:  # not in the papers either
+            sequence_ul, extras["repeating"] = self.sequence_unlikelihood(c, mu_p, logvar_p)
+            per_example = per_example + cfg.sequence_unlikelihood_weight * sequence_ul
         return CVAEOutput(
             loss=per_example.mean(),
             nll=nll,
@@ -403,8 +418,36 @@ class DialogCVAE(nn.Module):
             prior_kl=prior_kl,
             bow=bow,
             unlikelihood=unlikelihood,
-            extras={"mu_q": mu_q, "logvar_q": logvar_q},
+            sequence_unlikelihood=sequence_ul,
+            extras=extras,
         )
+
+    def sequence_unlikelihood(self, c, mu_p, logvar_p) -> tuple[torch.Tensor, torch.Tensor]:
+        """Welleck et al. (2020)'s sequence-level unlikelihood, on the responses this model
+        would say: per example, -sum log(1 - p(x_t | x_<t, c, z)) over the tokens x_t of every
+        n-gram (``sequence_unlikelihood_ngram``) that already occurred earlier in its greedy
+        response, and whether there was any [E].
+
+        The responses are decoded as the evaluation decodes them (z ~ p(z|c), greedy, up to
+        max_utt_len words) without gradients; the loss is then taken with gradients through the
+        decoder, the prior and the context. The token-level loss only sees the reference's
+        prefixes; this one sees the model's own loops, which is where they arise.
+        """
+        cfg = self.config
+        z = mu_p + torch.randn_like(mu_p) * torch.exp(0.5 * logvar_p)  # z ~ p(z|c)
+        h0 = self.decoder.initial_state(c, z)
+        with torch.no_grad():
+            words, lengths, _ = self._decode(h0.squeeze(0), cfg.max_utt_len)
+        targets = lengths + (lengths < cfg.max_utt_len).long()  # the words and </s> if said
+        bos = torch.full_like(words[:, :1], Vocabulary.bos_id)
+        responses = torch.cat([bos, words], dim=1)
+        token_nll, _, owner = self.decoder.token_nll(h0, responses, targets + 1)
+        repeated = repeated_ngram_mask(words, targets, cfg.sequence_unlikelihood_ngram)
+        # -log(1 - p) from -log p, clamped as the token-level loss is
+        loss = -torch.log((1 - torch.exp(-token_nll)).clamp_min(1e-5))
+        loss = loss * packed_order(repeated, targets)
+        per_example = loss.new_zeros(c.shape[0]).index_add_(0, owner, loss)
+        return per_example, repeated.any(dim=1)
 
     # --- generation -----------------------------------------------------------------------
 
@@ -446,20 +489,43 @@ class DialogCVAE(nn.Module):
         z = mu + noise.reshape(mu.shape).to(mu) * torch.exp(0.5 * logvar)
         h = self.decoder.initial_state(c, z).squeeze(0)  # [E*N, H]
 
+        out, lengths, log_probs = self._decode(
+            h, max_length, decoding, temperature, generator, options
+        )
         b = e * n
+        width = int(out.ne(0).sum(1).max().item()) if b else 0
+        return SampledResponses(
+            token_ids=out[:, : max(width, 1)].reshape(e, n, -1),
+            lengths=lengths.reshape(e, n),
+            log_probs=log_probs.reshape(e, n),
+        )
+
+    def _decode(
+        self,
+        h: torch.Tensor,
+        max_length: int,
+        decoding: str = "greedy",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        options: DecodingOptions = PLAIN,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode from the initial states ``h`` [B, H]: the tokens [B, max_length] (words, then
+        ``</s>`` unless cut at max_length, then 0), the lengths [B] (words, excluding ``</s>``)
+        and the sum of the chosen tokens' log-probabilities [B]. Call it without gradients."""
+        b = h.shape[0]
         bos, eos = Vocabulary.bos_id, Vocabulary.eos_id
-        out = torch.zeros((b, max_length), dtype=torch.long, device=c.device)
-        log_probs = torch.zeros(b, device=c.device)
-        lengths = torch.full((b,), max_length, dtype=torch.long, device=c.device)
+        out = torch.zeros((b, max_length), dtype=torch.long, device=h.device)
+        log_probs = torch.zeros(b, device=h.device)
+        lengths = torch.full((b,), max_length, dtype=torch.long, device=h.device)
         # Only rows still decoding are computed: most responses end long before max_length.
-        rows = torch.arange(b, device=c.device)
-        token = torch.full((b,), bos, dtype=torch.long, device=c.device)
+        rows = torch.arange(b, device=h.device)
+        token = torch.full((b,), bos, dtype=torch.long, device=h.device)
         # <pad>, <s> and <d> are never a next word; <unk> is, as in training, unless the options
         # say otherwise.
         banned = [Vocabulary.pad_id, bos, Vocabulary.bod_id]
         if not options.allow_unk:
             banned.append(Vocabulary.unk_id)
-        banned = torch.tensor(banned, device=c.device)
+        banned = torch.tensor(banned, device=h.device)
         for t in range(max_length):
             h = self.decoder.step(token, h)
             logits = self.decoder.logits(h)
@@ -485,12 +551,7 @@ class DialogCVAE(nn.Module):
                 break
             keep = ~ended
             rows, token, h = rows[keep], token[keep], h[keep]
-        width = int(out.ne(0).sum(1).max().item()) if b else 0
-        return SampledResponses(
-            token_ids=out[:, : max(width, 1)].reshape(e, n, -1),
-            lengths=lengths.reshape(e, n),
-            log_probs=log_probs.reshape(e, n),
-        )
+        return out, lengths, log_probs
 
 
 def _restrict(logits: torch.Tensor, history: torch.Tensor, options: DecodingOptions) -> None:

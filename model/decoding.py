@@ -86,6 +86,26 @@ def block_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, n: int) -
     logits.scatter_add_(1, ngrams[:, :, -1], blocked.masked_fill_(match, float("-inf")))
 
 
+def repeated_ngram_mask(tokens: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """[R, T] True at every token of an n-gram that already occurred earlier in its row (the
+    candidates of Welleck et al. 2020's sequence-level unlikelihood); each row's first
+    ``lengths`` tokens count, the rest are padding and never True."""
+    r, t = tokens.shape
+    mask = torch.zeros((r, t), dtype=torch.bool, device=tokens.device)
+    if t < n:
+        return mask
+    ngrams = tokens.unfold(1, n, 1)  # [R, S, n], S = t - n + 1 start positions
+    s = ngrams.shape[1]
+    same = (ngrams.unsqueeze(2) == ngrams.unsqueeze(1)).all(dim=-1)  # [R, S, S]
+    earlier = torch.ones(s, s, dtype=torch.bool, device=tokens.device).tril(-1)
+    start = torch.arange(s, device=tokens.device)
+    inside = start.unsqueeze(0) + n <= lengths.unsqueeze(1)  # [R, S]: the n-gram is all real
+    again = (same & earlier & inside.unsqueeze(1)).any(dim=2) & inside
+    for k in range(n):  # an n-gram starting at i covers i .. i + n - 1
+        mask[:, k : k + s] |= again
+    return mask
+
+
 def keep_top_k(logits: torch.Tensor, k: int) -> None:
     """-inf for all but the ``k`` largest logits of each row (ties at the k-th kept)."""
     if k >= logits.shape[1]:

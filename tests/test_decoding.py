@@ -19,6 +19,7 @@ from model.decoding import (
     keep_top_k,
     keep_top_p,
     penalize_repetitions,
+    repeated_ngram_mask,
 )
 from model.vocab import Vocabulary
 
@@ -172,6 +173,105 @@ def test_block_repeated_ngrams_bans_exactly_the_completing_tokens():
     logits = torch.zeros(2, 8)
     block_repeated_ngrams(logits, history, 1)  # every word once
     assert torch.isinf(logits[1]).nonzero().flatten().tolist() == [4, 5, 6]
+
+
+def welleck_ngram_repeat_mask(tokens: list[int], n: int) -> list[bool]:
+    """Welleck et al. (2020)'s candidates, as their reference code finds them: the tokens of
+    every n-gram seen before in the sequence."""
+    mask, seen = [False] * len(tokens), set()
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        if gram in seen:
+            mask[i : i + n] = [True] * n
+        seen.add(gram)
+    return mask
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_repeated_ngram_mask_matches_welleck_et_al(n):
+    rng = random.Random(n)
+    rows = [[rng.randint(1, 4) for _ in range(rng.randint(0, 12))] for _ in range(40)]
+    rows += [[1, 2, 3, 1, 2, 3, 1], [5, 5, 5, 5]]
+    width = max(map(len, rows))
+    tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    lengths = torch.tensor([len(r) for r in rows])
+    mask = repeated_ngram_mask(tokens, lengths, n)
+    for row, m in zip(rows, mask.tolist(), strict=True):
+        assert m == welleck_ngram_repeat_mask(row, n) + [False] * (width - len(row)), row
+    if n == 3:  # by hand: "1 2 3" and "2 3 1" come back; "5 5 5" is one 3-gram, twice
+        assert mask[-2, :7].tolist() == [False] * 3 + [True] * 4
+        assert mask[-1, :4].tolist() == [False, True, True, True]
+
+
+# eos bias 1.5: responses that loop to max_length and empty ones; 1.7: short ones that repeat
+@pytest.mark.parametrize("eos_bias", [1.5, 1.7])
+def test_sequence_unlikelihood_matches_a_plain_loop_over_the_greedy_responses(eos_bias):
+    """Welleck et al. (2020), sequence-level: the model's greedy responses (z ~ p(z|c), as the
+    evaluation decodes), and -sum log(1 - p(x_t | x_<t)) over the tokens of their repeated
+    3-grams, recomputed here one step at a time."""
+    model = make_model()
+    with torch.no_grad():
+        model.decoder.out.bias[VOCAB.index["w1"]] += 2.0
+        model.decoder.out.bias[VOCAB.eos_id] += eos_bias
+    batch = contexts(12)
+    c = model.encode_context(batch)
+    mu_p, logvar_p = model.prior(c)
+    torch.manual_seed(1)
+    loss, repeating = model.sequence_unlikelihood(c, mu_p, logvar_p)
+    torch.manual_seed(1)
+    noise = torch.randn_like(mu_p)
+    max_length = model.config.max_utt_len
+    out = model.sample_responses(batch, 1, max_length=max_length, noise=noise.unsqueeze(1))
+    rows = responses(out)
+
+    z = mu_p + noise * torch.exp(0.5 * logvar_p)
+    expected = []
+    with torch.no_grad():
+        for e, words in enumerate(rows):
+            said = words + ([VOCAB.eos_id] if len(words) < max_length else [])
+            h = model.decoder.initial_state(c[e : e + 1], z[e : e + 1]).squeeze(0)
+            token, total = torch.tensor([VOCAB.bos_id]), 0.0
+            for x, repeated in zip(said, welleck_ngram_repeat_mask(said, 3), strict=True):
+                h = model.decoder.step(token, h)
+                p = torch.softmax(model.decoder.logits(h), dim=-1)[0, x]
+                total -= torch.log(1 - p).item() if repeated else 0.0
+                token = torch.tensor([x])
+            expected.append(total)
+    torch.testing.assert_close(loss, torch.tensor(expected), rtol=1e-4, atol=1e-4)
+    assert repeating.tolist() == [any(welleck_ngram_repeat_mask(r, 3)) for r in rows]
+    assert repeating.any() and (loss > 0).any()
+
+
+def test_a_step_on_the_sequence_unlikelihood_lowers_the_repeated_tokens_probabilities():
+    """Its gradient reaches the decoder, the prior and the context encoder, and a step along
+    it (small enough that the greedy responses stay the same) makes the looping model's
+    repeated tokens less likely."""
+    model = looping_model()
+    batch = contexts(4)
+
+    def greedy() -> list[list[int]]:
+        gen = torch.Generator().manual_seed(0)
+        return responses(model.sample_responses(batch, 2, max_length=40, generator=gen))
+
+    before = greedy()
+    c = model.encode_context(batch)
+    mu_p, logvar_p = model.prior(c)
+    torch.manual_seed(0)
+    loss, _ = model.sequence_unlikelihood(c, mu_p, logvar_p)
+    loss.sum().backward()
+    for module in (model.decoder, model.prior_net, model.ctx_encoder, model.utt_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in model.recognition.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 1e-4 * p.grad
+    c = model.encode_context(batch)
+    mu_p, logvar_p = model.prior(c)
+    torch.manual_seed(0)
+    after, _ = model.sequence_unlikelihood(c, mu_p, logvar_p)
+    assert greedy() == before
+    assert after.sum() < loss.sum()
 
 
 def test_repetition_penalty_scales_the_logits_of_seen_tokens_once():

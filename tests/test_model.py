@@ -206,6 +206,29 @@ def test_unlikelihood_loss_matches_welleck_et_al(vocab):
     assert (plain.unlikelihood == 0).all()
 
 
+def test_sequence_unlikelihood_enters_the_training_objective_only(vocab):
+    """With its weight, the training loss adds the sequence-level unlikelihood of the model's
+    own greedy responses; validation (eval mode) and the -ELBO terms do not change."""
+    batch = dialog_batch(random_dialogs(), vocab)
+    model = make_model(vocab, sequence_unlikelihood_weight=0.5).train()
+    plain = make_model(vocab).train()  # the same weights
+    torch.manual_seed(4)
+    o = model(batch)
+    torch.manual_seed(4)
+    p = plain(batch)
+    torch.testing.assert_close(o.nll, p.nll)
+    torch.testing.assert_close(o.kl, p.kl)
+    torch.testing.assert_close(o.loss, p.loss + 0.5 * o.sequence_unlikelihood.mean())
+    assert (o.sequence_unlikelihood > 0).any()  # a random model repeats itself
+    assert o.extras["repeating"].shape == o.nll.shape
+    assert (p.sequence_unlikelihood == 0).all() and "repeating" not in p.extras
+    model.eval()
+    plain.eval()
+    torch.manual_seed(4)
+    o = model(batch)
+    assert (o.sequence_unlikelihood == 0).all() and "repeating" not in o.extras
+
+
 def test_frozen_gamma_gets_no_gradient_and_never_changes(vocab):
     model = make_model(vocab, "bn-cvae", bn_gamma=0.6)
     bn = model.recognition.mu_bn

@@ -246,3 +246,9 @@ def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_
     # and a fine-tuning run trains from there
     assert main([*argv, "--init-from", str(best), "--max-steps", "3", "--eval-every", "3",
                  "--model.unlikelihood-weight", "1"]) == 0  # fmt: skip
+    # with the sequence-level unlikelihood, the train records say how often greedy repeats
+    assert main([*argv[:3], str(tmp_path / "ft3"), *TINY, "--init-from", str(best),
+                 "--max-steps", "10", "--eval-every", "10",
+                 "--model.sequence-unlikelihood-weight", "1"]) == 0  # fmt: skip
+    (train,) = records(tmp_path / "ft3", "train")
+    assert 0 <= train["train_repeating"] <= 1 and train["train_sequence_ul"] >= 0

@@ -47,7 +47,14 @@ STATE_FILE = "training_state.pt"
 RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps")
 # Model options that shape only the training objective: a run started from a checkpoint
 # (--init-from) may set them anew; every other model field must be the checkpoint's.
-TRAINING_ONLY = ("dropout", "unlikelihood_weight", "prior_kl_weight", "bow_weight")
+TRAINING_ONLY = (
+    "dropout",
+    "unlikelihood_weight",
+    "sequence_unlikelihood_weight",
+    "sequence_unlikelihood_ngram",
+    "prior_kl_weight",
+    "bow_weight",
+)
 
 
 class RunError(ValueError):
@@ -177,6 +184,7 @@ class TrainingWindow:
     """
 
     KEYS = ("loss", "nll", "kl", "tokens", "examples")
+    SEQUENCE_UL_KEYS = ("sequence_ul", "repeating")
 
     def __init__(self, sums: dict[str, float] | None = None):
         self.sums = dict(sums or {})
@@ -184,7 +192,10 @@ class TrainingWindow:
     def add(self, out, examples: int) -> None:
         values = (out.loss.item(), out.nll.sum().item(), out.kl.sum().item(),
                   out.tokens.sum().item(), float(examples))  # fmt: skip
-        for key, value in zip(self.KEYS, values, strict=True):
+        if "repeating" in out.extras:  # sequence-level unlikelihood: its loss, and how often
+            values += (out.sequence_unlikelihood.sum().item(),  # the greedy response repeats
+                       out.extras["repeating"].sum().item())  # fmt: skip
+        for key, value in zip(self.KEYS + self.SEQUENCE_UL_KEYS, values, strict=False):
             self.sums[key] = self.sums.get(key, 0.0) + value
 
     def record(self, progress: Progress, kl_weight: float, steps: int, elapsed: float) -> dict:
@@ -196,6 +207,9 @@ class TrainingWindow:
             "train_objective": s["loss"] / steps, "train_kl": s["kl"] / n,
             "train_ppl": math.exp(s["nll"] / s["tokens"]), "elapsed_s": elapsed,
         }  # fmt: skip
+        if "repeating" in s:
+            entry["train_sequence_ul"] = s["sequence_ul"] / n
+            entry["train_repeating"] = s["repeating"] / n  # share of greedy responses
         self.sums.clear()
         return entry
 
