@@ -227,7 +227,7 @@ class CVAEOutput:
     bow: torch.Tensor  # [E] bag-of-words loss (zeros unless cvae-bow)
     unlikelihood: torch.Tensor  # [E] token-level unlikelihood loss (zeros unless its weight > 0)
     # [E] sequence-level unlikelihood loss (zeros unless its weight > 0 and in training)
-    sequence_unlikelihood: torch.Tensor | None = None
+    sequence_unlikelihood: torch.Tensor
     extras: dict = field(default_factory=dict)
 
 
