@@ -86,13 +86,9 @@ class ModelConfig:
     sequence_unlikelihood_weight: float = field(
         default=0.0,
         metadata=_help(
-            "weight of the sequence-level unlikelihood loss on the repeated n-grams of the "
-            "model's own greedy responses (0: the papers' objective)"
+            "weight of the sequence-level unlikelihood loss on the loops of the model's own "
+            "greedy responses (0: the papers' objective)"
         ),
-    )
-    sequence_unlikelihood_ngram: int = field(
-        default=3,
-        metadata=_help("the n of the repeated n-grams the sequence-level unlikelihood penalises"),
     )
     # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
     tokenizer: str = field(
@@ -108,8 +104,7 @@ class ModelConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         check_tokenizer(self.tokenizer)
         sizes = ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
-        extra = ("bow_hidden", "max_context", "max_utt_len", "sequence_unlikelihood_ngram")
-        for name in (*sizes, *extra):
+        for name in (*sizes, "bow_hidden", "max_context", "max_utt_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

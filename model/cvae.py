@@ -39,6 +39,7 @@ from model.decoding import (
     keep_top_p,
     penalize_repetitions,
     repeated_ngram_mask,
+    run_mask,
 )
 from model.vocab import Vocabulary
 
@@ -120,6 +121,18 @@ class PriorNetwork(nn.Module):
     def forward(self, c):
         mu, logvar = self.mlp(c).chunk(2, dim=-1)
         return mu, logvar
+
+
+def looping_tokens(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[R, T] the tokens that make a response loop, as the evaluation's degenerate rate defines
+    a loop (eval/metrics.py's is_degenerate: a 3-gram three times, or a token three times in a
+    row): every token of a 3-gram's third and later occurrences, and the third and later tokens
+    of a run. A row has one iff it is degenerate.
+
+    Welleck et al.'s candidates (every n-gram seen once before) would also penalise the normal
+    repeats of conversation: "i ' m" is three tokens, and said twice in many a response.
+    """
+    return repeated_ngram_mask(tokens, lengths, 3, occurrence=3) | run_mask(tokens, lengths, 3)
 
 
 def packed_order(t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -424,9 +437,8 @@ class DialogCVAE(nn.Module):
 
     def sequence_unlikelihood(self, c, mu_p, logvar_p) -> tuple[torch.Tensor, torch.Tensor]:
         """Welleck et al. (2020)'s sequence-level unlikelihood, on the responses this model
-        would say: per example, -sum log(1 - p(x_t | x_<t, c, z)) over the tokens x_t of every
-        n-gram (``sequence_unlikelihood_ngram``) that already occurred earlier in its greedy
-        response, and whether there was any [E].
+        would say: per example, -sum log(1 - p(x_t | x_<t, c, z)) over the looping tokens x_t of
+        its greedy response (:func:`looping_tokens`), and whether there were any [E].
 
         The responses are decoded as the evaluation decodes them (z ~ p(z|c), greedy, up to
         max_utt_len words) without gradients; the loss is then taken with gradients through the
@@ -442,12 +454,12 @@ class DialogCVAE(nn.Module):
         bos = torch.full_like(words[:, :1], Vocabulary.bos_id)
         responses = torch.cat([bos, words], dim=1)
         token_nll, _, owner = self.decoder.token_nll(h0, responses, targets + 1)
-        repeated = repeated_ngram_mask(words, targets, cfg.sequence_unlikelihood_ngram)
+        looping = looping_tokens(words, targets)
         # -log(1 - p) from -log p, clamped as the token-level loss is
         loss = -torch.log((1 - torch.exp(-token_nll)).clamp_min(1e-5))
-        loss = loss * packed_order(repeated, targets)
+        loss = loss * packed_order(looping, targets)
         per_example = loss.new_zeros(c.shape[0]).index_add_(0, owner, loss)
-        return per_example, repeated.any(dim=1)
+        return per_example, looping.any(dim=1)
 
     # --- generation -----------------------------------------------------------------------
 

@@ -86,10 +86,13 @@ def block_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, n: int) -
     logits.scatter_add_(1, ngrams[:, :, -1], blocked.masked_fill_(match, float("-inf")))
 
 
-def repeated_ngram_mask(tokens: torch.Tensor, lengths: torch.Tensor, n: int) -> torch.Tensor:
-    """[R, T] True at every token of an n-gram that already occurred earlier in its row (the
-    candidates of Welleck et al. 2020's sequence-level unlikelihood); each row's first
-    ``lengths`` tokens count, the rest are padding and never True."""
+def repeated_ngram_mask(
+    tokens: torch.Tensor, lengths: torch.Tensor, n: int, occurrence: int = 2
+) -> torch.Tensor:
+    """[R, T] True at every token of each n-gram's ``occurrence``-th and later occurrences in
+    its row (``occurrence`` 2: the candidates of Welleck et al. 2020's sequence-level
+    unlikelihood, every n-gram seen before). Each row's first ``lengths`` tokens count, the rest
+    are padding and never True."""
     r, t = tokens.shape
     mask = torch.zeros((r, t), dtype=torch.bool, device=tokens.device)
     if t < n:
@@ -100,10 +103,25 @@ def repeated_ngram_mask(tokens: torch.Tensor, lengths: torch.Tensor, n: int) -> 
     earlier = torch.ones(s, s, dtype=torch.bool, device=tokens.device).tril(-1)
     start = torch.arange(s, device=tokens.device)
     inside = start.unsqueeze(0) + n <= lengths.unsqueeze(1)  # [R, S]: the n-gram is all real
-    again = (same & earlier & inside.unsqueeze(1)).any(dim=2) & inside
+    seen = (same & earlier & inside.unsqueeze(1)).sum(dim=2)  # earlier occurrences of each
+    again = (seen >= occurrence - 1) & inside
     for k in range(n):  # an n-gram starting at i covers i .. i + n - 1
         mask[:, k : k + s] |= again
     return mask
+
+
+def run_mask(tokens: torch.Tensor, lengths: torch.Tensor, run: int) -> torch.Tensor:
+    """[R, T] True at every token that is the ``run``-th or later of a run of one token
+    ("the the the": the third "the" for ``run`` 3); padding (past ``lengths``) never."""
+    r, t = tokens.shape
+    mask = torch.zeros((r, t), dtype=torch.bool, device=tokens.device)
+    if t < run:
+        return mask
+    same = torch.ones((r, t - run + 1), dtype=torch.bool, device=tokens.device)
+    for k in range(1, run):
+        same &= tokens[:, k : t - run + 1 + k] == tokens[:, : t - run + 1]
+    mask[:, run - 1 :] = same
+    return mask & (torch.arange(t, device=tokens.device) < lengths.unsqueeze(1))
 
 
 def keep_top_k(logits: torch.Tensor, k: int) -> None:

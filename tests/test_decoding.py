@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from eval.metrics import is_degenerate
 from model.batch import context_batch
 from model.config import ModelConfig
-from model.cvae import DialogCVAE
+from model.cvae import DialogCVAE, looping_tokens
 from model.decoding import (
     READABLE,
     DecodingOptions,
@@ -20,6 +22,7 @@ from model.decoding import (
     keep_top_p,
     penalize_repetitions,
     repeated_ngram_mask,
+    run_mask,
 )
 from model.vocab import Vocabulary
 
@@ -175,32 +178,64 @@ def test_block_repeated_ngrams_bans_exactly_the_completing_tokens():
     assert torch.isinf(logits[1]).nonzero().flatten().tolist() == [4, 5, 6]
 
 
-def welleck_ngram_repeat_mask(tokens: list[int], n: int) -> list[bool]:
+def welleck_ngram_repeat_mask(tokens: list[int], n: int, occurrence: int = 2) -> list[bool]:
     """Welleck et al. (2020)'s candidates, as their reference code finds them: the tokens of
-    every n-gram seen before in the sequence."""
-    mask, seen = [False] * len(tokens), set()
+    every n-gram seen before in the sequence (``occurrence`` 2; 3: seen twice before)."""
+    mask, seen = [False] * len(tokens), Counter()
     for i in range(len(tokens) - n + 1):
         gram = tuple(tokens[i : i + n])
-        if gram in seen:
+        seen[gram] += 1
+        if seen[gram] >= occurrence:
             mask[i : i + n] = [True] * n
-        seen.add(gram)
     return mask
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
-def test_repeated_ngram_mask_matches_welleck_et_al(n):
-    rng = random.Random(n)
-    rows = [[rng.randint(1, 4) for _ in range(rng.randint(0, 12))] for _ in range(40)]
-    rows += [[1, 2, 3, 1, 2, 3, 1], [5, 5, 5, 5]]
+def plain_looping_tokens(tokens: list[int]) -> list[bool]:
+    """model.cvae.looping_tokens, one token at a time: a 3-gram's third occurrence on, or the
+    third token of a run on."""
+    runs = [i >= 2 and tokens[i] == tokens[i - 1] == tokens[i - 2] for i in range(len(tokens))]
+    grams = welleck_ngram_repeat_mask(tokens, 3, occurrence=3)
+    return [a or b for a, b in zip(runs, grams, strict=True)]
+
+
+def padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, rows))
     tokens = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-    lengths = torch.tensor([len(r) for r in rows])
-    mask = repeated_ngram_mask(tokens, lengths, n)
+    return tokens, torch.tensor([len(r) for r in rows])
+
+
+def random_rows(seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    rows = [[rng.randint(1, 4) for _ in range(rng.randint(0, 14))] for _ in range(60)]
+    return rows + [[1, 2, 3, 1, 2, 3, 1], [5, 5, 5, 5]]
+
+
+@pytest.mark.parametrize("occurrence", [2, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_repeated_ngram_mask_matches_welleck_et_al(n, occurrence):
+    rows = random_rows(n)
+    tokens, lengths = padded(rows)
+    mask = repeated_ngram_mask(tokens, lengths, n, occurrence)
     for row, m in zip(rows, mask.tolist(), strict=True):
-        assert m == welleck_ngram_repeat_mask(row, n) + [False] * (width - len(row)), row
-    if n == 3:  # by hand: "1 2 3" and "2 3 1" come back; "5 5 5" is one 3-gram, twice
+        expected = welleck_ngram_repeat_mask(row, n, occurrence)
+        assert m == expected + [False] * (tokens.shape[1] - len(row)), row
+    if (n, occurrence) == (3, 2):  # by hand: "1 2 3", "2 3 1" come back; "5 5 5" twice
         assert mask[-2, :7].tolist() == [False] * 3 + [True] * 4
         assert mask[-1, :4].tolist() == [False, True, True, True]
+
+
+def test_run_mask_and_looping_tokens_find_what_the_evaluation_calls_degenerate():
+    """looping_tokens (what the sequence-level unlikelihood penalises) marks a response iff
+    eval.metrics.is_degenerate calls it degenerate, and exactly the tokens of the plain loop."""
+    assert run_mask(*padded([[5, 5, 5, 5, 1, 1, 2]]), 3).tolist() == [[0, 0, 1, 1, 0, 0, 0]]
+    assert run_mask(*padded([[5, 5, 5, 5, 1, 1, 2]]), 2).tolist() == [[0, 1, 1, 1, 0, 1, 0]]
+    rows = random_rows(0) + random_rows(1) + [[7, 7, 7], [1, 2, 3, 1, 2, 3, 1, 2, 3], [7, 7]]
+    tokens, lengths = padded(rows)
+    mask = looping_tokens(tokens, lengths)
+    for row, m in zip(rows, mask.tolist(), strict=True):
+        assert m[: len(row)] == plain_looping_tokens(row) and not any(m[len(row) :])
+        assert any(m) == is_degenerate([str(x) for x in row]), row
+    assert 0 < sum(map(any, mask.tolist())) < len(rows)
 
 
 # eos bias 1.5: responses that loop to max_length and empty ones; 1.7: short ones that repeat
@@ -208,7 +243,8 @@ def test_repeated_ngram_mask_matches_welleck_et_al(n):
 def test_sequence_unlikelihood_matches_a_plain_loop_over_the_greedy_responses(eos_bias):
     """Welleck et al. (2020), sequence-level: the model's greedy responses (z ~ p(z|c), as the
     evaluation decodes), and -sum log(1 - p(x_t | x_<t)) over the tokens of their repeated
-    3-grams, recomputed here one step at a time."""
+    3-grams (from a 3-gram's third occurrence on) and runs (from a run's third token on),
+    recomputed here one step at a time."""
     model = make_model()
     with torch.no_grad():
         model.decoder.out.bias[VOCAB.index["w1"]] += 2.0
@@ -231,14 +267,14 @@ def test_sequence_unlikelihood_matches_a_plain_loop_over_the_greedy_responses(eo
             said = words + ([VOCAB.eos_id] if len(words) < max_length else [])
             h = model.decoder.initial_state(c[e : e + 1], z[e : e + 1]).squeeze(0)
             token, total = torch.tensor([VOCAB.bos_id]), 0.0
-            for x, repeated in zip(said, welleck_ngram_repeat_mask(said, 3), strict=True):
+            for x, repeated in zip(said, plain_looping_tokens(said), strict=True):
                 h = model.decoder.step(token, h)
                 p = torch.softmax(model.decoder.logits(h), dim=-1)[0, x]
                 total -= torch.log(1 - p).item() if repeated else 0.0
                 token = torch.tensor([x])
             expected.append(total)
     torch.testing.assert_close(loss, torch.tensor(expected), rtol=1e-4, atol=1e-4)
-    assert repeating.tolist() == [any(welleck_ngram_repeat_mask(r, 3)) for r in rows]
+    assert repeating.tolist() == [any(plain_looping_tokens(r)) for r in rows]
     assert repeating.any() and (loss > 0).any()
 
 

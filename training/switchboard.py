@@ -51,7 +51,6 @@ TRAINING_ONLY = (
     "dropout",
     "unlikelihood_weight",
     "sequence_unlikelihood_weight",
-    "sequence_unlikelihood_ngram",
     "prior_kl_weight",
     "bow_weight",
 )
