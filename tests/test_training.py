@@ -219,7 +219,12 @@ def test_publish_copies_a_finished_run_with_relative_paths(synthetic_prepared, t
         torch.testing.assert_close(shipped.state_dict()[name], weight, rtol=1e-3, atol=1e-4)
     meta = json.loads((tmp_path / "checkpoints/default/config.json").read_text())["metadata"]
     assert not Path(meta["train_config"]["out"]).is_absolute()
-    assert meta["weights"].startswith("float16")
+    assert meta["weights"].startswith("float16") and meta["checkpoint"] == "best"
+    ship_checkpoint(run, tmp_path / "checkpoints" / "last", "last")
+    shipped, _ = load_pretrained(tmp_path / "checkpoints" / "last")
+    last, _ = load_pretrained(run / "last")
+    for name, weight in last.state_dict().items():
+        torch.testing.assert_close(shipped.state_dict()[name], weight, rtol=1e-3, atol=1e-4)
 
 
 def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_path, caplog):

@@ -5,9 +5,9 @@
 writes ``results/bn-cvae.config.json``, ``.summary.json``, ``.metrics.ndjson`` (the run's
 ``metrics.jsonl``) and ``.curves.png``. Absolute paths in the config (``out``, ``init_from``)
 are made relative to the repository, so no machine's own paths are committed. The checkpoints
-stay in the run directory, except with ``--checkpoint DIR``: the run's best checkpoint is
-written there in float16 (half the size; loaded as float32), e.g. as the project's default
-checkpoint, ``checkpoints/bn-cvae-switchboard``.
+stay in the run directory, except with ``--checkpoint DIR``: the run's best checkpoint (or,
+with ``--from last``, its last one) is written there in float16 (half the size; loaded as
+float32), e.g. as the project's default checkpoint, ``checkpoints/bn-cvae-switchboard``.
 """
 
 from __future__ import annotations
@@ -46,11 +46,18 @@ def publish(run: Path, name: str, into: Path) -> list[Path]:
     return written
 
 
-def ship_checkpoint(run: Path, directory: Path) -> None:
-    """The run's best checkpoint, in float16, at ``directory``; its metadata says where from."""
-    model, vocab = load_pretrained(run / "best")
-    _, metadata = load_config(run / "best")
+CHECKPOINTS = ("best", "last")
+
+
+def ship_checkpoint(run: Path, directory: Path, which: str = "best") -> None:
+    """The run's ``which`` checkpoint (best or last), in float16, at ``directory``; its
+    metadata says where from."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {CHECKPOINTS}, got {which!r}")
+    model, vocab = load_pretrained(run / which)
+    _, metadata = load_config(run / which)
     metadata = repo_relative_paths(metadata)
+    metadata["checkpoint"] = which
     metadata["weights"] = "float16 (loaded as float32)"
     save_pretrained(model, vocab, directory, metadata=metadata, dtype=torch.float16)
 
@@ -67,12 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint", type=Path, help="also write the run's best checkpoint here, in float16"
     )
+    parser.add_argument(
+        "--from",
+        dest="which",
+        choices=CHECKPOINTS,
+        default="best",
+        help="which of the run's checkpoints --checkpoint writes: best (by validation -ELBO) "
+        "or last (e.g. a fine-tuning chosen by another measure)",
+    )
     args = parser.parse_args(argv)
     try:
         for path in publish(args.run, args.name, args.into):
             print(path)
         if args.checkpoint:
-            ship_checkpoint(args.run, args.checkpoint)
+            ship_checkpoint(args.run, args.checkpoint, args.which)
             print(args.checkpoint)
     except (OSError, ValueError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"python -m training.publish: {e}\n")
