@@ -442,14 +442,12 @@ class DialogCVAE(nn.Module):
 
         The responses are decoded as the evaluation decodes them (z ~ p(z|c), greedy, up to
         max_utt_len words) without gradients; the loss is then taken with gradients through the
-        decoder alone. (Through the prior and the context too, it moved p(z|c) away from
-        q(z|c,x) instead: in a fine-tuning of the paper-size BN-CVAE, valid KL 8.1 -> 12.2.)
-        The token-level loss only sees the reference's prefixes; this one sees the model's own
-        loops, which is where they arise.
+        decoder, the prior and the context. The token-level loss only sees the reference's
+        prefixes; this one sees the model's own loops, which is where they arise.
         """
         cfg = self.config
         z = mu_p + torch.randn_like(mu_p) * torch.exp(0.5 * logvar_p)  # z ~ p(z|c)
-        h0 = self.decoder.initial_state(c.detach(), z.detach())
+        h0 = self.decoder.initial_state(c, z)
         with torch.no_grad():
             words, lengths, _ = self._decode(h0.squeeze(0), cfg.max_utt_len)
         targets = lengths + (lengths < cfg.max_utt_len).long()  # the words and </s> if said

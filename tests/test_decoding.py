@@ -279,8 +279,9 @@ def test_sequence_unlikelihood_matches_a_plain_loop_over_the_greedy_responses(eo
 
 
 def test_a_step_on_the_sequence_unlikelihood_lowers_the_repeated_tokens_probabilities():
-    """Its gradient reaches the decoder alone, and a step along it (small enough that the
-    greedy responses stay the same) makes the looping model's repeated tokens less likely."""
+    """Its gradient reaches the decoder, the prior and the context encoder, and a step along
+    it (small enough that the greedy responses stay the same) makes the looping model's
+    repeated tokens less likely."""
     model = looping_model()
     batch = contexts(4)
 
@@ -294,9 +295,9 @@ def test_a_step_on_the_sequence_unlikelihood_lowers_the_repeated_tokens_probabil
     torch.manual_seed(0)
     loss, _ = model.sequence_unlikelihood(c, mu_p, logvar_p)
     loss.sum().backward()
-    decoder = {id(p) for p in model.decoder.parameters()}  # the word embeddings are shared
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
-    assert all(p.grad is None for p in model.parameters() if id(p) not in decoder)
+    for module in (model.decoder, model.prior_net, model.ctx_encoder, model.utt_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in model.recognition.parameters())
     with torch.no_grad():
         for p in model.parameters():
             if p.grad is not None:
