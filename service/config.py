@@ -200,7 +200,7 @@ def command_line(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Comm
 def default_torch_threads() -> int:
     """Every core this process may use, at most 4: for a machine that runs the service.
 
-    Measured on 2 cores (benchmarks/service_load.py, the shipped checkpoint): with 2 threads
+    Measured on 2 cores (benchmarks/service_load.py, the first shipped checkpoint, `cpu` preset): with 2 threads
     instead of 1, 16 concurrent clients get ~10-40% more requests/s from batched decoding, and a
     lone client the same latency; the event loop needs little CPU (~0.3 ms per request with
     uvloop and httptools). The cap: the largest product (80 rows x 256 x 10k words) gains little
