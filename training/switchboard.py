@@ -191,9 +191,10 @@ class TrainingWindow:
     def add(self, out, examples: int) -> None:
         values = (out.loss.item(), out.nll.sum().item(), out.kl.sum().item(),
                   out.tokens.sum().item(), float(examples))  # fmt: skip
-        if "repeating" in out.extras:  # sequence-level unlikelihood: its loss, and how often
-            values += (out.sequence_unlikelihood.sum().item(),  # the greedy response repeats
+        if "repeating" in out.extras:  # sequence-level unlikelihood: its loss, and how many
+            values += (out.sequence_unlikelihood.sum().item(),  # greedy responses loop
                        out.extras["repeating"].sum().item())  # fmt: skip
+        # (without the sequence-level unlikelihood, values stop at KEYS' end)
         for key, value in zip(self.KEYS + self.SEQUENCE_UL_KEYS, values, strict=False):
             self.sums[key] = self.sums.get(key, 0.0) + value
 
@@ -208,7 +209,7 @@ class TrainingWindow:
         }  # fmt: skip
         if "repeating" in s:
             entry["train_sequence_ul"] = s["sequence_ul"] / n
-            entry["train_repeating"] = s["repeating"] / n  # share of greedy responses
+            entry["train_repeating"] = s["repeating"] / n  # share of greedy responses that loop
         self.sums.clear()
         return entry
 
