@@ -183,7 +183,7 @@ def test_unreadable_pieces():
 
 def test_the_checkpoints_tokenizer_reads_the_input():
     model = tiny_model()
-    model.config.tokenizer = "words"  # a checkpoint from before WordPunct, like the first shipped one
+    model.config.tokenizer = "words"  # from before WordPunct, like the first shipped checkpoint
     turns = [("A", "It's a dog")]
     assert read_conversation(turns, None, model, VOCAB).turns == [("A", ["it's", "a", "dog"])]
     model.config.tokenizer = "wordpunct"
