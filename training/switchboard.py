@@ -182,20 +182,17 @@ class TrainingWindow:
     Saved with the training state, so that a resumed run logs what the uninterrupted one would.
     """
 
-    KEYS = ("loss", "nll", "kl", "tokens", "examples")
-    SEQUENCE_UL_KEYS = ("sequence_ul", "repeating")
-
     def __init__(self, sums: dict[str, float] | None = None):
         self.sums = dict(sums or {})
 
     def add(self, out, examples: int) -> None:
-        values = (out.loss.item(), out.nll.sum().item(), out.kl.sum().item(),
-                  out.tokens.sum().item(), float(examples))  # fmt: skip
+        values = {"loss": out.loss.item(), "nll": out.nll.sum().item(),
+                  "kl": out.kl.sum().item(), "tokens": out.tokens.sum().item(),
+                  "examples": float(examples)}  # fmt: skip
         if "repeating" in out.extras:  # sequence-level unlikelihood: its loss, and how many
-            values += (out.sequence_unlikelihood.sum().item(),  # greedy responses loop
-                       out.extras["repeating"].sum().item())  # fmt: skip
-        # (without the sequence-level unlikelihood, values stop at KEYS' end)
-        for key, value in zip(self.KEYS + self.SEQUENCE_UL_KEYS, values, strict=False):
+            values["sequence_ul"] = out.sequence_unlikelihood.sum().item()  # greedy responses
+            values["repeating"] = out.extras["repeating"].sum().item()  # loop
+        for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
 
     def record(self, progress: Progress, kl_weight: float, steps: int, elapsed: float) -> dict:
