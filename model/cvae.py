@@ -307,6 +307,27 @@ class DialogCVAE(nn.Module):
                 nn.Linear(cfg.bow_hidden, cfg.vocab_size),
             )
 
+    def freeze_all_but_decoder(self) -> DialogCVAE:
+        """Train only the decoder's own layers (its initial-state projection, GRU and vocabulary
+        projection): a fine-tune that keeps the model's posterior, prior and KL as they were.
+
+        The shared word embedding is frozen with the encoders. The frozen modules also stay in
+        eval mode through :meth:`train`, so that the recognition network's batch-norm running
+        statistics (and any dropout) are the checkpoint's.
+        """
+        self.requires_grad_(False)
+        decoder = self.decoder
+        for layer in (decoder.init_state, decoder.rnn, decoder.out):
+            layer.requires_grad_(True)
+        self._frozen = [m for name, m in self.named_children() if name != "decoder"]
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> DialogCVAE:
+        super().train(mode)
+        for module in getattr(self, "_frozen", ()):
+            module.eval()
+        return self
+
     def set_decode_dtype(self, dtype: torch.dtype) -> DialogCVAE:
         """Hold the decoder's vocabulary projection in ``dtype``: an inference-only speed-up.
 

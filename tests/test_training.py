@@ -257,3 +257,27 @@ def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_
                  "--model.sequence-unlikelihood-weight", "1"]) == 0  # fmt: skip
     (train,) = records(tmp_path / "ft3", "train")
     assert 0 <= train["train_repeating"] <= 1 and train["train_sequence_ul"] >= 0
+
+
+def test_decoder_only_fine_tune_keeps_the_latent_space(synthetic_prepared, tmp_path):
+    _short_run(synthetic_prepared, tmp_path / "base")
+    best = tmp_path / "base" / "best"
+    out = tmp_path / "dec"
+    assert main(["--data", str(synthetic_prepared), "--out", str(out), *TINY,
+                 "--init-from", str(best), "--train-only", "decoder", "--lr", "1e-2",
+                 "--max-steps", "20", "--eval-every", "10"]) == 0  # fmt: skip
+    before, _ = load_pretrained(best)
+    after, _ = load_pretrained(out / "last")
+    old, new = before.state_dict(), after.state_dict()
+    trained = {name for name in old if not torch.equal(old[name], new[name])}
+    decoder_own = {n for n in old if n.startswith(("decoder.init_state", "decoder.rnn",
+                                                   "decoder.out"))}  # fmt: skip
+    # every decoder layer moved; nothing else did (the shared embedding and the recognition
+    # network's batch-norm running statistics included)
+    assert trained == decoder_own
+    assert any("mu_bn.running_mean" in n for n in old)
+    # so the validation KL is the checkpoint's, while the likelihood moved
+    valid = records(out, "valid")
+    base_valid = json.loads((best / "config.json").read_text())["metadata"]
+    assert valid[-1]["valid_kl"] == pytest.approx(base_valid["valid_kl"], rel=1e-5)
+    assert valid[-1]["valid_nll"] != pytest.approx(base_valid["valid_nll"], rel=1e-5)

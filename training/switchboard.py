@@ -124,6 +124,15 @@ class TrainConfig:
         default=False,
         metadata=_help("continue the run in --out with its own settings (config.json)"),
     )
+    # A fine-tune that should leave the latent space alone (e.g. the sequence-level
+    # unlikelihood against greedy loops) trains the decoder only, so the KL stays the model's.
+    train_only: str = field(
+        default="all",
+        metadata=_help(
+            "which weights train: all, or the decoder alone (the rest frozen, in eval mode)",
+            choices=("all", "decoder"),
+        ),
+    )
     init_from: str = field(
         default="",
         metadata=_help(
@@ -253,6 +262,8 @@ class Run:
         )
         torch.manual_seed(cfg.seed)
         self.model = DialogCVAE(mcfg).to(device)
+        if cfg.train_only == "decoder":
+            self.model.freeze_all_but_decoder()
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr
         )
