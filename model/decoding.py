@@ -57,7 +57,7 @@ class DecodingOptions:
 
 
 PLAIN = DecodingOptions()
-# The service's default. Chosen on held-out conversations with the shipped checkpoint
+# The service's default. Chosen on held-out conversations with the first shipped checkpoint
 # (docs/decoding.md): trigram blocking ends the loops, the penalty keeps a word from coming
 # straight back, and top_p cuts the long tail that makes sampled responses word salad.
 READABLE = DecodingOptions(
@@ -134,7 +134,7 @@ def keep_top_k(logits: torch.Tensor, k: int) -> None:
 
 # keep_top_p looks for each row's nucleus among this many most likely tokens first, and sorts
 # the whole vocabulary only when it reaches further (sorting 10k logits per row and step made
-# nucleus sampling 3x slower; measured on the shipped checkpoint).
+# nucleus sampling 3x slower; measured on the first shipped checkpoint, `cpu` preset).
 NUCLEUS_CANDIDATES = 64
 
 
