@@ -284,6 +284,7 @@ class DialogCVAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = cfg = config
+        self._frozen: list[nn.Module] = []  # kept in eval mode (freeze_all_but_decoder)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
         self.utt_encoder = UtteranceEncoder(self.embedding, cfg.utt_hidden, cfg.dropout)
         self.ctx_encoder = ContextEncoder(2 * cfg.utt_hidden, cfg.ctx_hidden)
@@ -324,7 +325,7 @@ class DialogCVAE(nn.Module):
 
     def train(self, mode: bool = True) -> DialogCVAE:
         super().train(mode)
-        for module in getattr(self, "_frozen", ()):
+        for module in self._frozen:  # frozen modules never switch to training behaviour
             module.eval()
         return self
 
