@@ -313,9 +313,9 @@ class DialogCVAE(nn.Module):
         projection): a fine-tune that keeps the model's posterior, prior and KL as they were.
 
         The shared word embedding is frozen with the encoders, the prior, the recognition network
-        and the bag-of-words head (cvae-bow). The frozen modules also stay in
-        eval mode through :meth:`train`, so that the recognition network's batch-norm running
-        statistics (and any dropout) are the checkpoint's.
+        and the bag-of-words head (cvae-bow). The frozen modules also stay in eval mode through
+        :meth:`train`, so that the recognition network's batch-norm running statistics (and any
+        dropout) are the checkpoint's.
         """
         self.requires_grad_(False)
         decoder = self.decoder
