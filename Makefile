@@ -15,7 +15,11 @@ TORCH_INDEX ?=
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup serve test test-fast lint bench-train bench-service stress prepare
+.PHONY: help setup serve test test-fast lint bench-train bench-service stress prepare
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,26 +32,28 @@ $(DEV_STAMP): $(SERVE_STAMP)
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
 
-setup: $(DEV_STAMP)
+setup: $(DEV_STAMP)  ## create .venv with the dev extras (tests, training, evaluation)
 
 serve: $(SERVE_STAMP)  ## the service with the default checkpoint on http://$(HOST):$(PORT)
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
-test: $(DEV_STAMP)  ## lint + the whole test suite (what CI runs)
+test: lint  ## lint + the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+lint: $(DEV_STAMP)  ## ruff check and ruff format --check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
 
 test-fast: $(DEV_STAMP)  ## the suite without the tests marked slow (end-to-end servers, browser, multi-process)
 	$(PY) -m pytest -q -m "not slow"
 
-prepare: $(DEV_STAMP)
+prepare: $(DEV_STAMP)  ## the Switchboard corpus into runs/data/switchboard (from ../shared/data)
 	$(PY) -m training.prepare --out runs/data/switchboard
 
-bench-train: $(DEV_STAMP) prepare
+bench-train: $(DEV_STAMP) prepare  ## training examples/s (benchmarks/train_throughput.py)
 	$(PY) benchmarks/train_throughput.py
 
-bench-service: $(DEV_STAMP)
+bench-service: $(DEV_STAMP)  ## the service under load (benchmarks/service_load.py)
 	$(PY) benchmarks/service_load.py
 
 stress: $(STAMP)  ## hostile input, overload, slow clients against a real server; STRESS_ARGS=--quick

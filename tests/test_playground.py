@@ -2,7 +2,7 @@
 driven by Playwright's Python package (``.ci/run`` installs chromium; Playwright downloads no
 browser of its own). The page talks only to the service: every request it makes is checked.
 
-``python -m tests.test_playground docs/img/playground.png`` takes the README's screenshot.
+``python -m tests.test_playground docs/img/playground.png`` takes docs/service.md's screenshot.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_api_docs_render_without_internet(service):
 
 
 def take_screenshot(path: Path) -> None:
-    """The README's picture: a short conversation, then four responses from the shipped model."""
+    """docs/service.md's picture: a short conversation, then four responses from the shipped model."""
     log = Path(os.devnull)
     with running_service(SHIPPED_CHECKPOINT, log) as base, browser_page() as (page, _):
         page.goto(f"{base}/")

@@ -20,7 +20,7 @@ from service.config import DEFAULT_CHECKPOINT, command_line
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 # The CUDA major version of torch's PyPI wheel for Linux x86_64, per release: pip's resolution
-# of torch==2.13.0 on PyPI brings nvidia-cuda-runtime 13.0 (README, "Docker"). Add a release
+# of torch==2.13.0 on PyPI brings nvidia-cuda-runtime 13.0 (docs/deployment.md). Add a release
 # here when TORCH_VERSION changes, and move the Dockerfile's base image with it.
 TORCH_CUDA_MAJOR = {"2.13.0": "13"}
 
