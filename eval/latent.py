@@ -13,9 +13,11 @@ set (one row per example) and compute in float64.
   the aggregate posterior ``q(z) ≈ (1/N) Σ_j q(z|x_j)`` as the mixture over *all N examples
   given* (He et al. use the mixture over each mini-batch; the whole-set mixture has less
   bias). The estimate is at most ``log N``.
-* :func:`bn_kl_lower_bound` (Zhu et al. 2020 Eq. 6): with the posterior means batch-normalised
-  to scale ``γ`` and shifts ``β``, ``E_x[KL(q(z|x)||N(0, I))] >= Σ_i (γ² + β_i²) / 2``
-  (``= n(γ² + mean β²)/2``).
+* :func:`bn_kl_lower_bound` (Zhu et al. 2020 Eq. 6): KL(q(z|x)||N(0, I)) = 1/2 Σ_i (μ_i² + σ_i²
+  - log σ_i² - 1) >= 1/2 Σ_i μ_i² (s - log s - 1 >= 0), and with the posterior means
+  batch-normalised to scales ``γ_i`` and shifts ``β_i``, E_x[μ_i²] = γ_i² + β_i², so
+  ``E_x[KL(q(z|x)||N(0, I))] >= Σ_i (γ_i² + β_i²) / 2`` (``= n(RMS(γ)² + mean β²)/2``: one
+  fixed γ, or learned γ_i held at RMS γ, give the same bound for the same β).
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ def mutual_information(
     return float(neg_entropy - torch.cat(log_qz).mean())
 
 
-def bn_kl_lower_bound(gamma: float, beta: Tensor) -> float:
-    """Σ_i (γ² + β_i²) / 2: the lower bound of E_x[KL(q||N(0,I))] with BN on the means."""
+def bn_kl_lower_bound(gamma: float | Tensor, beta: Tensor) -> float:
+    """Σ_i (γ_i² + β_i²) / 2: the lower bound of E_x[KL(q||N(0,I))] with BN on the means
+    (Eq. 6); ``gamma`` one scale for every dimension, or one per dimension."""
     beta = beta.detach().double()
+    if isinstance(gamma, Tensor):
+        gamma = gamma.detach().double()
     return float(0.5 * (gamma**2 + beta.pow(2)).sum())

@@ -142,8 +142,9 @@ PROTOCOL = {
     "closed-form first term, one z ~ q(z|c,x) per example, q(z) = mixture of the posteriors of "
     "all evaluated examples (at most log(examples))",
     "kl_prior_standard": "bn-cvae only: mean over examples of KL(q(z|c,x) || N(0, I)) in nats",
-    "kl_lower_bound": "bn-cvae only: sum_i (gamma^2 + beta_i^2) / 2 (Zhu et al. Eq. 6), gamma = "
-    "config.bn_gamma, beta = the learnt shift of the BN on the posterior mean; the bound holds "
+    "kl_lower_bound": "bn-cvae only: sum_i (gamma_i^2 + beta_i^2) / 2 (Zhu et al. Eq. 6), "
+    "gamma_i = the BN scale of dimension i (config.bn_gamma; learned ones have RMS "
+    "config.bn_gamma), beta = the learnt shift of the BN on the posterior mean; the bound holds "
     "under batch statistics (training), the evaluation uses the running statistics",
     "baselines": "reference rows scored by the same code: random_responses = `samples_per_context` "
     "responses drawn at random (seeded) from the evaluated examples' references; "

@@ -223,7 +223,7 @@ def model_metrics(model, gathered: Gathered, text_metrics: dict, seed: int) -> d
     bn = getattr(model.recognition, "mu_bn", None)
     if mcfg.use_bn and bn is not None:
         metrics["kl_prior_standard"] = float(gaussian_kl(mu, logvar).mean())
-        metrics["kl_lower_bound"] = bn_kl_lower_bound(mcfg.bn_gamma, bn.bias)
+        metrics["kl_lower_bound"] = bn_kl_lower_bound(model.recognition.bn_gamma(), bn.bias)
     return {k: metrics[k] for k in METRIC_KEYS}
 
 
@@ -254,6 +254,8 @@ def protocol_record(
         "tokenizer": mcfg.tokenizer,
         "latent_dim": mcfg.latent_dim,
         "bn_gamma": mcfg.bn_gamma if mcfg.use_bn else None,
+        "bn_gamma_mode": mcfg.bn_gamma_mode if mcfg.use_bn else None,
+        "posterior_var_dropout": mcfg.posterior_var_dropout,
         "checkpoint_metadata": repo_relative_paths(metadata),
     }
     return protocol

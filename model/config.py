@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from model.text import DEFAULT_TOKENIZER, TOKENIZERS, check_tokenizer
 
 VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
+BN_GAMMA_MODES = ("fixed", "learned")
 
 PRESETS: dict[str, dict] = {
     # The paper's (and Zhao et al.'s) dimensions.
@@ -53,7 +54,30 @@ class ModelConfig:
     max_context: int = field(default=10, metadata=_help("context utterances seen per response"))
     max_utt_len: int = field(default=40, metadata=_help("words kept per utterance"))
     bn_gamma: float = field(
-        default=0.6, metadata=_help("the frozen BN scale on the posterior mean (bn-cvae)")
+        default=0.6,
+        metadata=_help(
+            "the BN scale on the posterior mean (bn-cvae): fixed, gamma itself; learned, the "
+            "root mean square of the per-dimension gammas"
+        ),
+    )
+    # Zhu et al. (2020) share one frozen gamma (Eq. 5); learning one per dimension is their
+    # future work (Appendix A.1), done as DU-VAE (Shen et al. 2021) does it: rescaled so that
+    # RMS(gamma) = bn_gamma, which keeps the Eq. 6 bound on the expected KL (model/cvae.py).
+    bn_gamma_mode: str = field(
+        default="fixed",
+        metadata=_help(
+            "bn-cvae: one frozen gamma for every latent dimension (fixed: Zhu et al.'s), or a "
+            "learned gamma per dimension rescaled to RMS bn_gamma (learned: DU-VAE's)",
+            choices=BN_GAMMA_MODES,
+        ),
+    )
+    # DU-VAE's dropout on the posterior variance (model/cvae.py, RecognitionNetwork).
+    posterior_var_dropout: float = field(
+        default=0.0,
+        metadata=_help(
+            "dropout rate on the posterior variance once the KL weight is 1, with DU-VAE's "
+            "variance floor 1/(2 pi e) (0: off, the papers' model)"
+        ),
     )
     prior_kl_weight: float = field(
         default=1.0, metadata=_help("weight of KL(p(z|c) || N(0,I)) (bn-cvae)")
@@ -116,8 +140,14 @@ class ModelConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.bn_gamma_mode not in BN_GAMMA_MODES:
+            raise ValueError(
+                f"bn_gamma_mode must be one of {BN_GAMMA_MODES}, got {self.bn_gamma_mode!r}"
+            )
+        for name in ("dropout", "posterior_var_dropout"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < 1):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:

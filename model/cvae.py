@@ -14,6 +14,8 @@ Loss per example (minimised):
     cvae:      -log p(x|c,z) + w_kl * KL(q(z|c,x) || p(z|c))
     cvae-bow:  the same + the bag-of-words loss -sum_t log p_bow(x_t|c,z)
     bn-cvae:   the same as cvae + KL(p(z|c) || N(0, I))      (Eq. 11-12)
+               with bn_gamma_mode learned: a gamma per latent dimension at RMS bn_gamma, and with
+               posterior_var_dropout > 0 dropout on q's variance (DU-VAE, Shen et al. 2021)
     any, with unlikelihood_weight > 0 (not in the papers): + w_ul * token-level unlikelihood
     any, with sequence_unlikelihood_weight > 0 (not in the papers, training only):
                + w_seq * sequence-level unlikelihood on the model's own greedy responses
@@ -89,22 +91,92 @@ class ContextEncoder(nn.Module):
         return h[0]
 
 
-class RecognitionNetwork(nn.Module):
-    """q(z|c,x). For bn-cvae, Eq. 5: mu_q = BN(mu_q) with the scale gamma frozen, shift beta learnt."""
+# DU-VAE's floor on the posterior variance, delta_rate / (2 pi e) with their default delta_rate 1
+# (SmilesDZgk/DU-VAE text.py's --delta_rate): a dimension's entropy 0.5 log(2 pi e var) stays
+# >= 0, and a variance dropped to 0 by the dropout below stays finite.
+VAR_FLOOR = 1.0 / (2.0 * math.pi * math.e)
 
-    def __init__(self, cond_dim: int, resp_dim: int, latent: int, bn_gamma: float | None):
+
+class RMSScaledBatchNorm(nn.BatchNorm1d):
+    """Batch normalization whose scale gamma_i is learned per dimension but used rescaled so that
+    RMS(gamma) = ``rms``: DU-VAE's BN on the posterior mean (Shen et al. 2021).
+
+    DU-VAE rescales the stored weight in place before each forward pass, outside autograd
+    (SmilesDZgk/DU-VAE, modules/encoders/enc_lstm.py:106-110: ``ss = mean(w^2)^0.5; w.data =
+    w.data * gamma / ss``). Here the rescaling is part of the forward pass instead: ``weight``
+    is the free parameter and :meth:`gamma` = rms * weight / RMS(weight) is what the
+    normalization uses, so the gradient reaching ``weight`` is the one orthogonal to the
+    rescaling (the part DU-VAE's next rescale would undo anyway), the forward pass changes no
+    parameter (inference mode, DDP) and RMS(gamma) = rms holds at every step, not only after
+    the next forward pass. The state-dict keys are nn.BatchNorm1d's, so checkpoints keep their
+    layout.
+    """
+
+    def __init__(self, features: int, rms: float):
+        super().__init__(features)
+        self.rms = rms
+        self.weight.data.fill_(rms)  # DU-VAE's initialisation (enc_lstm.py:79)
+
+    def gamma(self) -> torch.Tensor:
+        """The per-dimension scale used: ``weight`` rescaled to RMS ``rms``."""
+        return self.weight * (self.rms / self.weight.pow(2).mean().sqrt())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # nn.BatchNorm1d.forward (momentum set, running statistics tracked) with gamma()
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.gamma(), self.bias,
+            self.training, self.momentum, self.eps,
+        )  # fmt: skip
+
+
+class RecognitionNetwork(nn.Module):
+    """q(z|c,x). For bn-cvae, Eq. 5: mu_q = BN(mu_q) with the scale gamma frozen (``fixed``) or
+    learned per dimension at RMS bn_gamma (``learned``), the shift beta learnt. With
+    ``var_dropout`` > 0, DU-VAE's dropout on the posterior variance."""
+
+    def __init__(
+        self,
+        cond_dim: int,
+        resp_dim: int,
+        latent: int,
+        bn_gamma: float | None,
+        gamma_mode: str = "fixed",
+        var_dropout: float = 0.0,
+    ):
         super().__init__()
         self.proj = nn.Linear(cond_dim + resp_dim, 2 * latent)
-        self.mu_bn = None
-        if bn_gamma is not None:
+        self.var_dropout = var_dropout
+        self.mu_bn: nn.BatchNorm1d | None = None
+        if bn_gamma is not None and gamma_mode == "learned":
+            self.mu_bn = RMSScaledBatchNorm(latent, bn_gamma)
+        elif bn_gamma is not None:
             self.mu_bn = nn.BatchNorm1d(latent)
             self.mu_bn.weight.data.fill_(bn_gamma)
             self.mu_bn.weight.requires_grad_(False)  # gamma is a constant, not a parameter
 
-    def forward(self, c, x):
+    def bn_gamma(self) -> torch.Tensor | None:
+        """The per-dimension BN scale gamma_i on the posterior mean (None without BN)."""
+        if isinstance(self.mu_bn, RMSScaledBatchNorm):
+            return self.mu_bn.gamma()
+        return None if self.mu_bn is None else self.mu_bn.weight
+
+    def forward(self, c, x, full_kl: bool = True):
+        """(mu, logvar) of q(z|c,x); ``full_kl``: the KL weight has reached 1 (DU-VAE drops the
+        posterior variance, and floors it, only then)."""
         mu, logvar = self.proj(torch.cat([c, x], dim=-1)).chunk(2, dim=-1)
         if self.mu_bn is not None:
-            mu = self.mu_bn(mu)  # Eq. 5: fixed-gamma BN on the posterior mean
+            # Eq. 5: BN on the posterior mean (gamma fixed, or learned at a fixed RMS)
+            mu = self.mu_bn(mu)
+        if self.var_dropout > 0 and full_kl:
+            # DU-VAE's dropout on the posterior variance (SmilesDZgk/DU-VAE,
+            # modules/encoders/encoder.py:58-61): the variance sigma^2, not its log, is dropped
+            # (kept entries scaled by 1/(1-p)), in training only and once the KL weight is 1;
+            # then floored (enc_lstm.py:116-117, applied there whenever the KL weight is 1, so
+            # at evaluation too).
+            var = F.dropout(logvar.exp(), self.var_dropout, self.training)
+            logvar = torch.log(var + VAR_FLOOR)
         return mu, logvar
 
 
@@ -289,7 +361,12 @@ class DialogCVAE(nn.Module):
         self.utt_encoder = UtteranceEncoder(self.embedding, cfg.utt_hidden, cfg.dropout)
         self.ctx_encoder = ContextEncoder(2 * cfg.utt_hidden, cfg.ctx_hidden)
         self.recognition = RecognitionNetwork(
-            cfg.cond_dim, 2 * cfg.utt_hidden, cfg.latent_dim, cfg.bn_gamma if cfg.use_bn else None
+            cfg.cond_dim,
+            2 * cfg.utt_hidden,
+            cfg.latent_dim,
+            cfg.bn_gamma if cfg.use_bn else None,
+            cfg.bn_gamma_mode,
+            cfg.posterior_var_dropout,
         )
         self.prior_net = PriorNetwork(cfg.cond_dim, cfg.latent_dim)
         self.decoder = Decoder(
@@ -407,7 +484,7 @@ class DialogCVAE(nn.Module):
             c = self._context_from(utt_vecs, batch)
             x = utt_vecs[batch.response_index]
 
-        mu_q, logvar_q = self.recognition(c, x)
+        mu_q, logvar_q = self.recognition(c, x, full_kl=kl_weight >= 1.0)
         mu_p, logvar_p = self.prior_net(c)
         # Reparameterisation: z ~ q(z|c,x)
         z = mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * logvar_q)
