@@ -55,6 +55,10 @@ TRAINING_ONLY = (
     "bow_weight",
 )
 
+# A valid KL that moves by less than this (nats per example) has settled whatever its relative
+# change: near zero the relative change of a KL is noise.
+KL_SETTLED_NATS = 0.01
+
 
 class RunError(ValueError):
     """A run cannot start or resume (bad state file, mismatched settings, empty data)."""
@@ -111,6 +115,23 @@ class TrainConfig:
         default=6,
         metadata=_help("stop after this many validations in a row without a better -ELBO"),
     )
+    # A model whose KL is still moving (the CVAE's falls for long after the annealing) is not
+    # yet the model it converges to: with a window, patience counts only validations at which
+    # the valid KL has settled (kl_settled).
+    kl_settle_window: int = field(
+        default=0,
+        metadata=_help(
+            "patience counts only once the valid KL has settled over this many validations "
+            "(0: from the end of the KL annealing)"
+        ),
+    )
+    kl_settle_tolerance: float = field(
+        default=0.05,
+        metadata=_help(
+            "the valid KL has settled when its range over the window is at most this fraction "
+            f"of its mean (or at most {KL_SETTLED_NATS} nats)"
+        ),
+    )
     valid_dialogs: int = field(
         default=0, metadata=_help("validate on the first N valid dialogs (0: all)")
     )
@@ -140,6 +161,19 @@ class TrainConfig:
             "vocabulary and model must be this run's, but for the training-only --model options"
         ),
     )
+
+
+def kl_settled(valid_kls: list[float], window: int, tolerance: float) -> bool:
+    """Whether the last ``window`` + 1 validation KLs (the last ``window`` changes) vary by at
+    most ``tolerance`` times their mean, or by at most KL_SETTLED_NATS; always True for
+    ``window`` 0, never before there are that many validations."""
+    if window <= 0:
+        return True
+    if len(valid_kls) < window + 1:
+        return False
+    last = valid_kls[-(window + 1) :]
+    spread = max(last) - min(last)
+    return spread <= KL_SETTLED_NATS or spread <= tolerance * abs(sum(last) / len(last))
 
 
 @torch.no_grad()
@@ -239,6 +273,10 @@ class Run:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        if cfg.kl_settle_window < 0 or not 0 <= cfg.kl_settle_tolerance < float("inf"):
+            raise RunError(
+                "--kl-settle-window must be >= 0 and --kl-settle-tolerance a number >= 0"
+            )
         self.out = Path(cfg.out)
         self.state_path = self.out / STATE_FILE
         if self.state_path.exists() and not cfg.resume:
@@ -398,7 +436,7 @@ class Run:
                 progress.bad_rounds = 0
                 meta = {"step": progress.step, **v, "train_config": dataclasses.asdict(cfg)}
                 save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
-            elif progress.step >= cfg.kl_anneal_steps:
+            elif progress.step >= cfg.kl_anneal_steps and self.kl_settled():
                 progress.bad_rounds += 1
             stop = progress.bad_rounds >= cfg.patience
             title = f"{self.model_config.variant} ({cfg.preset})"
@@ -408,6 +446,11 @@ class Run:
             dist.broadcast_object_list(shared, src=0)
             stop, progress.best, progress.bad_rounds, progress.best_step = shared
         return stop
+
+    def kl_settled(self) -> bool:
+        """Whether the valid KL has settled (:func:`kl_settled` over this run's validations)."""
+        kls = [r["valid_kl"] for r in self.history if r.get("split") == "valid"]
+        return kl_settled(kls, self.cfg.kl_settle_window, self.cfg.kl_settle_tolerance)
 
     def save_state(self) -> None:
         """``training_state.pt``: what :meth:`resume` needs to go on exactly from here (with
@@ -439,6 +482,8 @@ class Run:
             save_pretrained(self.model, self.vocab, self.out / "last", metadata=meta)
             if progress.stopped_early:
                 reason = f"patience: {cfg.patience} validations without improvement"
+                if cfg.kl_settle_window:
+                    reason += f" once the valid KL had settled ({cfg.kl_settle_window} validations)"
             elif cfg.max_steps and progress.step >= cfg.max_steps:
                 reason = f"max_steps {cfg.max_steps}"
             else:

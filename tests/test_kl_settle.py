@@ -1,0 +1,78 @@
+"""The stopping rule for runs whose KL must settle (--kl-settle-window, --kl-settle-tolerance)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import training.switchboard as switchboard
+from training.switchboard import KL_SETTLED_NATS, kl_settled, main
+
+TINY = ["--preset", "tiny", "--threads", "1", "--segment-size", "4", "--batch-segments", "4",
+        "--kl-anneal-steps", "2", "--eval-every", "2", "--log-every", "2", "--patience", "2"]  # fmt: skip
+
+
+def test_kl_settled_by_hand():
+    assert kl_settled([9.0, 1.0], window=0, tolerance=0.05)  # no window: always
+    assert not kl_settled([0.5, 0.5], window=2, tolerance=0.05)  # too few validations
+    assert not kl_settled([1.0, 0.9, 0.8], window=2, tolerance=0.05)  # range 0.2 > 0.05 * 0.9
+    assert kl_settled([3.0, 0.50, 0.49, 0.505], window=2, tolerance=0.05)  # 0.015 <= 0.0249
+    assert not kl_settled([0.50, 0.47, 0.505], window=2, tolerance=0.05)  # 0.035 > 0.0245
+    # near zero the absolute floor decides: a range of 0.008 nats is settled
+    assert KL_SETTLED_NATS == 0.01
+    assert kl_settled([0.050, 0.045, 0.042], window=2, tolerance=0.05)
+    assert not kl_settled([0.060, 0.045, 0.042], window=2, tolerance=0.05)
+
+
+KLS = [4.0, 2.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+
+
+@pytest.fixture
+def scripted_validation(monkeypatch):
+    """validate() gives a -ELBO that never improves after the first validation and a KL that
+    halves three times, then stays at 0.5."""
+    calls = []
+
+    def fake(model, batches, device, seed):
+        kl = KLS[len(calls)]
+        calls.append(kl)
+        return {"valid_loss": 3.0, "valid_nll": 3.0 - kl, "valid_kl": kl,
+                "valid_prior_kl": 0.0, "valid_ppl": 10.0, "valid_elbo_ppl": 12.0}  # fmt: skip
+
+    monkeypatch.setattr(switchboard, "validate", fake)
+    return calls
+
+
+def test_without_a_window_patience_stops_while_the_kl_still_falls(
+    synthetic_prepared, tmp_path, scripted_validation
+):
+    run = tmp_path / "run"
+    assert main(["--data", str(synthetic_prepared), "--out", str(run), *TINY]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["step"] == 6  # validations at 4 and 6 count
+
+
+def test_patience_counts_once_the_kl_has_settled_and_resume_keeps_the_rule(
+    synthetic_prepared, tmp_path, scripted_validation
+):
+    run = tmp_path / "run"
+    argv = ["--data", str(synthetic_prepared), "--out", str(run), *TINY]
+    settle = ["--kl-settle-window", "2", "--kl-settle-tolerance", "0.05"]
+    assert main([*argv, *settle, "--max-steps", "8"]) == 0
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["kl_settle_window"] == 2 and saved["kl_settle_tolerance"] == 0.05
+    # resumed without the flags: the run's own rule (config.json) goes on
+    assert main([*argv, "--resume", "--max-steps", "100"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    # KL 4, 2, 1, 0.5, 0.5, 0.5 at steps 2..12: settled (0.5, 0.5, 0.5) first at step 12, so
+    # the validations at 12 and 14 are the two without improvement that count
+    assert summary["stopped_early"] and summary["step"] == 14
+    assert "once the valid KL had settled" in summary["stop_reason"]
+    assert len(scripted_validation) == 7
+
+
+def test_bad_settle_settings_are_refused(synthetic_prepared, tmp_path, caplog):
+    argv = ["--data", str(synthetic_prepared), "--out", str(tmp_path / "r"), *TINY]
+    assert main([*argv, "--kl-settle-window", "-1"]) == 2
+    assert "--kl-settle-window" in caplog.records[-1].getMessage()
