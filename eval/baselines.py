@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
-from eval.metrics import EmbeddingScorer, ResponseMetrics
 from eval.protocol import BASELINES, METRIC_KEYS
 
 
@@ -12,11 +12,12 @@ def score_baselines(
     references: list[list[str]],
     samples: list[list[list[str]]],
     frequent: list[str] | None,
-    scorer: EmbeddingScorer,
+    new_metrics: Callable,
     k: int,
     seed: int,
 ) -> dict[str, dict]:
-    """The reference rows (PROTOCOL["baselines"]), each with the keys of ``metrics``."""
+    """The reference rows (PROTOCOL["baselines"]), each with the keys of ``metrics``, scored by
+    accumulators from ``new_metrics()`` (the protocol's ``ResponseMetrics``)."""
     rng = random.Random(seed)
     n = len(references)
     candidates: dict[str, list[list[list[str]]]] = {
@@ -36,7 +37,7 @@ def score_baselines(
     for name in BASELINES:
         if name not in candidates:
             continue
-        metrics = ResponseMetrics(scorer)
+        metrics = new_metrics()
         for reference, hyps in zip(references, candidates[name], strict=True):
             metrics.add(hyps, reference)
         scores = metrics.result()

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.paper import SAMPLES_PER_CONTEXT as PAPER_SAMPLES
 from model.cvae import DECODE_DTYPES
 from model.decoding import DecodingOptions
 from model.files import repo_relative
@@ -15,6 +16,8 @@ from training.prepare import DEFAULT_DATA
 DEFAULT_PREPARED = "runs/data/switchboard"
 DEFAULT_ZHAO = DEFAULT_DATA / "zhao"
 SPLITS = ("test", "valid")
+PROTOCOLS = ("project", "paper")
+PROJECT_SAMPLES = 10
 # The fields of EvalConfig that are paths: a result holds them relative to the repository.
 PATH_FIELDS = ("checkpoint", "data", "prepared", "zhao", "glove", "out", "samples_out")
 
@@ -53,7 +56,21 @@ class EvalConfig:
             "default": str(DEFAULT_ZHAO),
         },
     )
-    samples: int = field(default=10, metadata={"help": "sampled responses per context"})
+    protocol: str = field(
+        default="project",
+        metadata={
+            "help": "project: this project's evaluation; paper: what the test routine behind "
+            "the paper's Table 4 computes (eval/protocol.py lists both)",
+            "choices": PROTOCOLS,
+        },
+    )
+    samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "sampled responses per context",
+            "default": f"{PROJECT_SAMPLES} (project), {PAPER_SAMPLES} (paper)",
+        },
+    )
     seed: int = field(default=0, metadata={"help": "random seed (z draws and sampling)"})
     limit: int | None = field(
         default=None, metadata={"help": "evaluate only the first N examples", "default": "all"}
@@ -120,7 +137,13 @@ class EvalConfig:
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
+    def __post_init__(self):
+        if self.samples is None:
+            self.samples = PAPER_SAMPLES if self.protocol == "paper" else PROJECT_SAMPLES
+
     def validate(self) -> EvalConfig:
+        if self.protocol not in PROTOCOLS:
+            raise EvalError(f"--protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.data is None and self.split not in SPLITS:
             raise EvalError(f"--split must be one of {SPLITS}, got {self.split!r}")
         for name in ("samples", "batch_dialogs", "max_batch_examples", "max_length", "threads"):
@@ -161,7 +184,8 @@ def default_out(config: EvalConfig) -> Path:
     if name in ("best", "last"):
         name = Path(config.checkpoint).resolve().parent.name + "-" + name
     what = Path(config.data).stem if config.data else config.split
-    return Path("runs") / "eval" / f"{name}-{what}.json"
+    suffix = "-paper" if config.protocol == "paper" else ""
+    return Path("runs") / "eval" / f"{name}-{what}{suffix}.json"
 
 
 def recorded(config: EvalConfig) -> dict:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval.protocol import PAPER_TABLE4, PPL_NOTE, differences_markdown
+from eval.protocol import (
+    PAPER_TABLE4,
+    PPL_NOTE,
+    differences_markdown,
+    paper_differences_markdown,
+)
 
 HEAD = [
-    "Model", "PPL", "ELBO-PPL", "KL", "AU", "MI", "BLEU-4 (paper)", "Zhao BLEU-3 P / R",
+    "Model", "PPL", "ELBO-PPL", "KL", "AU", "MI", "Zhao BLEU-3 P / R",
     "Zhao BLEU-4 P / R", "sacreBLEU-4 P / R", "A-bow P / R", "E-bow P / R", "degenerate",
 ]  # fmt: skip
 
@@ -21,29 +26,58 @@ def _pair(m: dict, key: str) -> str:
     return f"{_fmt(m.get(key + '_p'))} / {_fmt(m.get(key + '_r'))}"
 
 
+# The paper protocol's table: Table 4's columns (its BLEU-4 beside our BLEU-4 P / R).
+PAPER_HEAD = [
+    "Model", "PPL", "ELBO-PPL", "KL", "BLEU-1 P / R", "BLEU-2 P / R", "BLEU-3 P / R",
+    "BLEU-4 P / R", "A-bow P / R", "E-bow P / R", "degenerate",
+]  # fmt: skip
+
+
+def protocol_name(result: dict) -> str:
+    """``"paper"`` for a ``--protocol paper`` result, else ``"project"`` (the rules of a
+    project result are under "protocol", those of a paper result under "protocol_rules")."""
+    return "paper" if result.get("protocol") == "paper" else "project"
+
+
+def protocol_rules(result: dict) -> dict:
+    return result["protocol_rules"] if protocol_name(result) == "paper" else result["protocol"]
+
+
 def metrics_row(name: str, m: dict) -> str:
     """One table row of a result's ``metrics`` (or a baseline's)."""
     degenerate = m.get("degenerate_rate")
     au = m.get("active_units")
     row = [name, _fmt(m.get("ppl")), _fmt(m.get("elbo_ppl")), _fmt(m.get("kl"))]
-    row += ["–" if au is None else str(au), _fmt(m.get("mutual_info")), "–"]
+    row += ["–" if au is None else str(au), _fmt(m.get("mutual_info"))]
     row += [_pair(m, "zhao_bleu3"), _pair(m, "zhao_bleu4"), _pair(m, "bleu4")]
     row += [_pair(m, "a_bow"), _pair(m, "e_bow")]
     row += ["–" if degenerate is None else f"{100 * degenerate:.1f}%"]
     return "| " + " | ".join(row) + " |"
 
 
-def table_header() -> list[str]:
+def paper_metrics_row(name: str, m: dict) -> str:
+    """One row of the paper protocol's table."""
+    degenerate = m.get("degenerate_rate")
+    row = [name, _fmt(m.get("ppl")), _fmt(m.get("elbo_ppl")), _fmt(m.get("kl"))]
+    row += [_pair(m, f"bleu{n}") for n in range(1, 5)]
+    row += [_pair(m, "a_bow"), _pair(m, "e_bow")]
+    row += ["–" if degenerate is None else f"{100 * degenerate:.1f}%"]
+    return "| " + " | ".join(row) + " |"
+
+
+def table_header(paper: bool = False) -> list[str]:
+    head = PAPER_HEAD if paper else HEAD
     return [
-        "| " + " | ".join(HEAD) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEAD) - 1)) + "|",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
     ]
 
 
 def paper_rows() -> list[str]:
+    """Table 4's rows; they only ever stand beside results of ``--protocol paper``."""
     rows = []
     for name, (ppl, kl, bleu4, ap, ar, ep, er) in PAPER_TABLE4.items():
-        row = [f"{name} (paper)", _fmt(ppl), "–", _fmt(kl), "–", "–", _fmt(bleu4), "–", "–", "–"]
+        row = [f"{name} (paper)", _fmt(ppl), "–", _fmt(kl), "–", "–", "–", f"{_fmt(bleu4)}"]
         row += [f"{_fmt(ap)} / {_fmt(ar)}", f"{_fmt(ep)} / {_fmt(er)}", "–"]
         rows.append("| " + " | ".join(row) + " |")
     return rows
@@ -60,22 +94,32 @@ def subset_note(result: dict) -> str | None:
 
 
 def markdown_table(result: dict) -> str:
-    """This checkpoint's row and its baselines next to the paper's Table 4, plus every metric."""
+    """This checkpoint's row and its baselines (next to the paper's Table 4 for a result of
+    ``--protocol paper``, on their own otherwise), plus every metric."""
     m = result["metrics"]
-    variant = result["protocol"]["model"]["variant"]
+    paper = protocol_name(result) == "paper"
+    rules = protocol_rules(result)
+    variant = rules["model"]["variant"]
+    row = paper_metrics_row if paper else metrics_row
     lines = []
     note = subset_note(result)
     if note:
         lines += [note, ""]
-    decoding = result["protocol"].get("decoding", {})
+    decoding = rules.get("decoding", {})
     if decoding and not decoding.get("plain", True):
         shown = {k: v for k, v in decoding.items() if k != "plain"}
         lines += [f"Decoding {shown}: not the plain protocol of the paper's table.", ""]
-    lines += table_header() + paper_rows()
-    lines.append(metrics_row(f"**this checkpoint ({variant})**", m))
+    lines += table_header(paper) + (paper_rows() if paper else [])
+    lines.append(row(f"**this checkpoint ({variant})**", m))
     for name, baseline in result.get("baselines", {}).items():
-        lines.append(metrics_row(f"baseline: {name}", baseline))
-    lines += ["", PPL_NOTE, "", "Differences from the paper:", differences_markdown(), ""]
+        lines.append(row(f"baseline: {name}", baseline))
+    if paper:
+        unscored = result.get("bow_unscored_contexts", 0)
+        differences = paper_differences_markdown()
+        lines += ["", f"Contexts the bag-of-words scores leave out: {unscored}."]
+        lines += ["", PPL_NOTE, "", "Differences from the paper's evaluation:", differences, ""]
+    else:
+        lines += ["", PPL_NOTE, "", "Differences from the paper:", differences_markdown(), ""]
     lines += [
         f"{result['split']}: {result['examples']} examples, {result['samples_per_context']} samples "
         f"per context, seed {result['seed']}, {result['runtime_s']:.1f} s",
@@ -89,15 +133,20 @@ def markdown_table(result: dict) -> str:
 
 
 def results_table(results: dict[str, dict]) -> str:
-    """One table of several results (name -> result JSON) beside the paper's rows, with the
-    baseline rows of the first result; what docs/results.md and the README show."""
-    lines = table_header() + paper_rows()
+    """One table of several results (name -> result JSON) of one protocol, with the baseline
+    rows of the first result; the paper's Table 4 rows only for ``--protocol paper`` results."""
+    protocols = {protocol_name(r) for r in results.values()}
+    if len(protocols) > 1:
+        raise ValueError("results of the paper and the project protocol go in separate tables")
+    paper = protocols == {"paper"}
+    row = paper_metrics_row if paper else metrics_row
+    lines = table_header(paper) + (paper_rows() if paper else [])
     for name, result in results.items():
         note = " (subset)" if subset_note(result) else ""
-        lines.append(metrics_row(f"**{name}**{note}", result["metrics"]))
+        lines.append(row(f"**{name}**{note}", result["metrics"]))
     first = next(iter(results.values()), {})
     for name, baseline in first.get("baselines", {}).items():
-        lines.append(metrics_row(f"baseline: {name}", baseline))
+        lines.append(row(f"baseline: {name}", baseline))
     return "\n".join(lines)
 
 

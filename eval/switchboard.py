@@ -35,7 +35,21 @@ from eval.data import load_dialogs, most_frequent_training_response, prepared_co
 from eval.embeddings import DEFAULT_EMBEDDINGS, load_embeddings
 from eval.latent import active_units, bn_kl_lower_bound, mutual_information
 from eval.metrics import BLEU_SETTINGS, EmbeddingScorer, ResponseMetrics
-from eval.protocol import METRIC_KEYS, PROTOCOL, differences_markdown
+from eval.paper import (
+    CONTEXT_UTTERANCES,
+    UTTERANCE_WORDS,
+    PaperBowScorer,
+    PaperResponseMetrics,
+    is_scored,
+    reference_tokens,
+)
+from eval.protocol import (
+    METRIC_KEYS,
+    PAPER_PROTOCOL,
+    PROTOCOL,
+    differences_markdown,
+    paper_differences_markdown,
+)
 from eval.report import markdown_table
 from eval.samples import SamplesFile, example_noise
 from model.batch import dialog_batch
@@ -44,7 +58,7 @@ from model.cli import parse_args
 from model.cvae import LikelihoodTotals, decode_dtype, gaussian_kl
 from model.files import repo_relative_paths
 from model.vocab import SPECIALS
-from training.batching import plan_batches
+from training.batching import Segment, plan_batches
 
 log = logging.getLogger("eval.switchboard")
 
@@ -79,10 +93,11 @@ def evaluate(config: EvalConfig) -> dict:
     turns = [d.turns() for d in dialogs]
     if not any(turns):
         raise EvalError(f"no utterances to evaluate in {source}")
-    batches = plan_batches(
-        [len(t) for t in turns], config.batch_dialogs, config.max_batch_examples, config.limit
-    )
+    paper = config.protocol == "paper"
+    batches = example_batches(turns, config, paper)
     total = sum(e - s for b in batches for _, s, e in b)
+    if total == 0:
+        raise EvalError(f"no response in {source} is scored by the {config.protocol} protocol")
     log.info(
         "%s: %d dialogs, %d examples; checkpoint %s (%s, latent %d)",
         source, len(dialogs), total, config.checkpoint, mcfg.variant, mcfg.latent_dim,
@@ -90,7 +105,12 @@ def evaluate(config: EvalConfig) -> dict:
 
     kv = load_embeddings(config.glove)
     scorer = EmbeddingScorer(kv, split_oov=config.split_oov)
-    response_metrics = ResponseMetrics(scorer)
+    if paper:
+        paper_scorer = PaperBowScorer(kv)
+        new_metrics = lambda: PaperResponseMetrics(paper_scorer)  # noqa: E731
+    else:
+        new_metrics = lambda: ResponseMetrics(scorer)  # noqa: E731
+    response_metrics = new_metrics()
     samples_path = config.samples_path()
     if samples_path is not None:
         resolved = dataclasses.replace(resolved, samples_out=str(samples_path))
@@ -102,7 +122,10 @@ def evaluate(config: EvalConfig) -> dict:
     metrics = model_metrics(model, gathered, response_metrics.result(), config.seed)
     frequent = most_frequent_training_response(config, mcfg.tokenizer)
     baselines = score_baselines(
-        gathered.references, gathered.samples, frequent, scorer, config.samples, config.seed
+        gathered.references, gathered.samples, frequent, new_metrics, config.samples, config.seed
+    )
+    record = protocol_record(
+        config, model, metadata, source, frequent, kv, scorer, gathered.references
     )
     result = {
         "checkpoint": repo_relative(config.checkpoint),
@@ -112,8 +135,14 @@ def evaluate(config: EvalConfig) -> dict:
         "samples_per_context": config.samples,
         "seed": config.seed,
         "runtime_s": round(time.perf_counter() - start_time, 3),
-        "protocol": protocol_record(
-            config, model, metadata, source, frequent, kv, scorer, gathered.references
+        # A project result keeps its rules under "protocol" (as results always did); a paper
+        # result says "paper" there and keeps them under "protocol_rules".
+        "protocol": "paper" if paper else record,
+        **({"protocol_rules": record} if paper else {}),
+        **(
+            {"bow_unscored_contexts": response_metrics.bow_unscored}
+            if isinstance(response_metrics, PaperResponseMetrics)
+            else {}
         ),
         "metrics": metrics,
         "baselines": baselines,
@@ -129,6 +158,19 @@ def evaluate(config: EvalConfig) -> dict:
     return result
 
 
+def example_batches(turns: list, config: EvalConfig, paper: bool) -> list:
+    """The batches of (dialog, first, end) response spans to evaluate: every response
+    (project protocol) or the ones the paper's test routine scores (:func:`eval.paper.is_scored`:
+    responses 1 .. n-2 of a dialog of n utterances)."""
+    if not paper:
+        return plan_batches(
+            [len(t) for t in turns], config.batch_dialogs, config.max_batch_examples, config.limit
+        )
+    scored = [sum(is_scored(t, len(ts)) for t in range(len(ts))) for ts in turns]
+    batches = plan_batches(scored, config.batch_dialogs, config.max_batch_examples, config.limit)
+    return [[Segment(i, s + 1, e + 1) for i, s, e in b] for b in batches]
+
+
 def run_examples(
     model, vocab, config, dialogs, turns, batches, total, response_metrics, samples_file
 ) -> Gathered:
@@ -136,13 +178,17 @@ def run_examples(
     (z ~ q(z|c,x) from torch's global RNG), then the sampled responses, scored into
     ``response_metrics`` and written to ``samples_file``."""
     gathered = Gathered()
+    paper = config.protocol == "paper"
+    # The paper's loader: a window of 9 utterances before the response, each cut to 38 words.
+    max_context = CONTEXT_UTTERANCES if paper else model.config.max_context
+    max_utt_len = UTTERANCE_WORDS if paper else model.config.max_utt_len
     with tqdm(total=total, unit="ex", desc="eval", disable=not config.progress) as bar:
         for spans in batches:
             batch = dialog_batch(
                 [turns[i] for i, _, _ in spans],
                 vocab,
-                max_context=model.config.max_context,
-                max_utt_len=model.config.max_utt_len,
+                max_context=max_context,
+                max_utt_len=max_utt_len,
                 spans=[(s, e) for _, s, e in spans],
             )
             likelihood_pass(model, batch, gathered)
@@ -150,11 +196,14 @@ def run_examples(
             k = 0
             for i, s, end in spans:
                 for t in range(s, end):
+                    # vocab.decode: the words up to </s>; the paper's samples keep <unk>.
                     samples = [
-                        [w for w in vocab.decode(ids.tolist()) if w not in SPECIALS]
+                        [w for w in vocab.decode(ids.tolist()) if paper or w not in SPECIALS]
                         for ids in sampled.token_ids[k]
                     ]
                     _, reference = turns[i][t]
+                    if paper:
+                        reference = reference_tokens(reference, vocab.index)
                     gathered.references.append(reference)
                     gathered.samples.append(samples)
                     scores = response_metrics.add(samples, reference)
@@ -224,7 +273,7 @@ def model_metrics(model, gathered: Gathered, text_metrics: dict, seed: int) -> d
     if mcfg.use_bn and bn is not None:
         metrics["kl_prior_standard"] = float(gaussian_kl(mu, logvar).mean())
         metrics["kl_lower_bound"] = bn_kl_lower_bound(model.recognition.bn_gamma(), bn.bias)
-    return {k: metrics[k] for k in METRIC_KEYS}
+    return {k: metrics.get(k) for k in METRIC_KEYS}
 
 
 def protocol_record(
@@ -233,9 +282,12 @@ def protocol_record(
     """The result's ``protocol``: :data:`eval.protocol.PROTOCOL` and what this run used (data,
     decoding, word vectors and their coverage, BLEU settings, the model)."""
     mcfg = model.config
-    protocol = dict(PROTOCOL)
+    paper = config.protocol == "paper"
+    protocol = dict(PAPER_PROTOCOL if paper else PROTOCOL)
     protocol["data"] = source
-    protocol["paper_differences"] = differences_markdown()
+    protocol["paper_differences"] = (
+        paper_differences_markdown() if paper else differences_markdown()
+    )
     options = config.decoding_options()
     protocol["decoding"] = {
         "decoding": config.decoding,
