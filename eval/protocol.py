@@ -289,9 +289,10 @@ def differences_markdown() -> str:
     return "\n".join(f"- **{topic}**: {text}." for topic, text in PAPER_DIFFERENCES)
 
 
-def protocol_markdown() -> str:
-    """:data:`PROTOCOL` as the markdown list docs/evaluation.md shows (``<`` and ``*`` escaped)."""
+def protocol_markdown(rules: dict[str, str] | None = None) -> str:
+    """:data:`PROTOCOL` (or ``rules``, e.g. :data:`PAPER_PROTOCOL`) as the markdown list
+    docs/evaluation.md shows (``<`` and ``*`` escaped)."""
     return "\n".join(
         f"- `{key}`: " + text.replace("<", "&lt;").replace("*", "\\*")
-        for key, text in PROTOCOL.items()
+        for key, text in (PROTOCOL if rules is None else rules).items()
     )

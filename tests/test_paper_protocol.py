@@ -125,3 +125,11 @@ def test_cli_paper_protocol(setup, capsys):  # noqa: F811
     with pytest.raises(ValueError, match="separate tables"):
         results_table({"a": result, "b": json.loads(project.read_text())})
     assert "(paper)" in results_table({"a": result})
+
+
+def test_docs_show_the_paper_protocol():
+    from eval.protocol import PAPER_PROTOCOL, paper_differences_markdown, protocol_markdown
+
+    docs = (ROOT / "docs" / "evaluation.md").read_text()
+    assert protocol_markdown(PAPER_PROTOCOL) in docs
+    assert paper_differences_markdown() in docs

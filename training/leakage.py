@@ -12,11 +12,12 @@ containment
 A candidate is a leak when its best score is ``>= threshold`` *and* at least ``min_shared``
 5-grams are shared (so a tiny dialog cannot match on a couple of stock phrases).
 
-Threshold (measured on the shared data, 1136 SwDA conversations against 60 valid + 62 test
-dialogs): the 56 true matches score 0.376-0.879 (each matches exactly one Zhao dialog, sharing
->= 81 5-grams, and its second-best score is <= 0.013); every other conversation's best score is
-<= 0.024. The default threshold 0.2 sits 8x above the highest non-match and 1.9x below the
-lowest match.
+Threshold (measured by ``python -m training.prepare`` on the shared data, its manifest's
+``leakage`` entry: the 1,115 SwDA training conversations against Zhao's 60 valid + 62 test
+dialogs; SwDA's 21 val conversations are held out and not candidates): the 53 matches (27 valid,
+26 test) score 0.366-0.862 and share >= 87 5-grams; every other conversation's best score is
+<= 0.040 (2924 against test dialog 23, 16 shared 5-grams). The default threshold 0.2 sits 5x
+above the highest non-match and 1.8x below the lowest match; 1,062 conversations are kept.
 
 The reference 5-grams are indexed once (5-gram -> reference dialogs); each candidate is scored
 against all references in one pass over its own 5-grams.
