@@ -1,7 +1,7 @@
 """Turning dialogs into model input.
 
 Zhao et al. (2017) put a begin-of-dialog marker utterance ``<s> <d> </s>`` before every dialog;
-every real utterance is then a response whose context is the previous <= ``max_context``
+here every real utterance is then a response whose context is the previous <= ``max_context``
 utterances (the marker included while it is in the window), each with a floor flag saying
 whether it was said by the responding speaker.
 
