@@ -144,6 +144,11 @@ class EvalConfig:
     def validate(self) -> EvalConfig:
         if self.protocol not in PROTOCOLS:
             raise EvalError(f"--protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.protocol == "paper" and self.samples != PAPER_SAMPLES:
+            raise EvalError(
+                f"--protocol paper scores {PAPER_SAMPLES} samples per context, as the paper's "
+                f"evaluation does; leave out --samples (got {self.samples})"
+            )
         if self.data is None and self.split not in SPLITS:
             raise EvalError(f"--split must be one of {SPLITS}, got {self.split!r}")
         for name in ("samples", "batch_dialogs", "max_batch_examples", "max_length", "threads"):

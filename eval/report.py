@@ -43,6 +43,24 @@ def protocol_rules(result: dict) -> dict:
     return result["protocol_rules"] if protocol_name(result) == "paper" else result["protocol"]
 
 
+def fine_tuned_from(result: dict) -> str | None:
+    """The checkpoint a result's model was fine-tuned from (its training's ``init_from``), or
+    None: the paper is compared only with models before any fine-tuning."""
+    metadata = protocol_rules(result).get("model", {}).get("checkpoint_metadata") or {}
+    return (metadata.get("train_config") or {}).get("init_from")
+
+
+def beside_table4(results: list[dict]) -> bool:
+    """Table 4's rows go beside paper-protocol results of models that were not fine-tuned."""
+    return all(protocol_name(r) == "paper" and not fine_tuned_from(r) for r in results)
+
+
+FINE_TUNED_NOTE = (
+    "Fine-tuned from {}: not shown beside the paper's Table 4, which is compared only with "
+    "models before any fine-tuning."
+)
+
+
 def metrics_row(name: str, m: dict) -> str:
     """One table row of a result's ``metrics`` (or a baseline's)."""
     degenerate = m.get("degenerate_rate")
@@ -109,7 +127,9 @@ def markdown_table(result: dict) -> str:
     if decoding and not decoding.get("plain", True):
         shown = {k: v for k, v in decoding.items() if k != "plain"}
         lines += [f"Decoding {shown}: not the plain protocol of the paper's table.", ""]
-    lines += table_header(paper) + (paper_rows() if paper else [])
+    if paper and fine_tuned_from(result):
+        lines += [FINE_TUNED_NOTE.format(fine_tuned_from(result)), ""]
+    lines += table_header(paper) + (paper_rows() if beside_table4([result]) else [])
     lines.append(row(f"**this checkpoint ({variant})**", m))
     for name, baseline in result.get("baselines", {}).items():
         lines.append(row(f"baseline: {name}", baseline))
@@ -140,7 +160,8 @@ def results_table(results: dict[str, dict]) -> str:
         raise ValueError("results of the paper and the project protocol go in separate tables")
     paper = protocols == {"paper"}
     row = paper_metrics_row if paper else metrics_row
-    lines = table_header(paper) + (paper_rows() if paper else [])
+    table4 = beside_table4(list(results.values()))
+    lines = table_header(paper) + (paper_rows() if table4 else [])
     for name, result in results.items():
         note = " (subset)" if subset_note(result) else ""
         lines.append(row(f"**{name}**{note}", result["metrics"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -125,6 +126,16 @@ def test_cli_paper_protocol(setup, capsys):  # noqa: F811
     with pytest.raises(ValueError, match="separate tables"):
         results_table({"a": result, "b": json.loads(project.read_text())})
     assert "(paper)" in results_table({"a": result})
+    # A fine-tuned model (its training started from another checkpoint) is not shown beside the
+    # paper, which is compared only with models before any fine-tuning.
+    tuned = copy.deepcopy(result)
+    tuned["protocol_rules"]["model"]["checkpoint_metadata"]["train_config"]["init_from"] = "x/best"
+    assert "(paper)" not in markdown_table(tuned) and "Fine-tuned from x/best" in markdown_table(
+        tuned
+    )
+    assert "(paper)" not in results_table({"a": result, "tuned": tuned})
+    # the paper's protocol is 5 samples per context; anything else is refused, not mislabelled
+    assert main([*argv, "--protocol", "paper", "--samples", "10", "--out", str(project)]) == 2
 
 
 def test_docs_show_the_paper_protocol():
