@@ -11,6 +11,16 @@ from eval.protocol import (
     differences_markdown,
     paper_differences_markdown,
 )
+from eval.significance import (
+    BOOTSTRAP_RESAMPLES,
+    Comparison,
+    aligned,
+    has_per_context,
+    mean_std,
+    paired_bootstrap,
+    read_contexts,
+    welch,
+)
 
 HEAD = [
     "Model", "PPL", "ELBO-PPL", "KL", "AU", "MI", "Zhao BLEU-3 P / R",
@@ -195,6 +205,114 @@ def spread_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SEED_KEYS = (
+    "ppl", "elbo_ppl", "kl", "active_units", "mutual_info",
+    "bleu1_p", "bleu1_r", "bleu2_p", "bleu2_r", "bleu3_p", "bleu3_r", "bleu4_p", "bleu4_r",
+    "zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
+    "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "g_bow_p", "g_bow_r",
+    "intra_distinct1", "intra_distinct2", "inter_distinct1", "inter_distinct2",
+    "degenerate_rate",
+)  # fmt: skip
+
+
+def _seed_values(results: list[dict], key: str) -> list[float] | None:
+    values = [r["metrics"].get(key) for r in results]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+def seeds_table(groups: dict[str, list[dict]]) -> str:
+    """Per metric, each model's mean ± std (sample std) over its results (one per seed)."""
+    names = list(groups)
+    lines = ["| metric | " + " | ".join(f"{n} ({len(groups[n])} seeds)" for n in names) + " |"]
+    lines.append("|---|" + "---:|" * len(names))
+    for key in SEED_KEYS:
+        cells = []
+        for name in names:
+            values = _seed_values(groups[name], key)
+            if values is None:
+                cells.append("–")
+                continue
+            scale = 100 if key == "degenerate_rate" else 1
+            mean, std = mean_std([scale * v for v in values])
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(
+    a: list[dict],
+    b: list[dict],
+    contexts_a: list[dict | None],
+    contexts_b: list[dict | None],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> list[Comparison]:
+    """Every metric of SEED_KEYS that both have: A - B, Welch's p over seeds, and the paired
+    bootstrap CI over the contexts all of A's and B's results scored (when every result has
+    its per-context scores)."""
+    runs_a = runs_b = None
+    if all(c is not None for c in (*contexts_a, *contexts_b)):
+        columns = aligned([*contexts_a, *contexts_b])  # type: ignore[list-item]
+        runs_a, runs_b = columns[: len(a)], columns[len(a) :]
+    out = []
+    for key in SEED_KEYS:
+        va, vb = _seed_values(a, key), _seed_values(b, key)
+        if va is None or vb is None:
+            continue
+        ci = None
+        if runs_a is not None and runs_b is not None and has_per_context(key, runs_a + runs_b):
+            _, low, high = paired_bootstrap(key, runs_a, runs_b, resamples, seed)
+            ci = (low, high)
+        out.append(Comparison(key, mean_std(va)[0] - mean_std(vb)[0], welch(va, vb), ci))
+    return out
+
+
+def comparison_table(name_a: str, name_b: str, comparisons: list[Comparison]) -> str:
+    """A against B, metric by metric: the difference of the seed means, Welch's p, the 95%
+    bootstrap CI of A - B over contexts, and the verdict (a win needs p < 0.05 and a CI that
+    excludes 0)."""
+    lines = [f"**{name_a} − {name_b}**", "",
+             "| metric | A − B | Welch p (seeds) | 95% CI (contexts) | verdict |",
+             "|---|---:|---:|---:|---|"]  # fmt: skip
+    for c in comparisons:
+        scale = 100 if c.metric == "degenerate_rate" else 1
+        p = "–" if c.p != c.p else f"{c.p:.3g}" if c.p >= 1e-3 else f"{c.p:.1e}"  # NaN: no test
+        ci = "–" if c.ci is None else f"[{scale * c.ci[0]:.2f}, {scale * c.ci[1]:.2f}]"
+        lines.append(f"| {c.metric} | {scale * c.difference:+.2f} | {p} | {ci} | "
+                     f"{c.verdict(name_a, name_b)} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def groups_report(
+    paths: dict[str, list[str]], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> str:
+    """The seeds table of the groups (name -> result files, one per seed) and every pair's
+    comparison table."""
+    groups = {n: [json.loads(Path(p).read_text()) for p in ps] for n, ps in paths.items()}
+    contexts = {n: [read_contexts(p) for p in ps] for n, ps in paths.items()}
+    parts = [seeds_table(groups)]
+    names = list(groups)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            comparisons = compare(groups[a], groups[b], contexts[a], contexts[b], resamples, seed)
+            parts.append(comparison_table(a, b, comparisons))
+    missing = [
+        p for n, ps in paths.items() for p, c in zip(ps, contexts[n], strict=True) if c is None
+    ]
+    if missing:
+        parts.append(
+            "No per-context scores (no bootstrap CI, so no claim) for: " + ", ".join(missing)
+        )
+    parts.append(
+        f"Welch: scipy.stats.ttest_ind(equal_var=False) over the seeds' values. CI: paired "
+        f"bootstrap over the test contexts ({resamples} resamples, seed {seed}), percentile "
+        "95% interval of A − B, each model's value averaged over its seeds. A model is better "
+        "only when p < 0.05 and the CI excludes 0; otherwise level. degenerate_rate in %."
+    )
+    return "\n\n".join(parts)
+
+
 def read_samples(result: dict) -> dict[int, dict]:
     """A result's samples file (``--samples-out X.samples.jsonl``) by example position."""
     path = Path(result["config"].get("samples_out") or "")
@@ -235,7 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Print one markdown table of several evaluation results "
         "(python -m eval.switchboard JSON files), next to the paper's Table 4.",
     )
-    parser.add_argument("results", nargs="+", help="result JSON files; a row each")
+    parser.add_argument("results", nargs="*", help="result JSON files; a row each")
+    parser.add_argument(
+        "--group",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "RESULT"),
+        help="instead of the table: a model and its results, one per training seed (repeat "
+        "for each model); prints mean ± std per metric and, for every pair of models, Welch's "
+        "p over seeds and a paired bootstrap CI over test contexts",
+    )
+    parser.add_argument("--bootstrap-resamples", type=int, default=BOOTSTRAP_RESAMPLES)
+    parser.add_argument("--bootstrap-seed", type=int, default=0)
     parser.add_argument(
         "--spread", action="store_true",
         help="instead of the table: the range of each metric over the results (one model, "
@@ -247,6 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         "result's --samples-out X.samples.jsonl file)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.group:
+        if any(len(g) < 2 for g in args.group):
+            parser.error("--group needs a name and at least one result file")
+        try:
+            paths = {g[0]: g[1:] for g in args.group}
+            print(groups_report(paths, args.bootstrap_resamples, args.bootstrap_seed))
+        except (OSError, ValueError, KeyError) as e:
+            parser.exit(2, f"python -m eval.report: {e}\n")
+        return 0
+    if not args.results:
+        parser.error("give result files, or --group")
     try:
         results = {Path(p).stem: json.loads(Path(p).read_text()) for p in args.results}
         print(spread_table(results) if args.spread else results_table(results))

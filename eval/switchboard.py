@@ -52,6 +52,7 @@ from eval.protocol import (
 )
 from eval.report import markdown_table
 from eval.samples import SamplesFile, example_noise
+from eval.significance import contexts_path, write_contexts
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.cli import parse_args
@@ -73,6 +74,14 @@ class Gathered:
     references: list[list[str]] = field(default_factory=list)
     samples: list[list[list[str]]] = field(default_factory=list)
     examples: int = 0
+    # Per example ("dialog:turn"), its likelihood terms and its sampled responses' scores: the
+    # paired bootstrap over contexts of eval/significance.py reads them (X.contexts.json).
+    context_keys: list[str] = field(default_factory=list)
+    per_context: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_scores(self, scores: dict) -> None:
+        for name, value in scores.items():
+            self.per_context.setdefault(name, []).append(value)
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -153,6 +162,8 @@ def evaluate(config: EvalConfig) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", out)
+        write_contexts(contexts_path(out), gathered.context_keys, gathered.per_context)
+        log.info("wrote %s", contexts_path(out))
     if samples_path is not None:
         log.info("wrote %s", samples_path)
     return result
@@ -207,6 +218,8 @@ def run_examples(
                     gathered.references.append(reference)
                     gathered.samples.append(samples)
                     scores = response_metrics.add(samples, reference)
+                    gathered.context_keys.append(f"{dialogs[i].id}:{t}")
+                    gathered.add_scores(scores)
                     position = gathered.examples + k
                     samples_file.write(dialogs[i].id, t, position, turns[i], samples, scores)
                     k += 1
@@ -227,6 +240,8 @@ def likelihood_pass(model, batch, gathered: Gathered) -> None:
         else:  # not part of the API contract: recompute the posterior
             mu_q, logvar_q = model.posterior(batch)
     gathered.totals.add(out)
+    for name in ("nll", "kl", "tokens"):
+        gathered.per_context.setdefault(name, []).extend(getattr(out, name).double().tolist())
     gathered.mus.append(mu_q.detach().double())
     gathered.logvars.append(logvar_q.detach().double())
 

@@ -1,0 +1,127 @@
+"""Seed aggregation and significance (eval/significance.py, python -m eval.report --group)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from eval.report import main as report_main
+from eval.significance import (
+    Comparison,
+    aligned,
+    contexts_path,
+    mean_std,
+    paired_bootstrap,
+    read_contexts,
+    welch,
+)
+from tests.test_eval_cli import run_cli, setup  # noqa: F401  (the tiny checkpoints fixture)
+
+
+def test_mean_and_sample_std():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_welch_by_hand():
+    # means 2 and 5, variances 1 and 1, n 3 and 3: t = -3 / sqrt(2/3), Welch df = 4
+    t = 3 / math.sqrt(2 / 3)
+    assert welch([1, 2, 3], [4, 5, 6]) == pytest.approx(2 * stats.t.sf(t, 4), rel=1e-12)
+    assert welch([1, 2, 3], [4, 5, 6]) == pytest.approx(0.0213116, abs=1e-7)
+    assert welch([10.1, 10.5, 9.8], [9.0, 9.4, 9.9]) == pytest.approx(
+        stats.ttest_ind([10.1, 10.5, 9.8], [9.0, 9.4, 9.9], equal_var=False).pvalue
+    )
+    assert math.isnan(welch([1.0], [2.0, 3.0]))  # one seed: no test
+
+
+def test_paired_bootstrap_by_hand():
+    # every context 0.5 better: every resample says 0.5
+    a = {"a_bow_r": np.array([1.0, 2.0, 3.0, 4.0])}
+    b = {"a_bow_r": a["a_bow_r"] - 0.5}
+    assert paired_bootstrap("a_bow_r", [a], [b], resamples=500) == pytest.approx((0.5, 0.5, 0.5))
+    # two contexts: a resample is (0, 0), (0, 1), (1, 0) or (1, 1), each with probability 1/4,
+    # so the 2.5th and 97.5th percentiles are the two extremes
+    a = {"nll": np.array([2.0, 4.0]), "tokens": np.array([1.0, 3.0])}
+    b = {"nll": np.array([1.0, 3.0]), "tokens": np.array([1.0, 3.0])}
+    e = math.e
+    observed, low, high = paired_bootstrap("ppl", [a], [b], resamples=1000, seed=0)
+    assert observed == pytest.approx(math.exp(6 / 4) - math.exp(4 / 4))  # exp(sum nll / tokens)
+    assert (low, high) == pytest.approx((math.exp(4 / 3) - e, math.exp(2) - e))
+    # several seeds: each side's value is the mean over its seeds
+    a2 = {"a_bow_r": np.array([3.0, 5.0])}
+    b2 = {"a_bow_r": np.array([1.0, 1.0])}
+    b3 = {"a_bow_r": np.array([3.0, 3.0])}
+    assert paired_bootstrap("a_bow_r", [a2], [b2, b3], resamples=200)[0] == pytest.approx(2.0)
+
+
+def test_verdict_needs_both_tests():
+    assert Comparison("a_bow_r", 1.0, 0.01, (0.2, 1.5)).verdict("A", "B") == "A better"
+    assert Comparison("a_bow_r", 1.0, 0.20, (0.2, 1.5)).verdict("A", "B") == "level"  # p
+    assert Comparison("a_bow_r", 1.0, 0.01, (-0.1, 1.5)).verdict("A", "B") == "level"  # CI
+    assert Comparison("a_bow_r", 1.0, 0.01, None).verdict("A", "B") == "level"  # no CI
+    assert Comparison("a_bow_r", 1.0, math.nan, (0.2, 1.5)).verdict("A", "B") == "level"
+    assert Comparison("ppl", -2.0, 0.01, (-3.0, -1.0)).verdict("A", "B") == "A better"
+    assert Comparison("ppl", 2.0, 0.01, (1.0, 3.0)).verdict("A", "B") == "B better"
+    assert Comparison("kl", 2.0, 0.01, (1.0, 3.0)).verdict("A", "B") == "A higher"
+    # the CI on the other side of 0 from the seed means: no claim
+    assert Comparison("a_bow_r", 1.0, 0.01, (-2.0, -1.0)).verdict("A", "B") == "level"
+
+
+def test_contexts_are_paired_by_dialog_and_turn():
+    one = {"keys": ["d1:0", "d1:1", "d2:0"], "scores": {"x": [1.0, 2.0, 3.0]}}
+    two = {"keys": ["d2:0", "d1:0"], "scores": {"x": [30.0, 10.0]}}
+    a, b = aligned([one, two])
+    assert a["x"].tolist() == [1.0, 3.0] and b["x"].tolist() == [10.0, 30.0]
+    with pytest.raises(ValueError, match="no test context"):
+        aligned([one, {"keys": ["d9:0"], "scores": {"x": [1.0]}}])
+
+
+def test_evaluation_writes_per_context_scores_that_give_its_metrics(setup):  # noqa: F811
+    out = setup["base"] / "contexts" / "one.json"
+    result = run_cli(setup, out)
+    contexts = read_contexts(out)
+    assert contexts_path(out).name == "one.contexts.json" and contexts is not None
+    assert len(contexts["keys"]) == result["examples"] == len(set(contexts["keys"]))
+    scores, m = contexts["scores"], result["metrics"]
+    assert math.exp(sum(scores["nll"]) / sum(scores["tokens"])) == pytest.approx(m["ppl"], rel=1e-5)
+    elbo = math.exp((sum(scores["nll"]) + sum(scores["kl"])) / sum(scores["tokens"]))
+    assert elbo == pytest.approx(m["elbo_ppl"], rel=1e-5)
+    for key in ("kl", "bleu4_r", "zhao_bleu3_p", "a_bow_r", "e_bow_p", "degenerate_rate"):
+        assert np.mean(scores[key]) == pytest.approx(m[key], rel=1e-5, abs=1e-9), key
+
+
+def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
+    base = setup["base"] / "groups"
+    bn = [base / f"bn-s{s}.json" for s in (0, 1)]
+    cvae = [base / f"cvae-s{s}.json" for s in (0, 1)]
+    for seed, path in enumerate(bn):
+        run_cli(setup, path, "--seed", str(seed))
+    for seed, path in enumerate(cvae):
+        run_cli(setup, path, "--seed", str(seed), "--checkpoint", str(setup["cvae"]))
+    capsys.readouterr()
+    argv = ["--group", "bn", *map(str, bn), "--group", "cvae", *map(str, cvae)]
+    assert report_main([*argv, "--bootstrap-resamples", "300"]) == 0
+    text = capsys.readouterr().out
+    values = [json.loads(p.read_text())["metrics"]["a_bow_r"] for p in bn]
+    mean, std = mean_std(values)
+    assert text.splitlines()[0] == "| metric | bn (2 seeds) | cvae (2 seeds) |"
+    assert text.count("| a_bow_r |") == 2  # the seeds table and the comparison
+    seeds_row = next(r for r in text.splitlines() if r.startswith("| a_bow_r |") and "±" in r)
+    assert f"{mean:.2f} ± {std:.2f}" in seeds_row
+    compared = next(r for r in text.splitlines() if r.startswith("| ppl |") and "[" in r)
+    cells = [c.strip() for c in compared.split("|")[1:-1]]
+    ppl = [[json.loads(p.read_text())["metrics"]["ppl"] for p in g] for g in (bn, cvae)]
+    assert float(cells[2]) == pytest.approx(welch(*ppl), rel=1e-2)
+    assert cells[4] in ("level", "bn better", "cvae better")
+    assert "**bn − cvae**" in text and "paired bootstrap" in text
+
+    # a result without per-context scores: no CI, so level, and said so
+    contexts_path(cvae[1]).unlink()
+    assert report_main([*argv, "--bootstrap-resamples", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "No per-context scores" in text and str(cvae[1]) in text
+    assert all(r.rstrip().endswith("| level |") for r in text.splitlines() if "| – | level" in r)
