@@ -85,12 +85,17 @@ def _statistic(metric: str, columns: dict[str, np.ndarray], idx: np.ndarray) -> 
     if metric in RATIO_METRICS:
         num = sum(columns[k][idx].sum(axis=1) for k in RATIO_METRICS[metric])
         return np.exp(num / columns["tokens"][idx].sum(axis=1))
-    return columns[metric][idx].mean(axis=1)
+    # (a context without a score for the metric is left out, as the result's mean leaves it)
+    return np.nanmean(columns[metric][idx], axis=1)
 
 
 def has_per_context(metric: str, runs: Sequence[dict[str, np.ndarray]]) -> bool:
-    needed = (*RATIO_METRICS[metric], "tokens") if metric in RATIO_METRICS else (metric,)
-    return all(k in run and not np.isnan(run[k]).any() for run in runs for k in needed)
+    """Whether every run has the metric's per-context columns (the likelihood terms complete,
+    a score for some context)."""
+    if metric in RATIO_METRICS:
+        needed = (*RATIO_METRICS[metric], "tokens")
+        return all(k in run and not np.isnan(run[k]).any() for run in runs for k in needed)
+    return all(metric in run and not np.isnan(run[metric]).all() for run in runs)
 
 
 def paired_bootstrap(

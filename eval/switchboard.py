@@ -76,12 +76,19 @@ class Gathered:
     examples: int = 0
     # Per example ("dialog:turn"), its likelihood terms and its sampled responses' scores: the
     # paired bootstrap over contexts of eval/significance.py reads them (X.contexts.json).
+    # (a metric a context has no score for is None there)
     context_keys: list[str] = field(default_factory=list)
-    per_context: dict[str, list[float]] = field(default_factory=dict)
+    per_context: dict[str, list[float | None]] = field(default_factory=dict)
+    likelihood: dict[str, list[float]] = field(default_factory=dict)
 
-    def add_scores(self, scores: dict) -> None:
+    def add_context(self, key: str, scores: dict) -> None:
+        n = len(self.context_keys)
+        self.context_keys.append(key)
         for name, value in scores.items():
-            self.per_context.setdefault(name, []).append(value)
+            self.per_context.setdefault(name, [None] * n).append(value)
+        for column in self.per_context.values():
+            if len(column) == n:
+                column.append(None)
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -162,7 +169,8 @@ def evaluate(config: EvalConfig) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", out)
-        write_contexts(contexts_path(out), gathered.context_keys, gathered.per_context)
+        columns = {**gathered.likelihood, **gathered.per_context}
+        write_contexts(contexts_path(out), gathered.context_keys, columns)
         log.info("wrote %s", contexts_path(out))
     if samples_path is not None:
         log.info("wrote %s", samples_path)
@@ -218,8 +226,7 @@ def run_examples(
                     gathered.references.append(reference)
                     gathered.samples.append(samples)
                     scores = response_metrics.add(samples, reference)
-                    gathered.context_keys.append(f"{dialogs[i].id}:{t}")
-                    gathered.add_scores(scores)
+                    gathered.add_context(f"{dialogs[i].id}:{t}", scores)
                     position = gathered.examples + k
                     samples_file.write(dialogs[i].id, t, position, turns[i], samples, scores)
                     k += 1
@@ -241,7 +248,7 @@ def likelihood_pass(model, batch, gathered: Gathered) -> None:
             mu_q, logvar_q = model.posterior(batch)
     gathered.totals.add(out)
     for name in ("nll", "kl", "tokens"):
-        gathered.per_context.setdefault(name, []).extend(getattr(out, name).double().tolist())
+        gathered.likelihood.setdefault(name, []).extend(getattr(out, name).double().tolist())
     gathered.mus.append(mu_q.detach().double())
     gathered.logvars.append(logvar_q.detach().double())
 
