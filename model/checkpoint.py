@@ -1,32 +1,53 @@
 """The checkpoint format: a directory, like Hugging Face's ``save_pretrained``.
 
-    config.json        {"format": "bncvae-checkpoint", "version": 1, "model": ModelConfig, "metadata": {...}}
+    config.json        {"format": "bncvae-checkpoint", "version": 1, "model": ModelConfig,
+                        "metadata": {...}, "sha256": {"vocab.json": ..., "model.safetensors": ...}}
     vocab.json         the Vocabulary
     model.safetensors  the weights (float32 or float16; loaded as float32)
 
 Loading never unpickles anything. A missing, corrupt or mismatched file raises
-:class:`CheckpointError` naming the file.
+:class:`CheckpointError` naming the file. The SHA-256 of each file, recorded at saving, is checked
+at loading (``verify=False`` skips it), so that flipped bits inside the tensor data, which leave
+the file's structure intact, are found too; a checkpoint saved before the hashes were recorded
+loads with a warning.
+
+Saving replaces the directory atomically (:func:`model.files.replace_directory`): whenever a kill
+strikes, a reader finds the previous checkpoint or the new one, never none and never a mix.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from model.config import ModelConfig
 from model.cvae import DialogCVAE
+from model.files import (
+    atomic_write_text,
+    existing_directory,
+    file_kind,
+    naming,
+    os_error_reason,
+    read_bytes,
+    replace_directory,
+)
 from model.text import LEGACY_TOKENIZER
 from model.vocab import Vocabulary
 
 FORMAT, VERSION = "bncvae-checkpoint", 1
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.safetensors"
+HASHED_FILES = (VOCAB_FILE, WEIGHTS_FILE)  # config.json holds their hashes
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -40,43 +61,62 @@ def save_pretrained(
     metadata: dict | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> None:
-    """Write the checkpoint directory atomically: into a temporary sibling, then rename."""
+    """Write the checkpoint directory: whole into a temporary sibling, then swapped in
+    atomically (:func:`model.files.replace_directory`). An OSError (a full disk, no permission)
+    names the file and leaves the previous checkpoint as it was."""
     directory = Path(directory)
     if len(vocab) != model.config.vocab_size:
         raise ValueError(
             f"vocabulary has {len(vocab)} words, model expects {model.config.vocab_size}"
         )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is read by other users (Docker)
+    with naming(directory.parent):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        config = {
-            "format": FORMAT,
-            "version": VERSION,
-            "model": model.config.to_dict(),
-            "metadata": metadata or {},
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        vocab.save(tmp / VOCAB_FILE)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is read by other users (Docker)
         state = {
             k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in model.state_dict().items()
         }
         # The embedding is shared by the utterance encoder and the decoder; store it once.
         state = {k: v for k, v in state.items() if k in _canonical_keys(model)}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        with naming(tmp / VOCAB_FILE):
+            vocab.save(tmp / VOCAB_FILE)
+        weights = save_safetensors(state, metadata={"format": FORMAT})
+        with naming(tmp / WEIGHTS_FILE):
+            (tmp / WEIGHTS_FILE).write_bytes(weights)
+        config = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": model.config.to_dict(),
+            "metadata": metadata or {},
+            "sha256": file_hashes(tmp),
+        }
+        with naming(tmp / CONFIG_FILE):
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         for f in tmp.iterdir():
             f.chmod(0o644)  # readable by other users, e.g. the Docker image's non-root user
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with naming(directory):
+            replace_directory(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_hashes(directory: Path) -> dict[str, str]:
+    """The SHA-256 of each of the checkpoint's files but config.json (which holds them)."""
+    return {name: hashlib.sha256((directory / name).read_bytes()).hexdigest()
+            for name in HASHED_FILES}  # fmt: skip
+
+
+def record_hashes(directory: str | Path) -> None:
+    """Add the files' hashes to the ``config.json`` of a checkpoint saved before they were
+    recorded (rewriting config.json only), after checking that it loads."""
+    directory = Path(directory)
+    load_pretrained(directory, verify=False)
+    path = directory / CONFIG_FILE
+    raw = json.loads(path.read_text())
+    raw["sha256"] = file_hashes(directory)
+    atomic_write_text(path, json.dumps(raw, indent=2) + "\n")
 
 
 def _canonical_keys(model: torch.nn.Module) -> set[str]:
@@ -88,12 +128,20 @@ def _canonical_keys(model: torch.nn.Module) -> set[str]:
 
 
 def load_config(directory: str | Path) -> tuple[ModelConfig, dict]:
-    path = Path(directory) / CONFIG_FILE
+    config, metadata, _ = _read_config(existing_directory(Path(directory)))
+    return config, metadata
+
+
+def _read_config(directory: Path) -> tuple[ModelConfig, dict, dict | None]:
+    """config.json's model config, metadata and file hashes (None: saved before hashes)."""
+    path = directory / CONFIG_FILE
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_bytes(path))
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: missing (is {directory} a checkpoint directory?)") from e
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {os_error_reason(e)}") from e
+    except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} config")
@@ -101,25 +149,60 @@ def load_config(directory: str | Path) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{path}: unsupported version {raw.get('version')!r}")
     if not isinstance(raw.get("model"), dict):
         raise CheckpointError(f'{path}: bad model config: "model" must be an object')
+    hashes = raw.get("sha256")
+    if hashes is not None and not (
+        isinstance(hashes, dict) and all(isinstance(hashes.get(f), str) for f in HASHED_FILES)
+    ):
+        raise CheckpointError(f'{path}: "sha256" must give the hash of each of {HASHED_FILES}')
     try:
         model = dict(raw["model"])
         # Checkpoints written before the tokenizer was recorded were trained on plain words.
         model.setdefault("tokenizer", LEGACY_TOKENIZER)
-        return ModelConfig.from_dict(model), raw.get("metadata", {})
+        return ModelConfig.from_dict(model), raw.get("metadata", {}), hashes
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from e
 
 
-def load_pretrained(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[DialogCVAE, Vocabulary]:
-    """Load a checkpoint directory; the model is returned in eval mode on ``device``."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
-    config, _ = load_config(directory)
+def _check_hash(path: Path, data: bytes, hashes: dict | None) -> None:
+    if hashes is not None and hashlib.sha256(data).hexdigest() != hashes[path.name]:
+        raise CheckpointError(
+            f"{path}: SHA-256 differs from the one in {path.parent / CONFIG_FILE} "
+            "(file changed or corrupt)"
+        )
+
+
+def _read_file(path: Path, what: str) -> bytes:
     try:
-        vocab = Vocabulary.load(directory / VOCAB_FILE)
+        return read_bytes(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing") from e
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {what}: {os_error_reason(e)}") from e
+
+
+def load_pretrained(
+    directory: str | Path, device: str | torch.device = "cpu", verify: bool = True
+) -> tuple[DialogCVAE, Vocabulary]:
+    """Load a checkpoint directory; the model is returned in eval mode on ``device``.
+
+    ``verify``: check each file against the SHA-256 that config.json records."""
+    directory = existing_directory(Path(directory))
+    kind = file_kind(directory)
+    if kind == "missing":
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    if kind != "a directory":
+        raise CheckpointError(f"{directory}: {kind}, not a checkpoint directory")
+    config, _, hashes = _read_config(directory)
+    if not verify:
+        hashes = None
+    elif hashes is None:
+        log.warning("%s: no SHA-256 hashes (saved before they were recorded); files not verified",
+                    directory / CONFIG_FILE)  # fmt: skip
+    vocab_path = directory / VOCAB_FILE
+    vocab_bytes = _read_file(vocab_path, "the vocabulary")
+    _check_hash(vocab_path, vocab_bytes, hashes)
+    try:
+        vocab = Vocabulary.from_json(vocab_bytes, vocab_path)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
     if len(vocab) != config.vocab_size:
@@ -128,9 +211,11 @@ def load_pretrained(
             f"says vocab_size={config.vocab_size}"
         )
     weights = directory / WEIGHTS_FILE
+    data = _read_file(weights, "weights")
+    _check_hash(weights, data, hashes)
     try:
-        state = load_file(str(weights))
-    except (OSError, SafetensorError, ValueError, RuntimeError) as e:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{weights}: cannot read weights: {e}") from e
     model = DialogCVAE(config)
     expected = model.state_dict()

@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from model.files import os_error_reason, read_bytes
+
 PAD, UNK, BOS, EOS, BOD = "<pad>", "<unk>", "<s>", "</s>", "<d>"
 SPECIALS = (PAD, UNK, BOS, EOS, BOD)
 
@@ -57,11 +59,19 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        path = Path(path)
         try:
-            words = json.loads(path.read_text())["words"]
+            data = read_bytes(path)
+        except OSError as e:
+            raise ValueError(f"cannot read vocabulary file {path}: {os_error_reason(e)}") from e
+        return cls.from_json(data, path)
+
+    @classmethod
+    def from_json(cls, data: bytes | str, path: str | Path) -> Vocabulary:
+        """The vocabulary in ``data``, the bytes of the file ``path`` (named in errors)."""
+        try:
+            words = json.loads(data)["words"]
             if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
                 raise ValueError("'words' must be a list of strings")
             return cls(words)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot read vocabulary file {path}: {e}") from e

@@ -6,7 +6,8 @@
 The run directory gets the resolved ``config.json``, ``metrics.jsonl`` (train and validation
 records), ``curves.png``, the best checkpoint in ``best/`` (by validation -ELBO), the final one
 in ``last/``, and ``training_state.pt`` (weights, optimizer, step, data position and RNG state)
-from which ``--resume`` continues exactly where the run was, even after SIGKILL.
+from which ``--resume`` continues exactly where the run was, even after SIGKILL. Ctrl-C or SIGTERM
+stops a run after its current step with its state saved; a second one stops it at once.
 
 Several processes: ``torchrun --nproc_per_node N -m training.switchboard ...`` trains with
 DistributedDataParallel (gloo on CPU, nccl on GPUs); each batch's segments are split between
@@ -16,11 +17,14 @@ the processes.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,14 @@ from model.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from model.cli import parse_args
 from model.config import PRESETS, VARIANTS, ModelConfig
 from model.cvae import DialogCVAE, LikelihoodTotals, resolve_device
-from model.files import atomic_path, atomic_write_text
+from model.files import (
+    append_line,
+    atomic_write_bytes,
+    atomic_write_text,
+    os_error_line,
+    read_bytes,
+    remove_temporaries,
+)
 from training.batching import SegmentBatches, eval_batches
 from training.corpus import CorpusError
 from training.curves import plot_curves
@@ -42,6 +53,10 @@ from training.prepare import load_prepared
 log = logging.getLogger("training")
 
 STATE_FILE = "training_state.pt"
+METRICS_FILE = "metrics.jsonl"
+# What a run directory holds; a kill while one was being written leaves a ".<name>.*" temporary,
+# which the next start of the run removes.
+RUN_FILES = ("best", "last", STATE_FILE, METRICS_FILE, "config.json", "summary.json", "curves.png")
 # Flags that may differ when a run is resumed: they do not change what is computed, only where
 # (epochs, max_steps: to extend a run) and how fast it runs.
 RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps")
@@ -62,6 +77,27 @@ KL_SETTLED_NATS = 0.01
 
 class RunError(ValueError):
     """A run cannot start or resume (bad state file, mismatched settings, empty data)."""
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM after saving its state; ``exit_code`` is 128 +
+    the signal's number, as a shell reports a process killed by it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def nothing_to_resume(out: Path) -> RunError:
+    """The error of ``--resume`` on a directory without a training state: it never starts the
+    run afresh (that would overwrite the run's config.json)."""
+    if (out / "config.json").is_file():
+        why = "the run stopped before its first save; start it again without --resume"
+    elif out.is_dir():
+        why = "not a training run directory"
+    else:
+        why = "no such directory"
+    return RunError(f"{out}: nothing to resume, no {STATE_FILE} ({why})")
 
 
 def _help(text: str, **more) -> dict:
@@ -199,10 +235,55 @@ def validate(model: DialogCVAE, batches, device, seed: int) -> dict:
 
 
 def _read_metrics(path: Path, upto_step: int) -> list[dict]:
-    """Records up to ``upto_step`` (a resumed run drops what it is about to redo)."""
+    """Records up to ``upto_step`` (a resumed run drops what it is about to redo).
+
+    A kill during an append can leave the last line cut off: it is dropped (the resumed run
+    writes its record again). A bad line before the last is an error naming it."""
     if not path.exists():
         return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= upto_step]
+    try:
+        lines = read_bytes(path).decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise RunError(os_error_line(e)) from e
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with a step")
+        except ValueError as e:
+            if number < len(lines):
+                raise RunError(f"{path}:{number}: not a metrics record ({e})") from e
+            log.warning("%s:%d: dropped a torn last line (cut off while it was written): %.60r",
+                        path, number, line)  # fmt: skip
+            continue
+        records.append(record)
+    return [r for r in records if r["step"] <= upto_step]
+
+
+class StopOnSignal:
+    """While in effect, Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop after its
+    current step (it then saves the state); a second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal.signal needs it
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -281,6 +362,8 @@ class Run:
         self.state_path = self.out / STATE_FILE
         if self.state_path.exists() and not cfg.resume:
             raise RunError(f"{self.out} already holds a run; pass --resume or choose another --out")
+        if cfg.resume and not self.state_path.exists():
+            raise nothing_to_resume(self.out)
 
         corpus = load_prepared(cfg.data)
         self.vocab = vocab = corpus.vocab
@@ -314,7 +397,7 @@ class Run:
         self.progress = Progress()
         self.window = TrainingWindow()
         self.history: list[dict] = []
-        self.metrics_path = self.out / "metrics.jsonl"
+        self.metrics_path = self.out / METRICS_FILE
         self._clock_started = time.perf_counter()
 
     def load_weights(self, checkpoint: Path) -> None:
@@ -339,7 +422,9 @@ class Run:
         """Continue from the training state if there is one (``--resume``), else seed this
         process; then write the run's config and the metrics kept so far."""
         cfg, mcfg = self.cfg, self.model_config
-        if cfg.resume and self.state_path.exists():
+        if self.rank == 0 and self.out.is_dir():
+            remove_temporaries(self.out, RUN_FILES)
+        if cfg.resume:
             state = load_training_state(self.state_path)
             # (through from_dict: a field added since the state was saved takes its default,
             # which is the behaviour the run had)
@@ -387,8 +472,7 @@ class Run:
     def record(self, entry: dict) -> None:
         self.history.append(entry)
         if self.rank == 0:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+            append_line(self.metrics_path, json.dumps(entry))
 
     def start_clock(self) -> None:
         self._clock_started = time.perf_counter()
@@ -471,8 +555,21 @@ class Run:
                 "model_config": self.model_config.to_dict(),
                 "running": dict(self.window.sums),
             }
-            with atomic_path(self.state_path) as tmp:
-                torch.save(state, tmp)
+            # Serialized in memory first: torch.save into a file on a full disk fails with an
+            # error that does not say so ("unexpected pos"); a plain write says ENOSPC.
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            atomic_write_bytes(self.state_path, buffer.getbuffer())
+
+    def stop_requested(self, stop: StopOnSignal) -> bool:
+        """Whether a signal asked the run to stop (in any of its processes)."""
+        asked = stop.signum is not None
+        if self.world > 1:
+            flag = torch.tensor([stop.signum or 0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop.signum = int(flag.item()) or None
+            asked = stop.signum is not None
+        return asked
 
     def finish(self) -> None:
         """The last checkpoint in ``last/`` and ``summary.json``."""
@@ -512,33 +609,49 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     run.ddp.train()
     run.start_clock()
     done = progress.stopped_early or progress.step >= total
-    while not done and progress.epoch < cfg.epochs:
-        epoch = run.batches.epoch(progress.epoch, progress.batch_in_epoch, run.rank, run.world)
-        for batch in epoch:
-            entry = run.step(batch)
-            bar.update(1)
-            if entry is not None:
-                bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
-                                ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
-            step = progress.step
-            if step % cfg.eval_every == 0 and run.validate_and_checkpoint():
-                progress.stopped_early = True
-                log.info("early stopping at step %d (best step %d)", step, progress.best_step)
-            if step % cfg.save_every == 0 or progress.stopped_early or step >= total:
-                run.save_state()
-            if progress.stopped_early or step >= total:
-                done = True
-                break
-        else:
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-    bar.close()
+    with StopOnSignal() as stop:
+        try:
+            while not done and progress.epoch < cfg.epochs:
+                done = _train_epoch(run, total, bar, stop)
+        finally:
+            bar.close()
 
     if progress.step % cfg.eval_every != 0:
         run.validate_and_checkpoint()
     run.save_state()
     run.finish()
     return run.out
+
+
+def _train_epoch(run: Run, total: int, bar: tqdm, stop: StopOnSignal) -> bool:
+    """The rest of the current epoch; True when the run is done (or raises Interrupted)."""
+    cfg, progress = run.cfg, run.progress
+    epoch = run.batches.epoch(progress.epoch, progress.batch_in_epoch, run.rank, run.world)
+    for batch in epoch:
+        entry = run.step(batch)
+        bar.update(1)
+        if entry is not None:
+            bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
+                            ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
+        step = progress.step
+        if step % cfg.eval_every == 0 and run.validate_and_checkpoint():
+            progress.stopped_early = True
+            log.info("early stopping at step %d (best step %d)", step, progress.best_step)
+        if step % cfg.save_every == 0 or progress.stopped_early or step >= total:
+            run.save_state()
+        if progress.stopped_early or step >= total:
+            return True
+        if run.stop_requested(stop):
+            run.save_state()
+            name = signal.Signals(stop.signum).name
+            raise Interrupted(
+                f"{name}: stopped at step {step} with the training state saved in "
+                f"{run.state_path}; --resume --out {run.out} continues the run",
+                stop.signum,
+            )
+    progress.epoch += 1
+    progress.batch_in_epoch = 0
+    return False
 
 
 def load_training_state(path: Path) -> dict:
@@ -562,6 +675,8 @@ def settings_for_resume(
     resume is refused, naming every differing field.
     """
     path = out / "config.json"
+    if not (out / STATE_FILE).exists():
+        raise nothing_to_resume(out)
     try:
         saved = json.loads(path.read_text())
         saved_train, saved_model = dict(saved["train"]), dict(saved["model"])
@@ -610,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         out = Path(train_overrides.get("out", TrainConfig.out))
-        if train_overrides.get("resume") and (out / STATE_FILE).exists():
+        if train_overrides.get("resume"):
             train_overrides, model_overrides = settings_for_resume(
                 out, train_overrides, model_overrides
             )
@@ -618,6 +733,15 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, CorpusError, CheckpointError) as e:
         log.error("%s", e)
         return 2
+    except OSError as e:  # a full disk, no permission: what the files already hold stays
+        log.error("%s", os_error_line(e))
+        return 1
+    except Interrupted as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted; the last saved training state is kept (--resume continues it)")
+        return 130
     return 0
 
 
