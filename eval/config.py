@@ -136,6 +136,13 @@ class EvalConfig:
         metadata={"help": "context utterances shown per example in the .txt samples file"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    verify: bool = field(
+        default=True,
+        metadata={
+            "help": "check the checkpoint's files against the SHA-256 its config.json records "
+            "(--no-verify: skip it; benchmarks/checkpoint_verify.py measures what it costs)"
+        },
+    )
 
     def __post_init__(self):
         if self.samples is None:

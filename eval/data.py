@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from eval.config import DEFAULT_PREPARED, DEFAULT_ZHAO, EvalConfig, EvalError
+from model.files import file_kind
 from model.text import detokenize, tokenize
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ def load_dialogs(config: EvalConfig, tokenizer: str) -> tuple[list, str, EvalCon
         if path.is_dir():  # SwDA conversations, segmented as the training text is
             return read_swda(path, tokenizer=tokenizer), f"SwDA directory {path.name}", config
         if not path.is_file():
-            raise EvalError(f"--data {path}: no such file or directory")
+            kind = file_kind(path)
+            what = "no such file or directory" if kind == "missing" else f"{kind}, not a file"
+            raise EvalError(f"--data {path}: {what} (a JSONL file or a SwDA directory)")
         return read_zhao_jsonl(path, tokenizer=tokenizer), f"file {path.name}", config
     prepared = config.prepared_dir()
     zhao = config.zhao_dir()

@@ -100,7 +100,7 @@ def evaluate(config: EvalConfig) -> dict:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    model, vocab = load_pretrained(config.checkpoint)
+    model, vocab = load_pretrained(config.checkpoint, verify=config.verify)
     model.set_decode_dtype(decode_dtype(config.decode_dtype, "cpu"))
     _, metadata = load_config(config.checkpoint)
     mcfg = model.config

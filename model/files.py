@@ -219,30 +219,32 @@ def naming(path: str | Path) -> Iterator[None]:
         raise
 
 
-def file_kind(path: str | Path) -> str:
-    """What is at ``path``, in words: "missing", "a directory", "a FIFO", ... "a file"."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        return os_error_reason(e)
+def _kind(mode: int) -> str:
     kinds = [(stat.S_ISREG, "a file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
              (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device")]  # fmt: skip
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
+def file_kind(path: str | Path) -> str:
+    """What is at ``path``, in words: "missing", "a directory", "a FIFO", ... "a file"."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return os_error_reason(e)
+
+
 def read_bytes(path: str | Path) -> bytes:
     """``path``'s bytes, or an OSError whose message says truthfully why not (a directory, a
     FIFO, no permission), with the path."""
-    kind = file_kind(path)
-    if kind != "a file":
-        code = {"missing": errno.ENOENT, "a directory": errno.EISDIR}.get(kind)
-        if code is not None:
-            raise OSError(code, os.strerror(code), str(path))
-        raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
     with naming(path):
+        kind = _kind(os.stat(path).st_mode)
+        if kind == "a directory":
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if kind != "a file":  # reading a FIFO would block, a device never end
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
         return Path(path).read_bytes()
 
 

@@ -81,6 +81,13 @@ class ServiceConfig:
             "+ Retry-After"
         ),
     )
+    verify: bool = field(
+        default=True,
+        metadata=_help(
+            "check the checkpoint's files against the SHA-256 its config.json records "
+            "(--no-verify: skip it; benchmarks/checkpoint_verify.py measures what it costs)"
+        ),
+    )
     batching: bool = field(
         default=True,
         metadata=_help(

@@ -232,7 +232,11 @@ class InferenceEngine:
         metadata = {}
         with contextlib.suppress(ValueError):  # a bad config.json is reported by the load itself
             metadata = load_config(directory)[1]
-        return cls(lambda: load_pretrained(directory, device=device), config, metadata=metadata)
+        return cls(
+            lambda: load_pretrained(directory, device=device, verify=config.verify),
+            config,
+            metadata=metadata,
+        )
 
     @classmethod
     def from_model(

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.files import atomic_write_text
+from model.files import atomic_write_text, os_error_reason, read_bytes
 from model.text import DEFAULT_TOKENIZER, split_tokens, tokenize
 
 log = logging.getLogger(__name__)
@@ -328,9 +328,9 @@ def read_zhao(
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(1-based line number, line without the newline)``; UTF-8, errors name file and line."""
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except OSError as e:
-        raise CorpusError(f"{path}: cannot read: {e}") from e
+        raise CorpusError(f"{path}: cannot read: {os_error_reason(e)}") from e
     for lineno, raw in enumerate(data.splitlines(), 1):
         try:
             yield lineno, raw.decode("utf-8")

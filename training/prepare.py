@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.cli import parse_args
-from model.files import atomic_path, atomic_write_text
+from model.files import atomic_path, atomic_write_text, file_kind, os_error_reason, read_bytes
 from model.text import DEFAULT_TOKENIZER, LEGACY_TOKENIZER, TOKENIZERS
 from model.vocab import SPECIALS, Vocabulary
 from training.corpus import (
@@ -391,23 +391,35 @@ def load_prepared(directory: str | Path) -> PreparedCorpus:
     """
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
+    kind = file_kind(directory)
+    if kind not in ("a directory", "missing"):
+        raise CorpusError(f"{directory}: {kind}, not a prepared corpus directory")
+    if file_kind(manifest_path) == "missing":
         raise CorpusError(
             f"{manifest_path}: missing (not a prepared corpus, or prepare did not finish)"
         )
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_bytes(manifest_path).decode("utf-8"))
         if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
             raise ValueError("no 'splits' section")
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise CorpusError(f"{manifest_path}: cannot read: {os_error_reason(e)}") from e
+    except ValueError as e:
         raise CorpusError(f"{manifest_path}: corrupt manifest: {e}") from e
     files = manifest.get("files", {})
 
     def check(path: Path) -> None:
         if not path.is_file():
-            raise CorpusError(f"{path}: missing")
+            kind = file_kind(path)
+            raise CorpusError(
+                f"{path}: " + ("missing" if kind == "missing" else f"{kind}, not a file")
+            )
         expected = files.get(path.name, {}).get("sha256")
-        if expected is not None and _sha256(path) != expected:
+        try:
+            actual = None if expected is None else _sha256(path)
+        except OSError as e:
+            raise CorpusError(f"{path}: cannot read: {os_error_reason(e)}") from e
+        if expected is not None and actual != expected:
             raise CorpusError(
                 f"{path}: checksum differs from {manifest_path} (file changed or corrupt)"
             )
