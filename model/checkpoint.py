@@ -80,17 +80,19 @@ def save_pretrained(
         }
         # The embedding is shared by the utterance encoder and the decoder; store it once.
         state = {k: v for k, v in state.items() if k in _canonical_keys(model)}
-        with naming(tmp / VOCAB_FILE):
-            vocab.save(tmp / VOCAB_FILE)
-        weights = save_safetensors(state, metadata={"format": FORMAT})
-        with naming(tmp / WEIGHTS_FILE):
-            (tmp / WEIGHTS_FILE).write_bytes(weights)
+        files = {
+            VOCAB_FILE: vocab.to_json().encode("utf-8"),
+            WEIGHTS_FILE: save_safetensors(state, metadata={"format": FORMAT}),
+        }
+        for name, data in files.items():
+            with naming(tmp / name):
+                (tmp / name).write_bytes(data)
         config = {
             "format": FORMAT,
             "version": VERSION,
             "model": model.config.to_dict(),
             "metadata": metadata or {},
-            "sha256": file_hashes(tmp),
+            "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
         }
         with naming(tmp / CONFIG_FILE):
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

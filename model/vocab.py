@@ -54,8 +54,11 @@ class Vocabulary:
             out.append(self.words[i])
         return out
 
+    def to_json(self) -> str:
+        return json.dumps({"words": self.words}, ensure_ascii=False) + "\n"
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"words": self.words}, ensure_ascii=False) + "\n")
+        Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
