@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.cli import CommandLine, parse_args
+from model.files import existing_directory
 
 ENV_PREFIX = "BNCVAE_"
 CHECKPOINT_ENV = ENV_PREFIX + "CHECKPOINT"
@@ -246,7 +247,8 @@ def resolve_checkpoint(explicit: str | None, environ: Mapping[str, str]) -> Path
         (environ.get(CHECKPOINT_ENV), CHECKPOINT_ENV),
     ):
         if value:
-            path = Path(value).expanduser()
+            # (or the .<name>.old a save interrupted between its renames left: model/files.py)
+            path = existing_directory(Path(value).expanduser())
             if not path.is_dir():
                 raise ConfigError(f"checkpoint directory {path} (from {origin}) does not exist")
             return path.resolve()

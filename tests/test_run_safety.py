@@ -387,7 +387,6 @@ def test_a_really_full_disk_is_one_line_and_loses_nothing(synthetic_prepared, sm
     subprocess.run(train_cmd(synthetic_prepared, run, 20), cwd=ROOT, check=True,
                    capture_output=True)  # fmt: skip
     state = (run / STATE_FILE).read_bytes()
-    best = (run / "best" / "model.safetensors").read_bytes()
     # Fill the disk but for half a training state: the resumed run starts, then cannot save.
     free = shutil.disk_usage(small_tmpfs).free
     filler = small_tmpfs / "filler"
@@ -399,8 +398,7 @@ def test_a_really_full_disk_is_one_line_and_loses_nothing(synthetic_prepared, sm
     last = result.stderr.strip().splitlines()[-1]
     assert last.endswith("no space left on the device (the disk is full)") and str(run) in last
     assert (run / STATE_FILE).read_bytes() == state  # the last good state
-    assert (run / "best" / "model.safetensors").read_bytes() == best
-    load_pretrained(run / "best")
+    load_pretrained(run / "best")  # the previous best, or a better one saved before the disk filled
     assert temporaries(run) == []
     filler.unlink()
     subprocess.run(resume_cmd(run, "--max-steps", "40"), cwd=ROOT, check=True, capture_output=True)
@@ -493,7 +491,7 @@ def test_resume_drops_a_torn_last_metrics_line_and_stays_bit_identical(
         f.write(record[: len(record) // 2])
     result = subprocess.run(resume_cmd(run), cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    dropped = [line for line in result.stderr.splitlines() if "torn" in line]
+    dropped = [line for line in result.stderr.splitlines() if "dropped a torn" in line]
     assert (
         len(dropped) == 1
         and "metrics.jsonl" in dropped[0]
