@@ -65,11 +65,15 @@ def test_patience_counts_once_the_kl_has_settled_and_resume_keeps_the_rule(
     # resumed without the flags: the run's own rule (config.json) goes on
     assert main([*argv, "--resume", "--max-steps", "100"]) == 0
     summary = json.loads((run / "summary.json").read_text())
-    # KL 4, 2, 1, 0.5, 0.5, 0.5 at steps 2..12: settled (0.5, 0.5, 0.5) first at step 12, so
-    # the validations at 12 and 14 are the two without improvement that count
-    assert summary["stopped_early"] and summary["step"] == 14
+    # KL 4, 2, 1, 0.5, 0.5, 0.5 at steps 2..12: settled (0.5, 0.5, 0.5) first at step 12,
+    # which is then the best (the earlier ones compete no more); the validations at 14 and 16
+    # are the two without improvement that count
+    assert summary["kl_settled_step"] == 12 and summary["best_step"] == 12
+    assert summary["stopped_early"] and summary["step"] == 16
     assert "once the valid KL had settled" in summary["stop_reason"]
-    assert len(scripted_validation) == 7
+    assert len(scripted_validation) == 8
+    best = json.loads((run / "best" / "config.json").read_text())["metadata"]
+    assert best["step"] == 12 and best["valid_kl"] == 0.5
 
 
 def test_bad_settle_settings_are_refused(synthetic_prepared, tmp_path, caplog):

@@ -298,6 +298,9 @@ class Progress:
     best_step: int = 0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    # With --kl-settle-window: the step of the first validation at which the valid KL had
+    # settled (0: not yet); from there on only such validations compete for best/.
+    kl_settled_step: int = 0
 
 
 class TrainingWindow:
@@ -515,20 +518,28 @@ class Run:
             self.record({"step": progress.step, "split": "valid", **v})
             log.info("step %d valid: %s", progress.step,
                      " ".join(f"{k}={x:.3f}" for k, x in v.items()))  # fmt: skip
+            settled = progress.step >= cfg.kl_anneal_steps and self.kl_settled()
+            if cfg.kl_settle_window and settled and not progress.kl_settled_step:
+                # The model the run converges to is one whose KL has settled: the checkpoints
+                # from before compete no more (best/ is replaced by the next one kept).
+                progress.kl_settled_step, progress.best = progress.step, math.inf
+                log.info("step %d: the valid KL has settled", progress.step)
             if v["valid_loss"] < progress.best:
                 progress.best, progress.best_step = v["valid_loss"], progress.step
                 progress.bad_rounds = 0
                 meta = {"step": progress.step, **v, "train_config": dataclasses.asdict(cfg)}
                 save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
-            elif progress.step >= cfg.kl_anneal_steps and self.kl_settled():
+            elif settled:
                 progress.bad_rounds += 1
             stop = progress.bad_rounds >= cfg.patience
             title = f"{self.model_config.variant} ({cfg.preset})"
             plot_curves(self.history, self.out / "curves.png", title=title)
         if self.world > 1:
-            shared = [stop, progress.best, progress.bad_rounds, progress.best_step]
+            shared = [stop, progress.best, progress.bad_rounds, progress.best_step,
+                      progress.kl_settled_step]  # fmt: skip
             dist.broadcast_object_list(shared, src=0)
-            stop, progress.best, progress.bad_rounds, progress.best_step = shared
+            stop, progress.best, progress.bad_rounds, progress.best_step = shared[:4]
+            progress.kl_settled_step = shared[4]
         return stop
 
     def kl_settled(self) -> bool:
