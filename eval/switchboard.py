@@ -111,6 +111,9 @@ def evaluate(config: EvalConfig) -> dict:
         raise EvalError(f"no utterances to evaluate in {source}")
     paper = config.protocol == "paper"
     batches = example_batches(turns, config, paper)
+    # what the protocol scores without --limit
+    unlimited = example_batches(turns, dataclasses.replace(config, limit=None), paper)
+    available = sum(e - s for b in unlimited for _, s, e in b)
     total = sum(e - s for b in batches for _, s, e in b)
     if total == 0:
         raise EvalError(f"no response in {source} is scored by the {config.protocol} protocol")
@@ -147,7 +150,7 @@ def evaluate(config: EvalConfig) -> dict:
         "checkpoint": repo_relative(config.checkpoint),
         "split": repo_relative(config.data) if config.data is not None else config.split,
         "examples": gathered.examples,
-        "examples_available": sum(len(t) for t in turns),
+        "examples_available": available,
         "samples_per_context": config.samples,
         "seed": config.seed,
         "runtime_s": round(time.perf_counter() - start_time, 3),

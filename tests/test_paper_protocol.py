@@ -111,7 +111,7 @@ def test_cli_paper_protocol(setup, capsys):  # noqa: F811
     assert result["protocol"] == "paper" and result["samples_per_context"] == 5
     assert result["config"]["protocol"] == "paper"
     # Dialogs of 6, 3 and 2 utterances: responses 1..n-2 are scored.
-    assert result["examples"] == 4 + 1 + 0
+    assert result["examples"] == result["examples_available"] == 4 + 1 + 0
     rules = result["protocol_rules"]
     assert "cvae_cyc.py:649-651" in rules["examples"] and "Twitter" in rules["paper_differences"]
     m = result["metrics"]
