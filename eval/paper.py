@@ -156,7 +156,7 @@ class PaperResponseMetrics:
         self.bow_contexts = 0
         self.bow_unscored = 0
         self._sums: dict[str, float] = {}
-        self._inter = {n: Counter() for n in DISTINCT_ORDERS}
+        self._inter: dict[int, Counter] = {n: Counter() for n in DISTINCT_ORDERS}
 
     def add(self, samples: Sequence[Tokens], reference: Tokens) -> dict[str, float]:
         if len(samples) == 0:
