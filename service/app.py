@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import docs, openai_api, playground, routes
+from service import docs, metrics, openai_api, playground, routes
 from service.engine import InferenceEngine
 from service.schemas import ChatCompletionRequest, RespondRequest
 
@@ -50,13 +50,24 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         redoc_url=None,
     )
     app.state.engine = engine
+    app.state.metrics = metrics.ServiceMetrics(engine)
     # In this order: the OpenAPI document lists the paths in the order they were added.
-    for router in (docs.router, playground.router, openai_api.router, routes.router):
+    for router in (
+        docs.router,
+        playground.router,
+        openai_api.router,
+        routes.router,
+        metrics.router,
+    ):
         app.include_router(router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=engine.config.max_body_bytes,
         timeout_s=engine.config.body_timeout_s,
+    )
+    # Outermost (added last): it counts the requests the body limits refuse too.
+    app.add_middleware(
+        metrics.MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes
     )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -75,11 +86,14 @@ async def lifespan(app: FastAPI):
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    path = request.url.path
     if isinstance(exc.body, bytes) and not _is_utf8(exc.body):
         # A body FastAPI did not parse as JSON (its content type is not JSON), and that is not
         # text either; as an undecodable JSON body, it gets 400.
-        return error_response(400, "request body is not UTF-8 text")
+        return error_response(400, "request body is not UTF-8 text", path=path)
     errors = exc.errors()
+    if openai_api.is_api_path(path):
+        return openai_api.validation_error([quotable(e) for e in errors])
     shown = list(errors[:MAX_ERRORS])
     if len(errors) > MAX_ERRORS:
         more = f"{len(errors) - MAX_ERRORS} more errors not shown"
@@ -88,11 +102,28 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    path = request.url.path
+    if openai_api.is_api_path(path):
+        detail = exc.detail
+        if exc.status_code == 404 and not isinstance(exc, openai_api.APIError):
+            detail = f"Invalid URL ({request.method} {path[:QUOTE_CHARS]})"  # OpenAI's wording
+        return openai_api.error_response(
+            exc.status_code,
+            quotable(str(detail)),
+            exc.headers,
+            param=getattr(exc, "param", None),
+            code=getattr(exc, "code", None),
+        )
     return error_response(exc.status_code, exc.detail, exc.headers)
 
 
-def error_response(status: int, detail, headers: dict | None = None) -> JSONResponse:
-    """Every error the service answers: ``{"detail": detail}``, made quotable."""
+def error_response(
+    status: int, detail, headers: dict | None = None, path: str = ""
+) -> JSONResponse:
+    """Every error the service answers: ``{"detail": detail}``, made quotable; on the
+    OpenAI-compatible API (``path`` under /v1), OpenAI's ``{"error": {...}}``."""
+    if openai_api.is_api_path(path):
+        return openai_api.error_response(status, str(quotable(detail)), headers)
     return JSONResponse({"detail": quotable(detail)}, status_code=status, headers=headers)
 
 
@@ -157,6 +188,10 @@ def _openapi(app: FastAPI):
             [(model, "validation") for model in REQUEST_MODELS],
             ref_template="#/components/schemas/{model}",
         )
+        for path, operations in document.get("paths", {}).items():
+            if openai_api.is_api_path(path):  # it answers 400 in OpenAI's shape, never 422
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
         published = document.get("components", {}).get("schemas", {})
         for name, schema in exact.get("$defs", {}).items():
             if name in published:
@@ -262,5 +297,5 @@ class BodyLimitMiddleware:
     @staticmethod
     async def _reply(scope, receive, send, status: int, detail: str) -> None:
         # Connection: close: the rest of the body is not read
-        response = error_response(status, detail, {"connection": "close"})
+        response = error_response(status, detail, {"connection": "close"}, scope.get("path", ""))
         await response(scope, receive, send)

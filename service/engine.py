@@ -41,6 +41,7 @@ import logging
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,16 +174,23 @@ ADMIT_SHARE = 0.5
 
 @dataclass
 class EngineStats:
+    """Counters since the engine started (service/metrics.py publishes them)."""
+
+    admitted: int = 0  # into the queue
     requests: int = 0  # answered
-    rejected: int = 0  # queue full
+    rejected: int = 0  # refused: too much queued (the app's 503)
+    refused_draining: int = 0  # refused: the service is shutting down (503)
     timeouts: int = 0
     batches: int = 0  # model calls
     batched_contexts: int = 0
     largest_batch: int = 0  # contexts in one model call
     model_seconds: float = 0.0
+    tokens: int = 0  # of the responses decoded (each sample's tokens, </s> not counted)
+    # contexts per model call -> how many calls had that many (the batch-size histogram)
+    batch_sizes: Counter[int] = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
-        d = dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "batch_sizes"}
         d["mean_batch"] = self.batched_contexts / self.batches if self.batches else 0.0
         return d
 
@@ -200,8 +208,11 @@ class InferenceEngine:
         self.device = torch.device(device or config.device)
         self.checkpoint = config.checkpoint
         self.metadata = metadata or {}
-        self.state = "stopped"  # -> loading -> ready | failed; stop() -> stopped
+        self.state = (
+            "stopped"  # -> loading -> ready | failed; drain() -> draining; stop() -> stopped
+        )
         self.error: str | None = None  # why the model failed to load
+        self.load_seconds: float | None = None  # loading and warming up the model
         self.on_load_failure: Callable[[], None] | None = None  # called when it has
         self.stats = EngineStats()
         self.torch_threads = config.torch_threads or default_torch_threads()
@@ -218,6 +229,7 @@ class InferenceEngine:
         self._generator: torch.Generator | None = None
         self.cost = DecodeCost(0.0)  # measured at warm-up, then on every model call
         self._backlog_units = 0  # of the requests admitted and not yet decoded or dropped
+        self._unanswered = 0  # requests admitted whose generate() has not returned
 
     # --- construction -----------------------------------------------------------------------
 
@@ -281,6 +293,33 @@ class InferenceEngine:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    def drain(self) -> None:
+        """Refuse new requests (EngineNotReady: the app's 503); those admitted are still decoded.
+
+        For a graceful shutdown (service/server.py, on SIGTERM): once :meth:`wait_idle` returns,
+        nothing admitted is left to answer."""
+        if self.state in ("ready", "loading"):
+            self.state = "draining"
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every admitted request has been answered (or has timed out); False if
+        some are still waiting after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._unanswered and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return not self._unanswered
+
+    def check_ready(self) -> None:
+        """Raise EngineNotReady unless the engine takes requests (counting a drain's refusals)."""
+        if self.state == "ready" and self._queue is not None:
+            return
+        if self.state == "loading":
+            raise EngineNotReady("the model is still loading; retry shortly")
+        if self.state == "draining":
+            self.stats.refused_draining += 1
+            raise EngineNotReady("the service is shutting down; retry (on another replica)")
+        raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
+
     async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while self.state == "loading" and time.monotonic() < deadline:
@@ -300,11 +339,13 @@ class InferenceEngine:
                 self.on_load_failure()
             return
         self.model, self.vocab = model, vocab
-        self.state = "ready"
+        self.load_seconds = time.perf_counter() - started
+        if self.state == "loading":  # not if drain() came first
+            self.state = "ready"
         log.info(
             "model ready on %s in %.1fs: %s, %d words, %d parameters",
             self.device,
-            time.perf_counter() - started,
+            self.load_seconds,
             model.config.variant,
             len(vocab),
             num_parameters(model),
@@ -338,6 +379,10 @@ class InferenceEngine:
     def queue_depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    def backlog_units(self) -> int:
+        """The cost (DecodeCost.units) of the requests admitted and not answered yet."""
+        return self._backlog_units
+
     def backlog_seconds(self) -> float:
         """The estimated model time of the requests admitted and not answered yet."""
         return self._backlog_units * self.cost.seconds_per_unit
@@ -347,17 +392,17 @@ class InferenceEngine:
 
         Raises EngineNotReady, EngineOverloaded (too much queued) or EngineTimeout.
         """
-        if self.state != "ready" or self._queue is None:
-            if self.state == "loading":
-                raise EngineNotReady("the model is still loading; retry shortly")
-            raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
+        self.check_ready()
+        assert self._queue is not None
         responder = request.responder or next_speaker(list(request.turns))
         units = self._admit(request)
+        self.stats.admitted += 1
         pending = _Pending(
             request, responder, asyncio.get_running_loop().create_future(), units=units
         )
         self._queue.put_nowait(pending)
         self._backlog_units += units
+        self._unanswered += 1
         try:
             # On timeout (or if our caller is cancelled) the future is cancelled, and the
             # batcher skips it if its batch has not started yet.
@@ -367,6 +412,8 @@ class InferenceEngine:
             raise EngineTimeout(
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
+        finally:
+            self._unanswered -= 1
 
     def _admit(self, request: GenerationRequest) -> int:
         """The request's cost in units, if the queue has room and, with what is queued, it can
@@ -471,7 +518,9 @@ class InferenceEngine:
         s.batches += 1
         s.batched_contexts += len(group)
         s.largest_batch = max(s.largest_batch, len(group))
+        s.batch_sizes[len(group)] += 1
         s.model_seconds += elapsed
+        s.tokens += sum(len(g.tokens) for result in results for g in result.responses)
         for p, result in zip(group, results, strict=True):
             if not p.future.done():
                 s.requests += 1

@@ -15,6 +15,13 @@ How the chat maps onto this model:
   bound, 60, applies whatever the value. ``stop``: a choice ends before the first stop sequence.
 * ``stream: true``: server-sent events in OpenAI's chunk format. The choices are decoded
   together in one batched call (that is what makes the service fast), then streamed word by word.
+
+Errors have OpenAI's shape and statuses (:func:`error_body`), so that OpenAI's clients show the
+message: ``{"error": {"message", "type", "param", "code"}}``; a request that does not validate
+gets 400 (not FastAPI's 422), naming the first field at fault. A field OpenAI's API does not
+define is refused, as OpenAI refuses it; of those it defines, the ones this model cannot honour
+are refused when they ask for something (:func:`unsupported`), bookkeeping ones are ignored
+(service.schemas' UNSUPPORTED and IGNORED; docs/service.md lists them).
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ import time
 from dataclasses import replace
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.decoding import READABLE
 from service.engine import Generated, InferenceEngine
-from service.responding import ANSWER_ERRORS, ReadyEngine, respond_to
+from service.responding import ReadyEngine, respond_to
 from service.schemas import (
     MAX_LENGTH,
     MIN_TEMPERATURE,
@@ -38,9 +45,9 @@ from service.schemas import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
-    ErrorDetail,
     ModelCard,
     ModelList,
+    OpenAIError,
     Usage,
 )
 
@@ -49,7 +56,152 @@ RESPONDER = SPEAKERS["assistant"]
 DEFAULT_MAX_TOKENS = 40
 OWNER = "bncvae"
 
-router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+PREFIX = "/v1"
+# The error statuses of this API's routes (for the OpenAPI document; FastAPI's 422 is left out
+# of it, service.app: this API answers 400 instead).
+API_ERRORS: dict[int | str, dict] = {
+    400: {"model": OpenAIError, "description": "Invalid request, or asks what the model can't do"},
+    404: {"model": OpenAIError, "description": "No such model"},
+    413: {"model": OpenAIError, "description": "Request body too large"},
+    503: {"model": OpenAIError, "description": "Model not loaded yet, overloaded, or draining"},
+    504: {"model": OpenAIError, "description": "Not answered within the time limit"},
+}
+
+router = APIRouter(prefix=PREFIX, tags=["OpenAI-compatible"])
+
+
+# --- errors, as OpenAI's API gives them ---------------------------------------------------------
+
+
+class APIError(HTTPException):
+    """An error of this API with OpenAI's ``param`` and ``code``."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(status, message)
+        self.param, self.code = param, code
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    if status >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error"
+    )
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None):
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_response(
+    status: int, message: str, headers: dict | None = None, *, param=None, code=None
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status, headers=headers)
+
+
+def is_api_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+# pydantic's location items that name a member of a union, not a field (the others are not
+# identifiers: "list[TextPart]", "constrained-str")
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def param_of(loc: tuple) -> str | None:
+    """A pydantic error's location as OpenAI writes a ``param``: ``messages[0].content``."""
+    param = ""
+    for item in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(item, int):
+            param += f"[{item}]"
+        elif str(item).isidentifier() and str(item) not in _TYPE_TAGS:
+            param += f".{item}" if param else str(item)
+    return param or None
+
+
+def validation_error(errors: list[dict]) -> JSONResponse:
+    """400 for a request that does not validate, worded as OpenAI words it, for one error (the
+    first of the deepest, a wrong value before a wrong type: of a union's alternatives, the one
+    that got furthest), with how many more there are."""
+
+    def telling(error: dict) -> tuple[int, bool]:
+        return len(error.get("loc", ())), not error["type"].endswith("_type")
+
+    first = max(errors, key=telling)  # max() keeps the first of equals
+    kind, param = first["type"], param_of(tuple(first.get("loc", ())))
+    where = f"'{param}'" if param else "the request body"
+    reason = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    code: str | None
+    if kind == "json_invalid":
+        message, param, code = (
+            f"We could not parse the JSON body of your request: {reason}",
+            None,
+            None,
+        )
+    elif kind == "missing":
+        message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
+    elif kind == "extra_forbidden":
+        message, code = f"Unrecognized request argument supplied: {param}", None
+        param = None
+    elif kind.endswith("_type") or kind in ("model_attributes_type", "dict_type"):
+        message, code = f"Invalid type for {where}: {reason}.", "invalid_type"
+    else:
+        message, code = f"Invalid value for {where}: {reason}.", "invalid_value"
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''} in the request)"
+    return error_response(400, message, param=param, code=code)
+
+
+def unsupported(body: ChatCompletionRequest) -> APIError | None:
+    """The error for the first field that asks for what this model cannot do, if any."""
+
+    def parameter(name: str, why: str) -> APIError:
+        return APIError(
+            400,
+            f"Unsupported parameter: '{name}' is not supported with this model ({why}).",
+            param=name,
+            code="unsupported_parameter",
+        )
+
+    def value(name: str, given, why: str) -> APIError:
+        return APIError(
+            400,
+            f"Unsupported value: '{name}' does not support {given!r} with this model ({why}).",
+            param=name,
+            code="unsupported_value",
+        )
+
+    no_tools = "it cannot call tools or functions"
+    if body.tools or body.functions:
+        return parameter("tools" if body.tools else "functions", no_tools)
+    for name in ("tool_choice", "function_call"):
+        choice = getattr(body, name)
+        if choice is not None and choice != "none":
+            return value(name, choice if isinstance(choice, str) else "a function", no_tools)
+    if body.logprobs or body.top_logprobs:
+        name = "logprobs" if body.logprobs else "top_logprobs"
+        return parameter(name, "it does not report per-token log probabilities")
+    if body.logit_bias:
+        return parameter("logit_bias", "it samples from its own vocabulary without biases")
+    if body.response_format is not None and body.response_format.get("type") != "text":
+        kind = body.response_format.get("type")
+        return value("response_format.type", kind, "it writes conversational text only")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, name):
+            return value(
+                name,
+                getattr(body, name),
+                "it applies its own repetition penalty and n-gram blocking; send 0 or omit it",
+            )
+    if body.audio is not None or (body.modalities and body.modalities != ["text"]):
+        return parameter("audio" if body.audio is not None else "modalities", "it writes text only")
+    for name in ("reasoning_effort", "verbosity", "web_search_options"):
+        if getattr(body, name) is not None:
+            return parameter(name, "it is not a reasoning or search model")
+    return None
 
 
 def model_card(engine: InferenceEngine) -> ModelCard:
@@ -59,7 +211,7 @@ def model_card(engine: InferenceEngine) -> ModelCard:
     return ModelCard(id=engine.name, created=created, owned_by=OWNER)
 
 
-@router.get("/models", response_model=ModelList, responses={503: ANSWER_ERRORS[503]})
+@router.get("/models", response_model=ModelList, responses={503: API_ERRORS[503]})
 async def list_models(engine: ReadyEngine) -> ModelList:
     """The one model this service serves."""
     return ModelList(data=[model_card(engine)])
@@ -70,16 +222,21 @@ async def list_models(engine: ReadyEngine) -> ModelList:
     response_model=ChatCompletion,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE if stream"},
-        404: {"model": ErrorDetail, "description": "No such model"},
-        **ANSWER_ERRORS,
+        **API_ERRORS,
     },
 )
 async def chat_completions(body: ChatCompletionRequest, engine: ReadyEngine):
     """Sample ``n`` assistant replies to the conversation (OpenAI's Chat Completions API)."""
     if body.model != engine.name:
-        raise HTTPException(
-            404, f"model {body.model[:100]!r} not found; this service serves {engine.name!r}"
+        raise APIError(
+            404,
+            f"The model {body.model[:100]!r} does not exist; this service serves {engine.name!r}.",
+            param="model",
+            code="model_not_found",
         )
+    refusal = unsupported(body)
+    if refusal is not None:
+        raise refusal
     turns = [(SPEAKERS[m.role], m.text()) for m in body.messages if m.role in SPEAKERS]
     result, report = await respond_to(
         engine,

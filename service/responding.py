@@ -46,8 +46,10 @@ async def get_ready_engine(request: Request) -> InferenceEngine:
     (benchmarks/service_load.py).
     """
     engine: InferenceEngine = request.app.state.engine
-    if engine.state != "ready" or engine.model is None or engine.vocab is None:
-        raise HTTPException(503, f"model not ready ({engine.state})", {"Retry-After": "1"})
+    try:
+        engine.check_ready()
+    except EngineNotReady as e:
+        raise HTTPException(503, str(e), {"Retry-After": str(e.retry_after)}) from None
     return engine
 
 

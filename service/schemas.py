@@ -225,12 +225,46 @@ LIMITS: dict[str, int | float] = {
 
 
 # --- the OpenAI-compatible API (service/openai_api.py) -----------------------------------------
-# Only what this model can do is modelled; other OpenAI request fields (user, metadata,
-# frequency_penalty, ...) are accepted and ignored, as OpenAI-compatible servers commonly do.
+# As OpenAI's API does, a field it does not define is refused (400, "Unrecognized request
+# argument supplied"). Of those it defines, what this model can do is modelled; the rest are
+# declared as UNSUPPORTED (refused when they ask for something, see service/openai_api.py) or
+# IGNORED (bookkeeping that changes no response); docs/service.md lists them.
 
 
 class _OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# Fields of OpenAI's request that this service accepts and ignores: they change no response.
+IGNORED = (
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "metadata",
+    "store",
+    "service_tier",
+    "prediction",
+    "parallel_tool_calls",
+)
+# Fields of OpenAI's request this model cannot honour: refused (400) unless they ask for what it
+# does anyway (their default, e.g. tool_choice "none", frequency_penalty 0).
+UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "response_format",
+    "frequency_penalty",
+    "presence_penalty",
+    "audio",
+    "modalities",
+    "reasoning_effort",
+    "verbosity",
+    "web_search_options",
+)
 
 
 class TextPart(_OpenAIRequest):
@@ -244,6 +278,14 @@ class ChatMessage(_OpenAIRequest):
         "and developer messages are accepted and ignored: this model takes no instructions."
     )
     content: str | list[TextPart] = Field(description="The text, or a list of text parts.")
+    name: str | None = Field(default=None, description="Accepted and ignored.")
+    # What an assistant message of a completion carries (clients send it back in the history);
+    # accepted when empty, as this model never makes tool calls, refusals or audio.
+    refusal: None = None
+    tool_calls: Annotated[list, Field(max_length=0)] | None = None
+    function_call: None = None
+    audio: None = None
+    annotations: Annotated[list, Field(max_length=0)] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -294,6 +336,31 @@ class ChatCompletionRequest(_OpenAIRequest):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # IGNORED
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prediction: dict | None = None
+    parallel_tool_calls: bool | None = None
+    # UNSUPPORTED (service/openai_api.py: unsupported())
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict | None = None
+    response_format: dict | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    audio: dict | None = None
+    modalities: list[str] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict | None = None
 
     def stop_sequences(self) -> list[str]:
         if self.stop is None:
@@ -328,6 +395,21 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None = None
     input: InputReport = Field(description="This service's addition: what the model read.")
+
+
+class OpenAIErrorObject(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error (4xx) or server_error (5xx).")
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(
+        description="e.g. model_not_found, unsupported_parameter, invalid_value."
+    )
+
+
+class OpenAIError(BaseModel):
+    """An error of the OpenAI-compatible API, in OpenAI's shape."""
+
+    error: OpenAIErrorObject
 
 
 class ModelCard(BaseModel):

@@ -13,11 +13,20 @@ time) is closed; headers over ``max_header_bytes`` get 431 (httptools, unlike h1
 are open, a new connection closes the oldest one that is not in a request, so that idle sockets
 cannot lock out real clients (or /health). A body that arrives too slowly is the app's
 ``BodyLimitMiddleware``'s (``body_timeout_s``). Every connection shed is logged.
+
+SIGTERM (``docker stop``, Kubernetes ending a pod) drains the service (:class:`DrainingServer`):
+the requests already admitted are decoded and answered, new ones get 503 with Retry-After and
+``/ready`` turns 503 (a load balancer stops sending any); once nothing admitted is left (at most
+``timeout_s`` later, each request's own limit), uvicorn's shutdown closes the connections and the
+process exits with 0. A second SIGTERM or SIGINT ends it at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import time
 from http import HTTPStatus
 
 import uvicorn
@@ -37,7 +46,8 @@ def build_server(config: ServiceConfig, app) -> uvicorn.Server:
         "max_header_bytes": config.max_header_bytes,
         "max_connections": max_connections,
     }
-    return uvicorn.Server(
+    return DrainingServer(
+        app.state.engine,
         uvicorn.Config(
             app,
             host=config.host,
@@ -47,8 +57,44 @@ def build_server(config: ServiceConfig, app) -> uvicorn.Server:
             ws="none",  # no websocket routes; every connection is a LimitedHttpToolsProtocol
             limit_concurrency=max_connections,
             timeout_keep_alive=config.keep_alive_s,
-        )
+        ),
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server whose first SIGTERM or SIGINT drains the engine before shutting down."""
+
+    def __init__(self, engine, config: uvicorn.Config):
+        super().__init__(config)
+        self.engine = engine
+        self.draining = False
+        self._drained: asyncio.Task | None = None
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.draining or sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)  # the second signal: uvicorn's own (immediate) exit
+            return
+        # Not recorded as uvicorn's captured signal: it would raise it again once shut down,
+        # and a drained service exits with 0.
+        self.draining = True
+        self.engine.drain()
+        log.info("%s: draining (new requests get 503)", signal.Signals(sig).name)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.draining and self._drained is None:
+            self._drained = asyncio.create_task(self._drain())
+        return await super().on_tick(counter)
+
+    async def _drain(self) -> None:
+        started = time.perf_counter()
+        # Every admitted request ends within its time limit, answered or timed out.
+        idle = await self.engine.wait_idle(self.engine.config.timeout_s + 1)
+        log.info(
+            "drained in %.1f s%s; shutting down",
+            time.perf_counter() - started,
+            "" if idle else " (requests still waiting: they get 503)",
+        )
+        self.should_exit = True
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):

@@ -110,29 +110,124 @@ def test_temperature_top_p_max_tokens_and_stop(client):
     assert stopped.finish_reason == "stop"
 
 
-@pytest.mark.parametrize(
-    "kwargs, error",
-    [
-        ({"model": "gpt-4o"}, openai.NotFoundError),
-        ({"n": 33}, openai.UnprocessableEntityError),
-        ({"temperature": 2.5}, openai.UnprocessableEntityError),
-        ({"messages": []}, openai.UnprocessableEntityError),
-        (
-            {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]},
-            openai.UnprocessableEntityError,
-        ),
-        (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            openai.UnprocessableEntityError,
-        ),
-        ({"stop": ["a", "b", "c", "d", "e"]}, openai.UnprocessableEntityError),
-    ],
-)
-def test_requests_it_cannot_serve_get_a_4xx_with_a_message(client, kwargs, error):
+# The message each error carries, as the openai client shows it (``str(exception)``): OpenAI's
+# shape ({"error": {"message", "type", "param", "code"}}) is what lets the client find it.
+REFUSED = [
+    (
+        {"model": "gpt-4o"},
+        openai.NotFoundError,
+        "Error code: 404 - The model 'gpt-4o' does not exist; this service serves "
+        f"'{MODEL}'.",
+        ("model", "model_not_found"),
+    ),
+    (
+        {"n": 33},
+        openai.BadRequestError,
+        "Error code: 400 - Invalid value for 'n': Input should be less than or equal to 32.",
+        ("n", "invalid_value"),
+    ),
+    (
+        {"temperature": 2.5},
+        openai.BadRequestError,
+        "Error code: 400 - Invalid value for 'temperature': Input should be less than or equal "
+        "to 2.",
+        ("temperature", "invalid_value"),
+    ),
+    (
+        {"messages": []},
+        openai.BadRequestError,
+        "Error code: 400 - Invalid value for 'messages': List should have at least 1 item after "
+        "validation, not 0.",
+        ("messages", "invalid_value"),
+    ),
+    (
+        {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]},
+        openai.BadRequestError,
+        "Error code: 400 - Invalid value for 'messages[0].role': Input should be 'system', "
+        "'developer', 'user' or 'assistant'. (1 more error in the request)",
+        ("messages[0].role", "invalid_value"),
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        openai.BadRequestError,
+        "Error code: 400 - Invalid value for 'messages[0].content[0].type': Input should be "
+        "'text'. (3 more errors in the request)",
+        ("messages[0].content[0].type", "invalid_value"),
+    ),
+    (
+        {"stop": ["a", "b", "c", "d", "e"]},
+        openai.BadRequestError,
+        "Error code: 400 - Invalid value for 'stop': List should have at most 4 items after "
+        "validation, not 5. (1 more error in the request)",
+        ("stop", "invalid_value"),
+    ),
+    (
+        {"extra_body": {"frobnicate": True}},
+        openai.BadRequestError,
+        "Error code: 400 - Unrecognized request argument supplied: frobnicate",
+        (None, None),
+    ),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        openai.BadRequestError,
+        "Error code: 400 - Unsupported parameter: 'tools' is not supported with this model (it "
+        "cannot call tools or functions).",
+        ("tools", "unsupported_parameter"),
+    ),
+    (
+        {"logprobs": True, "top_logprobs": 2},
+        openai.BadRequestError,
+        "Error code: 400 - Unsupported parameter: 'logprobs' is not supported with this model "
+        "(it does not report per-token log probabilities).",
+        ("logprobs", "unsupported_parameter"),
+    ),
+    (
+        {"response_format": {"type": "json_object"}},
+        openai.BadRequestError,
+        "Error code: 400 - Unsupported value: 'response_format.type' does not support "
+        "'json_object' with this model (it writes conversational text only).",
+        ("response_format.type", "unsupported_value"),
+    ),
+    (
+        {"frequency_penalty": 0.5},
+        openai.BadRequestError,
+        "Error code: 400 - Unsupported value: 'frequency_penalty' does not support 0.5 with this "
+        "model (it applies its own repetition penalty and n-gram blocking; send 0 or omit it).",
+        ("frequency_penalty", "unsupported_value"),
+    ),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message, param_code", REFUSED)
+def test_refused_requests_carry_the_servers_message(client, kwargs, error, message, param_code):
     request = {"model": MODEL, "messages": CONVERSATION, **kwargs}
     with pytest.raises(error) as e:
         client.chat.completions.create(**request)
-    assert 400 <= e.value.status_code < 500 and e.value.message
+    assert str(e.value) == message
+    assert (e.value.param, e.value.code) == param_code
+    assert e.value.type == "invalid_request_error"
+    assert e.value.body["message"] == message.split(" - ", 1)[1]
+
+
+def test_fields_that_change_nothing_are_accepted_and_ignored(client):
+    kwargs = dict(model=MODEL, messages=CONVERSATION, n=2, seed=5, max_tokens=10)
+    plain = client.chat.completions.create(**kwargs)
+    ignored = client.chat.completions.create(
+        **kwargs,
+        user="u-1",
+        metadata={"team": "x"},
+        store=False,
+        parallel_tool_calls=False,
+        tool_choice="none",
+        response_format={"type": "text"},
+        frequency_penalty=0,
+        presence_penalty=0.0,
+        modalities=["text"],
+    )
+    assert contents(ignored) == contents(plain)
+    # a completion's message sent back in the history, as clients do
+    history = [*CONVERSATION, plain.choices[0].message.model_dump(), CONVERSATION[-1]]
+    assert len(client.chat.completions.create(**{**kwargs, "messages": history}).choices) == 2
 
 
 # --- the mapping, without a server ----------------------------------------------------------
