@@ -119,6 +119,11 @@ class EvalConfig:
         return DecodingOptions.of(self)
 
     threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)"})
+    # The reference figures are the CPU's; a GPU's floating-point order differs slightly.
+    device: str = field(
+        default="cpu",
+        metadata={"help": "cpu (the reference) or cuda", "choices": ("cpu", "cuda")},
+    )
     decode_dtype: str = field(
         default="float32",
         metadata={

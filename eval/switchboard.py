@@ -56,7 +56,7 @@ from eval.significance import contexts_path, write_contexts
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.cli import parse_args
-from model.cvae import LikelihoodTotals, decode_dtype, gaussian_kl
+from model.cvae import LikelihoodTotals, decode_dtype, gaussian_kl, resolve_device
 from model.files import repo_relative_paths
 from model.vocab import SPECIALS
 from training.batching import Segment, plan_batches
@@ -100,8 +100,12 @@ def evaluate(config: EvalConfig) -> dict:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    model, vocab = load_pretrained(config.checkpoint, verify=config.verify)
-    model.set_decode_dtype(decode_dtype(config.decode_dtype, "cpu"))
+    try:
+        device = resolve_device(config.device)
+    except ValueError as e:
+        raise EvalError(f"--device: {e}") from None
+    model, vocab = load_pretrained(config.checkpoint, device=device, verify=config.verify)
+    model.set_decode_dtype(decode_dtype(config.decode_dtype, device))
     _, metadata = load_config(config.checkpoint)
     mcfg = model.config
     dialogs, source, resolved = load_dialogs(config, mcfg.tokenizer)
@@ -204,6 +208,7 @@ def run_examples(
     # The paper's loader: a window of 9 utterances before the response, each cut to 38 words.
     max_context = CONTEXT_UTTERANCES if paper else model.config.max_context
     max_utt_len = UTTERANCE_WORDS if paper else model.config.max_utt_len
+    device = next(model.parameters()).device
     with tqdm(total=total, unit="ex", desc="eval", disable=not config.progress) as bar:
         for spans in batches:
             batch = dialog_batch(
@@ -212,7 +217,7 @@ def run_examples(
                 max_context=max_context,
                 max_utt_len=max_utt_len,
                 spans=[(s, e) for _, s, e in spans],
-            )
+            ).to(device)
             likelihood_pass(model, batch, gathered)
             sampled = sample_batch(model, batch, config, gathered.examples)
             k = 0
@@ -252,26 +257,27 @@ def likelihood_pass(model, batch, gathered: Gathered) -> None:
     gathered.totals.add(out)
     for name in ("nll", "kl", "tokens"):
         gathered.likelihood.setdefault(name, []).extend(getattr(out, name).double().tolist())
-    gathered.mus.append(mu_q.detach().double())
-    gathered.logvars.append(logvar_q.detach().double())
+    gathered.mus.append(mu_q.detach().double().cpu())
+    gathered.logvars.append(logvar_q.detach().double().cpu())
 
 
 def sample_batch(model, batch, config: EvalConfig, position: int):
     """``config.samples`` responses per example of ``batch`` (whose first example is example
     ``position``), each with its own z ~ p(z|c) from :func:`eval.samples.example_noise`."""
+    device = next(model.parameters()).device
     noise = torch.stack(
         [
             example_noise(config.seed, position + k, config.samples, model.config.latent_dim)
             for k in range(batch.num_examples)
         ]
-    )
+    ).to(device)
     return model.sample_responses(
         batch,
         config.samples,
         max_length=config.max_length,
         decoding=config.decoding,
         temperature=config.temperature,
-        generator=torch.Generator().manual_seed(config.seed + position),
+        generator=torch.Generator(device).manual_seed(config.seed + position),
         noise=noise,
         options=config.decoding_options(),
     )
