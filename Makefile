@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help setup serve test test-fast lint bench-train bench-service stress prepare
+.PHONY: help setup serve test test-fast lint bench-train bench-service stress prepare docker-check
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -58,3 +58,7 @@ bench-service: $(DEV_STAMP)  ## the service under load (benchmarks/service_load.
 
 stress: $(STAMP)  ## hostile input, overload, slow clients against a real server; STRESS_ARGS=--quick
 	$(PY) benchmarks/stress.py $(STRESS_ARGS)
+
+# Only the standard library and the system's python3: it runs before any virtual environment.
+docker-check:  ## build the image on a local Debian base, run and probe it, then remove it (root)
+	$(PYTHON) deploy/docker_check.py
