@@ -116,8 +116,7 @@ REFUSED = [
     (
         {"model": "gpt-4o"},
         openai.NotFoundError,
-        "Error code: 404 - The model 'gpt-4o' does not exist; this service serves "
-        f"'{MODEL}'.",
+        f"Error code: 404 - The model 'gpt-4o' does not exist; this service serves '{MODEL}'.",
         ("model", "model_not_found"),
     ),
     (
