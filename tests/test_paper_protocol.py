@@ -144,3 +144,40 @@ def test_docs_show_the_paper_protocol():
     docs = (ROOT / "docs" / "evaluation.md").read_text()
     assert protocol_markdown(PAPER_PROTOCOL) in docs
     assert paper_differences_markdown() in docs
+
+
+def zhao_test_windows(rows: int, backward: int = 10) -> list[tuple[int, int]]:
+    """(start, end) of the windows row[start:end] the test loader cuts from one dialog of
+    ``rows`` rows (the marker first) at batch size 1, step 1 (data_utils.py:56-67), written out
+    from the public code as it reads."""
+    num_seg = rows - backward
+    if num_seg > 0:
+        starts = [0] * (backward - 2) + list(range(0, num_seg))
+        ends = list(range(2, backward)) + list(range(backward, num_seg + backward))
+    else:
+        starts, ends = [0] * (rows - 2), list(range(2, rows))
+    return [(s, e) for s, e in zip(starts, ends, strict=True) if s < rows - 1]
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3, 9, 10, 11, 25])
+def test_scored_contexts_are_the_test_loaders(turns):
+    """The responses scored and their context lengths equal the windows of Zhao's loader, the
+    ones with the marker alone as context skipped (cvae_cyc.py:649-651)."""
+    from eval.paper import CONTEXT_UTTERANCES
+    from model.batch import dialog_batch
+    from model.vocab import Vocabulary
+
+    expected = {
+        e - 2: e - 1 - s  # the response row[e-1] is turn e-2; its context is row[s:e-1]
+        for s, e in zhao_test_windows(turns + 1)
+        if e - 1 - s != 1
+    }
+    scored = [t for t in range(turns) if is_scored(t, turns)]
+    assert scored == sorted(expected)
+    if scored:
+        dialog = [("A" if t % 2 else "B", [f"w{t}"]) for t in range(turns)]
+        vocab = Vocabulary.build([tokens for _, tokens in dialog])
+        batch = dialog_batch(
+            [dialog], vocab, max_context=CONTEXT_UTTERANCES, spans=[(scored[0], scored[-1] + 1)]
+        )
+        assert batch.context_lengths.tolist() == [expected[t] for t in scored]
