@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from model.files import naming
+
 
 def example_noise(seed: int, position: int, num_samples: int, latent_dim: int) -> torch.Tensor:
     """The standard-normal draws of one example's prior samples [num_samples, latent_dim],
@@ -36,17 +38,17 @@ class SamplesFile:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
-            self._file.close()
+            with naming(self.path):
+                self._file.close()
 
     def write(self, dialog_id, turn: int, position: int, turns, samples, scores: dict) -> None:
         """Example ``position`` (turn ``turn`` of dialog ``dialog_id``, whose ``turns`` are
         (speaker, tokens) pairs), its ``samples`` and their ``scores``."""
         if self._file is None:
             return
-        if self.jsonl:
-            self._file.write(self._record(dialog_id, turn, position, turns, samples, scores))
-        else:
-            self._file.write(self._text(dialog_id, turn, position, turns, samples, scores))
+        make = self._record if self.jsonl else self._text
+        with naming(self.path):  # a full disk's error names the file
+            self._file.write(make(dialog_id, turn, position, turns, samples, scores))
 
     def _record(self, dialog_id, turn, position, turns, samples, scores) -> str:
         speaker, reference = turns[turn]

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from model.files import atomic_write_text
+
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
 # Corpus-level metrics computed from per-context sums, not means: (numerator terms, per token).
@@ -49,7 +51,9 @@ def write_contexts(path: Path, keys: Sequence[str], columns: dict[str, Sequence[
     scores = {
         k: [None if v is None else float(f"{v:.6g}") for v in vs] for k, vs in columns.items()
     }
-    path.write_text(json.dumps({"keys": list(keys), "scores": scores}, separators=(",", ":")))
+    atomic_write_text(
+        path, json.dumps({"keys": list(keys), "scores": scores}, separators=(",", ":"))
+    )
 
 
 def read_contexts(result_path: str | Path) -> dict | None:

@@ -57,7 +57,7 @@ from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.cli import parse_args
 from model.cvae import LikelihoodTotals, decode_dtype, gaussian_kl, resolve_device
-from model.files import repo_relative_paths
+from model.files import atomic_write_text, os_error_line, repo_relative_paths
 from model.vocab import SPECIALS
 from training.batching import Segment, plan_batches
 
@@ -174,7 +174,7 @@ def evaluate(config: EvalConfig) -> dict:
     if config.out:
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", out)
         columns = {**gathered.likelihood, **gathered.per_context}
         write_contexts(contexts_path(out), gathered.context_keys, columns)
@@ -363,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # EvalError, CheckpointError, CorpusError, EmbeddingError
         log.error("%s", e)
         return 2
+    except OSError as e:  # writing the results: a full disk, no permission
+        log.error("%s", os_error_line(e))
+        return 1
     print(markdown_table(result))
     return 0
 

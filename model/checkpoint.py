@@ -69,7 +69,7 @@ def save_pretrained(
         raise ValueError(
             f"vocabulary has {len(vocab)} words, model expects {model.config.vocab_size}"
         )
-    with naming(directory.parent):
+    with naming(directory):
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:

@@ -210,11 +210,14 @@ def os_error_line(error: OSError) -> str:
 
 @contextmanager
 def naming(path: str | Path) -> Iterator[None]:
-    """Make an OSError raised inside name ``path`` (a failed ``write()`` names no file)."""
+    """Make an OSError raised inside name ``path``: a failed ``write()`` names no file, and one
+    on the temporary ``.<name>.*`` of :func:`atomic_path` is about ``path`` for the user."""
     try:
         yield
     except OSError as e:
-        if e.filename is None and e.errno is not None:
+        temporary = f".{Path(path).name}."
+        unnamed = e.filename is None or Path(str(e.filename)).name.startswith(temporary)
+        if unnamed and e.errno is not None:
             raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
 

@@ -539,3 +539,66 @@ def test_a_run_written_before_checkpoint_hashes_resumes(synthetic_prepared, tmp_
     assert run_state(run)["progress"]["step"] == 30
     load_pretrained(run / "best")
     load_pretrained(run / "last")
+
+
+@pytest.mark.slow
+def test_the_service_refuses_flipped_bits_in_one_line_unless_told_not_to_verify(vocab, tmp_path):
+    from benchmarks.service_process import free_port, service_env
+    from service.config import ServiceConfig
+    from service.engine import InferenceEngine
+
+    save_pretrained(tiny_model(vocab), vocab, tmp_path / "ck")
+    weights = tmp_path / "ck" / "model.safetensors"
+    flip_bits_in_tensor_data(weights, bits=50)
+    cmd = [sys.executable, "-m", "service", "--checkpoint", str(tmp_path / "ck"),
+           "--port", str(free_port()), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=service_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"python -m service: error: CheckpointError: {weights}: SHA-256 differs from the one in "
+        f"{tmp_path / 'ck' / 'config.json'} (file changed or corrupt)"
+    )
+    config = ServiceConfig.from_args(["--checkpoint", str(tmp_path / "ck"), "--no-verify"])
+    assert config.verify is False
+    loaded, _ = InferenceEngine.from_checkpoint(config)._loader()  # the damage goes unseen
+    assert loaded.config.vocab_size == len(vocab)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
+@pytest.mark.parametrize("fallback", [[], ["--fallback"]], ids=["rename-exchange", "two-renames"])
+def test_strace_kills_at_every_rename_of_a_save_lose_nothing(fallback):
+    """The kill-injection benchmark at the system-call level, for the renames (the whole table,
+    every write and open included: python benchmarks/kill_injection.py)."""
+    result = subprocess.run([sys.executable, "benchmarks/kill_injection.py", *fallback,
+                             "--syscalls", "rename,renameat2"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    if "Operation not permitted" in result.stderr:
+        pytest.skip("ptrace is not allowed here")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| rename")]
+    assert len(rows) == (1 if not fallback else 2), result.stdout  # exchange; or the two renames
+    assert all(" | best/ | " in row or " | .best.old | " in row for row in rows), result.stdout
+
+
+@pytest.mark.slow
+def test_a_run_directory_without_write_permission_is_one_line(synthetic_prepared, tmp_path):
+    run = tmp_path / "run"
+    assert main(["--data", str(synthetic_prepared), "--out", str(run), "--max-steps", "10",
+                 "--save-every", "10", "--eval-every", "10", *TINY]) == 0  # fmt: skip
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    run.chmod(0o555)
+    try:
+        code = ("import sys\nfrom training.switchboard import main\n"
+                f"sys.exit(main(['--out', {str(run)!r}, '--resume', '--max-steps', '20']))\n")  # fmt: skip
+        result = as_unprivileged(code)
+    finally:
+        run.chmod(0o755)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"training {run / 'config.json'}: permission denied")
+    )
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
