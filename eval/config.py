@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.paper import SAMPLES_PER_CONTEXT as PAPER_SAMPLES
+from model.cli import ConfigValueError, check
 from model.cvae import DECODE_DTYPES
-from model.decoding import DecodingOptions
+from model.decoding import MAX_REPETITION_PENALTY, DecodingOptions
 from model.files import repo_relative
 from training.prepare import DEFAULT_DATA
 
@@ -69,11 +70,13 @@ class EvalConfig:
         metadata={
             "help": "sampled responses per context",
             "default": f"{PROJECT_SAMPLES} (project), {PAPER_SAMPLES} (paper)",
+            "ge": 1,
         },
     )
-    seed: int = field(default=0, metadata={"help": "random seed (z draws and sampling)"})
+    seed: int = field(default=0, metadata={"help": "random seed (z draws and sampling)", "ge": 0})
     limit: int | None = field(
-        default=None, metadata={"help": "evaluate only the first N examples", "default": "all"}
+        default=None,
+        metadata={"help": "evaluate only the first N examples", "default": "all", "ge": 1},
     )
     glove: str | None = field(
         default=None,
@@ -93,32 +96,46 @@ class EvalConfig:
             "default": "next to --out",
         },
     )
-    batch_dialogs: int = field(default=4, metadata={"help": "dialogs per batch"})
+    batch_dialogs: int = field(default=4, metadata={"help": "dialogs per batch", "ge": 1})
     max_batch_examples: int = field(
-        default=256, metadata={"help": "at most this many examples (contexts) per batch"}
+        default=256, metadata={"help": "at most this many examples (contexts) per batch", "ge": 1}
     )
-    max_length: int = field(default=40, metadata={"help": "max words of a sampled response"})
+    max_length: int = field(
+        default=40, metadata={"help": "max words of a sampled response", "ge": 1}
+    )
     decoding: str = field(
         default="greedy", metadata={"help": "how words are chosen", "choices": ("greedy", "sample")}
     )
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "gt": 0})
     # The decoding controls of model/decoding.py; the defaults are the papers' plain protocol.
     # The service's readable defaults: --no-repeat-ngram-size 3 --repetition-penalty 1.2
     # --top-p 0.9 --no-allow-unk.
     no_repeat_ngram_size: int = field(
-        default=0, metadata={"help": "never repeat an n-gram of this size in a response (0: off)"}
+        default=0,
+        metadata={"help": "never repeat an n-gram of this size in a response (0: off)", "ge": 0},
     )
     repetition_penalty: float = field(
-        default=1.0, metadata={"help": "CTRL repetition penalty (1.0: off)"}
+        default=1.0,
+        metadata={
+            "help": "CTRL repetition penalty (1.0: off)",
+            "ge": 1,
+            "le": MAX_REPETITION_PENALTY,
+        },
     )
-    top_k: int = field(default=0, metadata={"help": "sample from the k most likely (0: all)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1.0: all)"})
+    top_k: int = field(
+        default=0, metadata={"help": "sample from the k most likely (0: all)", "ge": 0}
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "nucleus sampling mass (1.0: all)", "gt": 0, "le": 1}
+    )
     allow_unk: bool = field(default=True, metadata={"help": "let samples contain <unk>"})
 
     def decoding_options(self) -> DecodingOptions:
         return DecodingOptions.of(self)
 
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)"})
+    threads: int = field(
+        default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)", "ge": 1}
+    )
     # The reference figures are the CPU's; a GPU's floating-point order differs slightly.
     device: str = field(
         default="cpu",
@@ -138,7 +155,7 @@ class EvalConfig:
     )
     samples_context: int = field(
         default=3,
-        metadata={"help": "context utterances shown per example in the .txt samples file"},
+        metadata={"help": "context utterances shown per example in the .txt samples file", "ge": 0},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     verify: bool = field(
@@ -154,6 +171,7 @@ class EvalConfig:
             self.samples = PAPER_SAMPLES if self.protocol == "paper" else PROJECT_SAMPLES
 
     def validate(self) -> EvalConfig:
+        """This config, or :class:`EvalError` naming the first field out of its range."""
         if self.protocol not in PROTOCOLS:
             raise EvalError(f"--protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.protocol == "paper" and self.samples != PAPER_SAMPLES:
@@ -161,21 +179,10 @@ class EvalConfig:
                 f"--protocol paper scores {PAPER_SAMPLES} samples per context, as the paper's "
                 f"evaluation does; leave out --samples (got {self.samples})"
             )
-        if self.data is None and self.split not in SPLITS:
-            raise EvalError(f"--split must be one of {SPLITS}, got {self.split!r}")
-        for name in ("samples", "batch_dialogs", "max_batch_examples", "max_length", "threads"):
-            if getattr(self, name) < 1:
-                raise EvalError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise EvalError("--limit must be >= 1")
-        if self.decoding not in ("greedy", "sample"):
-            raise EvalError("--decoding must be 'greedy' or 'sample'")
         try:
-            self.decoding_options()
-        except ValueError as e:
-            raise EvalError(f"decoding options: {e}") from e
-        if self.decode_dtype not in ("auto", *DECODE_DTYPES):
-            raise EvalError(f"--decode-dtype must be auto or one of {list(DECODE_DTYPES)}")
+            check(self)
+        except ConfigValueError as e:
+            raise EvalError(f"--{str(e).replace('_', '-')}") from None
         return self
 
     def samples_path(self) -> Path | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from model.text import DEFAULT_TOKENIZER, TOKENIZERS, check_tokenizer
+from model.cli import check
+from model.text import DEFAULT_TOKENIZER, TOKENIZERS
 
 VARIANTS = ("cvae", "cvae-bow", "bn-cvae")
 BN_GAMMA_MODES = ("fixed", "learned")
@@ -27,9 +28,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _is_number(value) -> bool:
-    """An int or float, not a bool (for ModelConfig.__post_init__)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+# The largest values a model may declare (a checkpoint's config.json is held to them at load):
+# beyond them the model cannot be served. A request's tensors are [turns x max_utt_len] and the
+# service reads max_context turns, so these bound what one request may cost; Switchboard needs
+# 10 turns and 40 tokens, and the largest size the project uses is 10,005 (the vocabulary).
+MAX_CONTEXT = 100
+MAX_UTT_LEN = 500
+MAX_SIZE = 1_000_000
 
 
 def _help(text: str, **more) -> dict:
@@ -43,21 +48,31 @@ class ModelConfig:
     variant: str = field(
         default="bn-cvae", metadata=_help("model variant", choices=VARIANTS, cli=False)
     )
-    vocab_size: int = field(default=10_005, metadata=_help("vocabulary size", cli=False))
-    embed_dim: int = field(default=200, metadata=_help("word embedding size"))
-    utt_hidden: int = field(
-        default=300, metadata=_help("per direction of the bidirectional utterance GRU")
+    vocab_size: int = field(
+        default=10_005, metadata=_help("vocabulary size", cli=False, ge=1, le=MAX_SIZE)
     )
-    ctx_hidden: int = field(default=600, metadata=_help("context GRU size"))
-    dec_hidden: int = field(default=400, metadata=_help("decoder GRU size"))
-    latent_dim: int = field(default=200, metadata=_help("size of the latent variable z"))
-    max_context: int = field(default=10, metadata=_help("context utterances seen per response"))
-    max_utt_len: int = field(default=40, metadata=_help("words kept per utterance"))
+    embed_dim: int = field(default=200, metadata=_help("word embedding size", ge=1, le=MAX_SIZE))
+    utt_hidden: int = field(
+        default=300,
+        metadata=_help("per direction of the bidirectional utterance GRU", ge=1, le=MAX_SIZE),
+    )
+    ctx_hidden: int = field(default=600, metadata=_help("context GRU size", ge=1, le=MAX_SIZE))
+    dec_hidden: int = field(default=400, metadata=_help("decoder GRU size", ge=1, le=MAX_SIZE))
+    latent_dim: int = field(
+        default=200, metadata=_help("size of the latent variable z", ge=1, le=MAX_SIZE)
+    )
+    max_context: int = field(
+        default=10, metadata=_help("context utterances seen per response", ge=1, le=MAX_CONTEXT)
+    )
+    max_utt_len: int = field(
+        default=40, metadata=_help("words kept per utterance", ge=1, le=MAX_UTT_LEN)
+    )
     bn_gamma: float = field(
         default=0.6,
         metadata=_help(
             "the BN scale on the posterior mean (bn-cvae): fixed, gamma itself; learned, the "
-            "root mean square of the per-dimension gammas"
+            "root mean square of the per-dimension gammas",
+            gt=0,
         ),
     )
     # Zhu et al. (2020) share one frozen gamma (Eq. 5); learning one per dimension is their
@@ -76,23 +91,29 @@ class ModelConfig:
         default=0.0,
         metadata=_help(
             "dropout rate on the posterior variance once the KL weight is 1, with DU-VAE's "
-            "variance floor 1/(2 pi e) (0: off, the papers' model)"
+            "variance floor 1/(2 pi e) (0: off, the papers' model)",
+            ge=0,
+            lt=1,
         ),
     )
     prior_kl_weight: float = field(
-        default=1.0, metadata=_help("weight of KL(p(z|c) || N(0,I)) (bn-cvae)")
+        default=1.0, metadata=_help("weight of KL(p(z|c) || N(0,I)) (bn-cvae)", ge=0)
     )
     bow_weight: float = field(
-        default=1.0, metadata=_help("weight of the bag-of-words loss (cvae-bow)")
+        default=1.0, metadata=_help("weight of the bag-of-words loss (cvae-bow)", ge=0)
     )
-    bow_hidden: int = field(default=400, metadata=_help("hidden size of the bag-of-words MLP"))
+    bow_hidden: int = field(
+        default=400, metadata=_help("hidden size of the bag-of-words MLP", ge=1, le=MAX_SIZE)
+    )
     # Dropout on the word embeddings (encoders' and decoder's inputs) and on the decoder's
     # outputs before the vocabulary projection; training only. 0 is Zhao et al.'s setting
     # (keep_prob 1.0), which overfits our half-size training set at the paper's dims.
     dropout: float = field(
         default=0.0,
         metadata=_help(
-            "dropout on the word embeddings and the decoder's outputs, in training (0: Zhao's)"
+            "dropout on the word embeddings and the decoder's outputs, in training (0: Zhao's)",
+            ge=0,
+            lt=1,
         ),
     )
     # Welleck et al. (2020)'s token-level unlikelihood loss, added to every variant's: not in
@@ -101,7 +122,8 @@ class ModelConfig:
         default=0.0,
         metadata=_help(
             "weight of the token-level unlikelihood loss on repeating earlier tokens of the "
-            "response (0: the papers' objective)"
+            "response (0: the papers' objective)",
+            ge=0,
         ),
     )
     # Welleck et al. (2020)'s sequence-level unlikelihood, on the model's own greedy responses
@@ -111,7 +133,8 @@ class ModelConfig:
         default=0.0,
         metadata=_help(
             "weight of the sequence-level unlikelihood loss on the loops of the model's own "
-            "greedy responses (0: the papers' objective)"
+            "greedy responses (0: the papers' objective)",
+            ge=0,
         ),
     )
     # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
@@ -121,33 +144,10 @@ class ModelConfig:
     )
 
     def __post_init__(self):
-        # Impossible values (from a config.json, or flags) are refused here, naming the field:
-        # else they fail later inside torch, or load and give wrong results (max_context 0 made
-        # every response fail, max_utt_len 0 gave a wrong perplexity).
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        check_tokenizer(self.tokenizer)
-        sizes = ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_dim")
-        for name in (*sizes, "bow_hidden", "max_context", "max_utt_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        # (comparisons with inf are also False for NaN)
-        if not (_is_number(self.bn_gamma) and 0 < self.bn_gamma < float("inf")):
-            raise ValueError(f"bn_gamma must be a finite number > 0, got {self.bn_gamma!r}")
-        weights = ("prior_kl_weight", "bow_weight", "unlikelihood_weight")
-        for name in (*weights, "sequence_unlikelihood_weight"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value < float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.bn_gamma_mode not in BN_GAMMA_MODES:
-            raise ValueError(
-                f"bn_gamma_mode must be one of {BN_GAMMA_MODES}, got {self.bn_gamma_mode!r}"
-            )
-        for name in ("dropout", "posterior_var_dropout"):
-            value = getattr(self, name)
-            if not (_is_number(value) and 0 <= value < 1):
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        # Impossible values (from a config.json, or flags) are refused here, naming the field
+        # and its range (the metadata above): else they fail later inside torch, or load and
+        # give wrong results (max_context 0 made every response fail).
+        check(self)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.cli import CommandLine, parse_args
+from model.cli import CommandLine, check, parse_args
 from model.files import existing_directory
 
 ENV_PREFIX = "BNCVAE_"
@@ -55,31 +55,33 @@ class ServiceConfig:
         ),
     )
     host: str = field(default="127.0.0.1", metadata=_help("interface to listen on"))
-    port: int = field(default=8000, metadata=_help("port"))
-    # "auto" is resolved to "cuda" or "cpu" by from_args (the command line's default)
+    port: int = field(default=8000, metadata=_help("port", ge=0, le=65535))
+    # "auto" is resolved to "cuda" or "cpu" by from_args, and by the engine when it is built
+    # from a config made in code.
     device: str = field(
-        default="cpu", metadata=_help("auto: the GPU when present", choices=DEVICES)
+        default="auto", metadata=_help("auto: the GPU when present", choices=DEVICES)
     )
     # Engine: requests waiting in the queue are decoded together, up to max_batch_size samples
     # (contexts x num_samples) per model call; under concurrent traffic a batch waits at most
     # max_wait_ms for company.
     max_batch_size: int = field(
         default=256,
-        metadata=_help("most samples (contexts x num_samples) decoded in one model call"),
+        metadata=_help("most samples (contexts x num_samples) decoded in one model call", ge=1),
     )
     max_wait_ms: float = field(
         default=5.0,
-        metadata=_help("under concurrent traffic, how long a batch waits for more requests"),
+        metadata=_help("under concurrent traffic, how long a batch waits for more requests", ge=0),
     )
     queue_size: int = field(
-        default=256, metadata=_help("requests that may wait; beyond that 503 + Retry-After")
+        default=256, metadata=_help("requests that may wait; beyond that 503 + Retry-After", ge=1)
     )
     timeout_s: float = field(
         default=30.0,
         metadata=_help(
             "per-request time limit, queueing included; then 504. A request is admitted only if "
             "the decoding queued before it and its own (as measured) fit in half of it, else 503 "
-            "+ Retry-After"
+            "+ Retry-After",
+            gt=0,
         ),
     )
     verify: bool = field(
@@ -100,6 +102,7 @@ class ServiceConfig:
         metadata=_help(
             "CPU threads per model call; 1 on a machine busy with other work",
             default=lambda: f"0: every core, at most 4; here {default_torch_threads()}",
+            ge=0,
         ),
     )
     # dtype of the decoder's vocabulary projection (most of the decoding time); "auto": bfloat16
@@ -113,7 +116,9 @@ class ServiceConfig:
             choices=DECODE_DTYPES,
         ),
     )
-    max_body_bytes: int = field(default=256 * 1024, metadata=_help("larger request bodies get 413"))
+    max_body_bytes: int = field(
+        default=256 * 1024, metadata=_help("larger request bodies get 413", ge=1)
+    )
     # Slow and idle clients (service/server.py): a connection holds a socket, a file descriptor
     # and buffers.
     max_connections: int = field(
@@ -125,51 +130,34 @@ class ServiceConfig:
                 f"0: the file-descriptor limit less {FD_RESERVE}, at most "
                 f"{MAX_CONNECTIONS}; here {default_max_connections()}"
             ),
+            ge=0,
         ),
     )
     header_timeout_s: float = field(
         default=10.0,
         metadata=_help(
             "a connection that does not send a request's headers within this is closed (from "
-            "the request's first byte, or the connection's opening)"
+            "the request's first byte, or the connection's opening)",
+            gt=0,
         ),
     )
     max_header_bytes: int = field(
-        default=16 * 1024, metadata=_help("larger request headers get 431")
+        default=16 * 1024, metadata=_help("larger request headers get 431", ge=1024)
     )
     body_timeout_s: float = field(
         default=20.0,
-        metadata=_help("a request body not received within this after the headers gets 408"),
+        metadata=_help("a request body not received within this after the headers gets 408", gt=0),
     )
     keep_alive_s: float = field(
-        default=5.0, metadata=_help("an idle kept-alive connection is closed after this")
+        default=5.0, metadata=_help("an idle kept-alive connection is closed after this", gt=0)
     )
     log_level: str = field(default="info", metadata=_help("log level", choices=LOG_LEVELS))
 
     def __post_init__(self):
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        if self.max_batch_size < 1:
-            raise ConfigError("max_batch_size must be >= 1")
-        if self.max_wait_ms < 0:
-            raise ConfigError("max_wait_ms must be >= 0")
-        if self.queue_size < 1:
-            raise ConfigError("queue_size must be >= 1")
-        if not self.timeout_s > 0:
-            raise ConfigError("timeout_s must be > 0")
-        if self.torch_threads < 0:
-            raise ConfigError("torch_threads must be >= 0")
-        if self.decode_dtype not in DECODE_DTYPES:
-            raise ConfigError(f"decode_dtype must be one of {DECODE_DTYPES}")
-        if self.max_body_bytes < 1:
-            raise ConfigError("max_body_bytes must be >= 1")
-        if self.max_connections < 0:
-            raise ConfigError("max_connections must be >= 0")
-        if self.max_header_bytes < 1024:
-            raise ConfigError("max_header_bytes must be >= 1024")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0")
+        try:
+            check(self)  # the ranges declared in each field's metadata (model/cli.py)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @classmethod
     def from_args(
@@ -199,7 +187,6 @@ def command_line(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Comm
         argv,
         prog="python -m service",
         description=DESCRIPTION,
-        defaults={"device": "auto"},
         env_prefix=ENV_PREFIX,
         environ=environ,
     )

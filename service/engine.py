@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from model.batch import context_batch, next_speaker
-from model.cvae import DialogCVAE, decode_dtype, num_parameters
+from model.cvae import DialogCVAE, decode_dtype, num_parameters, resolve_device
 from model.decoding import PLAIN, DecodingOptions
 from model.text import detokenize
 from model.vocab import Vocabulary
@@ -205,7 +205,7 @@ class InferenceEngine:
         metadata: dict | None = None,
     ):
         self.config = config
-        self.device = torch.device(device or config.device)
+        self.device = torch.device(device) if device else resolve_device(config.device)
         self.checkpoint = config.checkpoint
         self.metadata = metadata or {}
         self.state = (
@@ -240,7 +240,7 @@ class InferenceEngine:
 
         if config.checkpoint is None:
             raise ValueError("config.checkpoint is not set")
-        directory, device = Path(config.checkpoint), config.device
+        directory, device = Path(config.checkpoint), resolve_device(config.device)
         metadata = {}
         with contextlib.suppress(ValueError):  # a bad config.json is reported by the load itself
             metadata = load_config(directory)[1]

@@ -110,13 +110,16 @@ class PrepareConfig:
             "choices": SEGMENTATIONS,
         },
     )
-    max_words: int = field(default=10_000, metadata={"help": "vocabulary size (without specials)"})
-    ngram: int = field(default=DEFAULT_N, metadata={"help": "n of the leakage n-grams"})
+    max_words: int = field(
+        default=10_000, metadata={"help": "vocabulary size (without specials)", "ge": 1}
+    )
+    ngram: int = field(default=DEFAULT_N, metadata={"help": "n of the leakage n-grams", "ge": 1})
     leak_threshold: float = field(
-        default=DEFAULT_THRESHOLD, metadata={"help": "containment score that marks a leak"}
+        default=DEFAULT_THRESHOLD,
+        metadata={"help": "containment score that marks a leak", "gt": 0, "le": 1},
     )
     leak_min_shared: int = field(
-        default=DEFAULT_MIN_SHARED, metadata={"help": "minimum shared n-grams for a leak"}
+        default=DEFAULT_MIN_SHARED, metadata={"help": "minimum shared n-grams for a leak", "ge": 1}
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_pretrained, save_pretrained
-from model.cli import parse_args
+from model.cli import CommandLine, ConfigValueError, check, parse_args, read_config_file
 from model.config import PRESETS, VARIANTS, ModelConfig
 from model.cvae import DialogCVAE, LikelihoodTotals, resolve_device
 from model.files import (
@@ -117,20 +117,21 @@ class TrainConfig:
     preset: str = field(
         default="cpu", metadata=_help("model dimensions (model/config.py)", choices=tuple(PRESETS))
     )
-    seed: int = field(default=0, metadata=_help("random seed"))
+    seed: int = field(default=0, metadata=_help("random seed", ge=0))
     # A batch is batch_segments runs of segment_size consecutive responses, each from a random
     # dialog: 8 x 8 = 64 examples from ~8 dialogs, so batch normalization sees many
     # conversations while each utterance is still encoded once per batch (measured with
     # benchmarks/train_throughput.py: 2.3x the per-window path at the paper dims; 4 x 16 was 2.5x
     # with 4 dialogs, 16 x 4 2.0x, 32 x 2 1.6x).
     segment_size: int = field(
-        default=8, metadata=_help("consecutive responses of one dialog in a batch")
+        default=8, metadata=_help("consecutive responses of one dialog in a batch", ge=1)
     )
-    batch_segments: int = field(default=8, metadata=_help("segments (dialogs) per batch"))
-    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
-    grad_clip: float = field(default=5.0, metadata=_help("gradient norm clipping"))
+    batch_segments: int = field(default=8, metadata=_help("segments (dialogs) per batch", ge=1))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate", gt=0))
+    grad_clip: float = field(default=5.0, metadata=_help("gradient norm clipping", gt=0))
     kl_anneal_steps: int = field(
-        default=5000, metadata=_help("the KL weight rises linearly from 0 to 1 over these steps")
+        default=5000,
+        metadata=_help("the KL weight rises linearly from 0 to 1 over these steps", ge=0),
     )
     # bn-cvae: anneal the extra KL(p(z|c) || N(0,I)) term with the same weight (the paper is
     # silent; the default was chosen by a measured short run of each, docs/results.md).
@@ -139,17 +140,22 @@ class TrainConfig:
         metadata=_help("bn-cvae: anneal KL(p(z|c) || N(0,I)) with the same weight"),
     )
     epochs: int = field(
-        default=4, metadata=_help("the most epochs a run trains; validation may stop it earlier")
+        default=4,
+        metadata=_help("the most epochs a run trains; validation may stop it earlier", ge=1),
     )
-    max_steps: int = field(default=0, metadata=_help("stop after this many steps (0: all epochs)"))
+    max_steps: int = field(
+        default=0, metadata=_help("stop after this many steps (0: all epochs)", ge=0)
+    )
     eval_every: int = field(
-        default=1000, metadata=_help("validate (and keep the best checkpoint) every N steps")
+        default=1000, metadata=_help("validate (and keep the best checkpoint) every N steps", ge=1)
     )
-    save_every: int = field(default=250, metadata=_help("save the training state (for --resume)"))
+    save_every: int = field(
+        default=250, metadata=_help("save the training state (for --resume)", ge=1)
+    )
     # Counted once the KL annealing is over.
     patience: int = field(
         default=6,
-        metadata=_help("stop after this many validations in a row without a better -ELBO"),
+        metadata=_help("stop after this many validations in a row without a better -ELBO", ge=1),
     )
     # A model whose KL is still moving (the CVAE's falls for long after the annealing) is not
     # yet the model it converges to: with a window, patience counts only validations at which
@@ -169,10 +175,10 @@ class TrainConfig:
         ),
     )
     valid_dialogs: int = field(
-        default=0, metadata=_help("validate on the first N valid dialogs (0: all)")
+        default=0, metadata=_help("validate on the first N valid dialogs (0: all)", ge=0)
     )
-    log_every: int = field(default=50, metadata=_help("log training metrics every N steps"))
-    threads: int = field(default=0, metadata=_help("torch threads (0: torch's default)"))
+    log_every: int = field(default=50, metadata=_help("log training metrics every N steps", ge=1))
+    threads: int = field(default=0, metadata=_help("torch threads (0: torch's default)", ge=0))
     device: str = field(
         default="auto",
         metadata=_help("auto: the GPU when present", choices=("auto", "cpu", "cuda")),
@@ -197,6 +203,9 @@ class TrainConfig:
             "vocabulary and model must be this run's, but for the training-only --model options"
         ),
     )
+
+    def __post_init__(self):
+        check(self)  # the ranges in each field's metadata (model/cli.py), from flags or a file
 
 
 def kl_settled(valid_kls: list[float], window: int, tolerance: float) -> bool:
@@ -688,13 +697,13 @@ def settings_for_resume(
     path = out / "config.json"
     if not (out / STATE_FILE).exists():
         raise nothing_to_resume(out)
+    if not path.exists():
+        raise RunError(f"{path}: missing; nothing to resume in {out}")
     try:
-        saved = json.loads(path.read_text())
-        saved_train, saved_model = dict(saved["train"]), dict(saved["model"])
-    except FileNotFoundError:
-        raise RunError(f"{path}: missing; nothing to resume in {out}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{path}: not a run config: {e}") from e
+        saved_train = read_config_file(path, TrainConfig, CONFIG_LAYOUT, **CONFIG_FILE_LAYOUT)
+    except ConfigValueError as e:
+        raise RunError(f"{e}; cannot resume") from None
+    saved_model = saved_train.pop("model", {})
     differ = [
         f"--{k.replace('_', '-')} {v!r} (run: {saved_train.get(k)!r})"
         for k, v in train_overrides.items()
@@ -716,6 +725,23 @@ def settings_for_resume(
     return train_settings, model_settings
 
 
+# A run's config.json, and a recipe (recipes/*.json): {"train": TrainConfig, "model": ModelConfig}.
+CONFIG_LAYOUT = {"model": ModelConfig}
+CONFIG_FILE_LAYOUT = {"section": "train", "ignore": ("world_size",)}
+
+
+def resolved_settings(args: CommandLine) -> dict:
+    """What ``--print-config`` prints: the run's settings in the layout of its ``config.json``
+    (the model's with the preset applied; a file of it is a recipe)."""
+    train = {k: v for k, v in args.values.items() if k != "model"}
+    model = ModelConfig.preset(
+        train["preset"], variant=train["variant"], **args.given.get("model", {})
+    ).to_dict()
+    for name in ("variant", "vocab_size", "tokenizer"):  # --variant's, and the corpus's
+        model.pop(name)
+    return {"train": train, "model": model}
+
+
 def main(argv: list[str] | None = None) -> int:
     preset_dims = {
         k: "the --preset's: " + ", ".join(f"{name} {dims[k]}" for name, dims in PRESETS.items())
@@ -728,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         nested={"model": (ModelConfig, "ModelConfig fields (model/config.py), over the --preset")},
         nested_defaults={"model": preset_dims},
+        config_section=CONFIG_FILE_LAYOUT["section"],
+        config_ignore=CONFIG_FILE_LAYOUT["ignore"],
+        resolve=resolved_settings,
     )
     model_overrides = args.given.pop("model", {})
     train_overrides = args.given
