@@ -164,14 +164,16 @@ class TrainConfig:
         default=0,
         metadata=_help(
             "patience counts only once the valid KL has settled over this many validations "
-            "(0: from the end of the KL annealing)"
+            "(0: from the end of the KL annealing)",
+            ge=0,
         ),
     )
     kl_settle_tolerance: float = field(
         default=0.05,
         metadata=_help(
             "the valid KL has settled when its range over the window is at most this fraction "
-            f"of its mean (or at most {KL_SETTLED_NATS} nats)"
+            f"of its mean (or at most {KL_SETTLED_NATS} nats)",
+            ge=0,
         ),
     )
     valid_dialogs: int = field(
@@ -366,10 +368,6 @@ class Run:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        if cfg.kl_settle_window < 0 or not 0 <= cfg.kl_settle_tolerance < float("inf"):
-            raise RunError(
-                "--kl-settle-window must be >= 0 and --kl-settle-tolerance a number >= 0"
-            )
         self.out = Path(cfg.out)
         self.state_path = self.out / STATE_FILE
         if self.state_path.exists() and not cfg.resume:
