@@ -3,3 +3,7 @@
 ``service.app.create_app(engine)`` builds the FastAPI app around a
 ``service.engine.InferenceEngine``; ``python -m service`` runs it with uvicorn.
 """
+
+from model.dependencies import SERVE, require
+
+require(("torch", "numpy", "safetensors", "fastapi", "uvicorn", "pydantic_settings"), SERVE)

@@ -110,3 +110,19 @@ def test_environment_reaches_the_service_config(tmp_path):
     env = {"BNCVAE_CHECKPOINT": str(tmp_path), "BNCVAE_QUEUE_SIZE": "7", "BNCVAE_DEVICE": "cpu"}
     config = ServiceConfig.from_args([], env)
     assert (config.checkpoint, config.queue_size, config.device) == (tmp_path.resolve(), 7, "cpu")
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_without_the_dependencies_each_command_names_the_install_command(module):
+    # python -S: no site-packages, as the system's python3 outside the virtual environment
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", module, "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    install = "make serve" if module == "service" else "make setup"
+    assert line.startswith(f"python -m {module}: error: torch, ")
+    assert f"run `{install}` in the repository" in line

@@ -351,3 +351,27 @@ def test_empty_split_is_refused(tmp_path, split):
     with pytest.raises(CorpusError, match=f"the {split} split has no dialogs"):
         run(tmp_path, zhao, None)
     assert main(["--out", str(tmp_path / "cli"), "--zhao", str(zhao), "--no-progress"]) == 2
+
+
+def test_a_failed_prepare_leaves_no_folder(tmp_path, inputs, monkeypatch):
+    zhao, swda = inputs
+    with pytest.raises(CorpusError, match="SwDA directory not found"):
+        run(tmp_path, zhao, tmp_path / "no-swda")
+    assert not (tmp_path / "out").exists()
+
+    def full_disk(dialogs, path):
+        Path(path).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prep, "write_jsonl", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(tmp_path, zhao, swda)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # the inputs alone
+
+
+def test_a_second_prepare_replaces_the_files_of_the_first(tmp_path, inputs):
+    zhao, swda = inputs
+    out, first = run(tmp_path, zhao, swda)
+    out, second = run(tmp_path, zhao, swda, max_words=5)
+    assert json.loads((out / "config.json").read_text())["max_words"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no staging left

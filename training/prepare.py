@@ -34,7 +34,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.cli import parse_args
-from model.files import atomic_path, atomic_write_text, file_kind, os_error_reason, read_bytes
+from model.files import file_kind, os_error_reason, read_bytes
 from model.text import DEFAULT_TOKENIZER, LEGACY_TOKENIZER, TOKENIZERS
 from model.vocab import SPECIALS, Vocabulary
 from training.corpus import (
@@ -256,12 +259,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _publish(staging: Path, out: Path) -> None:
+    """The staged corpus as ``out``: renamed into place, or file by file over an earlier one."""
+    if not out.exists():
+        staging.chmod(0o755)  # mkdtemp's directory is private; a corpus is read by others
+        os.replace(staging, out)
+        return
+    for f in staging.iterdir():
+        os.replace(f, out / f.name)
+
+
 def prepare(config: PrepareConfig) -> dict:
     """Build the prepared corpus in ``config.out``; returns the manifest (also written)."""
     t0 = time.perf_counter()
     cfg = config.resolved()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)  # made only once everything is read (a failed prepare leaves nothing)
 
     zhao_stats = ReadStats()
     log.info("reading Zhao release %s", cfg.zhao)
@@ -336,42 +348,49 @@ def prepare(config: PrepareConfig) -> dict:
         segmentation["splits"][split] = split_counts(dialogs)
 
     log.info("writing %s", out)
-    for split, dialogs in splits.items():
-        write_jsonl(dialogs, out / f"{split}.jsonl")
-    with atomic_path(out / "vocab.json") as tmp:
-        vocab.save(tmp)
-    config_dict = dataclasses.asdict(cfg)
-    atomic_write_text(out / "config.json", json.dumps(config_dict, indent=2) + "\n")
+    # Written into a staging directory beside out, then moved into place: a prepare that fails
+    # while writing (a full disk) leaves no half-made corpus.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for split, dialogs in splits.items():
+            write_jsonl(dialogs, staging / f"{split}.jsonl")
+        vocab.save(staging / "vocab.json")
+        config_dict = dataclasses.asdict(cfg)
+        (staging / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
 
-    manifest = {
-        "format_version": MANIFEST_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": {"zhao": cfg.zhao, "swda": cfg.swda, "train_source": train_source},
-        "tokenizer": cfg.tokenizer,
-        "segmentation": segmentation,
-        "config": config_dict,
-        "splits": {
-            s: {"source": train_source if s == "train" else "zhao", **split_counts(d)}
-            for s, d in splits.items()
-        },
-        "dropped_empty_utterances": {
-            "zhao": zhao_stats.dropped_empty_utterances,
-            "swda": swda_stats.dropped_empty_utterances,
-            "total": zhao_stats.dropped_empty_utterances + swda_stats.dropped_empty_utterances,
-            "note": "utterances empty after normalization (e.g. 'Uh.'); the SwDA count covers "
-            "all conversations read, including the ones excluded as leaks",
-        },
-        "dropped_empty_dialogs": zhao_stats.dropped_empty_dialogs
-        + swda_stats.dropped_empty_dialogs,
-        "leakage": leaks.summary(),
-        "normalization": normalization,
-        "files": {
-            name: {"sha256": _sha256(out / name)}
-            for name in [f"{s}.jsonl" for s in SPLITS] + ["vocab.json"]
-        },
-    }
-    manifest["run_time_seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "inputs": {"zhao": cfg.zhao, "swda": cfg.swda, "train_source": train_source},
+            "tokenizer": cfg.tokenizer,
+            "segmentation": segmentation,
+            "config": config_dict,
+            "splits": {
+                s: {"source": train_source if s == "train" else "zhao", **split_counts(d)}
+                for s, d in splits.items()
+            },
+            "dropped_empty_utterances": {
+                "zhao": zhao_stats.dropped_empty_utterances,
+                "swda": swda_stats.dropped_empty_utterances,
+                "total": zhao_stats.dropped_empty_utterances + swda_stats.dropped_empty_utterances,
+                "note": "utterances empty after normalization (e.g. 'Uh.'); the SwDA count covers "
+                "all conversations read, including the ones excluded as leaks",
+            },
+            "dropped_empty_dialogs": zhao_stats.dropped_empty_dialogs
+            + swda_stats.dropped_empty_dialogs,
+            "leakage": leaks.summary(),
+            "normalization": normalization,
+            "files": {
+                name: {"sha256": _sha256(staging / name)}
+                for name in [f"{s}.jsonl" for s in SPLITS] + ["vocab.json"]
+            },
+        }
+        manifest["run_time_seconds"] = round(time.perf_counter() - t0, 2)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "done in %.1fs: %s",
         manifest["run_time_seconds"],
