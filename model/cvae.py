@@ -435,9 +435,6 @@ class DialogCVAE(nn.Module):
             utt_vecs = self.encode_utterances(batch)
         return self._context_from(utt_vecs, batch)
 
-    def prior(self, c):
-        return self.prior_net(c)
-
     def posterior(self, batch: DialogBatch, c=None, utt_vecs=None):
         if utt_vecs is None:
             utt_vecs = self.encode_utterances(batch)

@@ -3,7 +3,8 @@ what went wrong when the disk or the permissions refuse.
 
 A file is written into a temporary sibling and renamed over its path (:func:`atomic_path`; an
 atomic replace on POSIX): run configs, metrics, training states and plots. A checkpoint is a
-directory, written whole into a temporary sibling and swapped in by :func:`replace_directory`.
+directory, written whole into a temporary sibling and swapped in by :func:`replace_directory`;
+a prepared corpus is staged the same way and moved into place (training/prepare.py).
 A kill leaves at most a temporary ``.<name>.*`` beside the target, which
 :func:`remove_temporaries` deletes when the run starts again.
 

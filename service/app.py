@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app(engine)`` assembles the routers (service.routes,
 service.openai_api, service.playground, service.docs), the body limits (size and read time) and
-the error path; the routes reach the engine through their dependencies (service.responding)."""
+the error path; the routes reach the engine through their dependencies (service.dependencies)."""
 
 from __future__ import annotations
 

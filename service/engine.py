@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -124,7 +124,6 @@ class _Pending:
     request: GenerationRequest
     responder: str
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
     units: int = 0  # its cost (DecodeCost.units) in the engine's backlog
 
 

@@ -36,8 +36,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.decoding import READABLE
+from service.dependencies import ReadyEngine, respond_to
 from service.engine import Generated, InferenceEngine
-from service.responding import ReadyEngine, respond_to
 from service.schemas import (
     MAX_LENGTH,
     MIN_TEMPERATURE,

@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from model.cvae import num_parameters
+from service.dependencies import ANSWER_ERRORS, AnyEngine, ReadyEngine, respond_to
 from service.engine import InferenceEngine
-from service.responding import ANSWER_ERRORS, AnyEngine, ReadyEngine, respond_to
 from service.schemas import (
     LIMITS,
     Info,

@@ -251,7 +251,7 @@ def test_sequence_unlikelihood_matches_a_plain_loop_over_the_greedy_responses(eo
         model.decoder.out.bias[VOCAB.eos_id] += eos_bias
     batch = contexts(12)
     c = model.encode_context(batch)
-    mu_p, logvar_p = model.prior(c)
+    mu_p, logvar_p = model.prior_net(c)
     torch.manual_seed(1)
     loss, repeating = model.sequence_unlikelihood(c, mu_p, logvar_p)
     torch.manual_seed(1)
@@ -291,7 +291,7 @@ def test_a_step_on_the_sequence_unlikelihood_lowers_the_repeated_tokens_probabil
 
     before = greedy()
     c = model.encode_context(batch)
-    mu_p, logvar_p = model.prior(c)
+    mu_p, logvar_p = model.prior_net(c)
     torch.manual_seed(0)
     loss, _ = model.sequence_unlikelihood(c, mu_p, logvar_p)
     loss.sum().backward()
@@ -303,7 +303,7 @@ def test_a_step_on_the_sequence_unlikelihood_lowers_the_repeated_tokens_probabil
             if p.grad is not None:
                 p -= 1e-4 * p.grad
     c = model.encode_context(batch)
-    mu_p, logvar_p = model.prior(c)
+    mu_p, logvar_p = model.prior_net(c)
     torch.manual_seed(0)
     after, _ = model.sequence_unlikelihood(c, mu_p, logvar_p)
     assert greedy() == before

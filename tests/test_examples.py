@@ -45,3 +45,14 @@ def test_examples_are_current():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip() == "every example is current"
+
+
+def test_model_api_page_is_generated_from_the_code():
+    run = subprocess.run(
+        [sys.executable, "scripts/model_api.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "3"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

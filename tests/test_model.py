@@ -114,7 +114,7 @@ def test_model_kl_terms_equal_torch_distributions(vocab):
     batch = dialog_batch(random_dialogs(), vocab)
     out = model(batch)
     mu_q, lv_q = model.posterior(batch)
-    mu_p, lv_p = model.prior(model.encode_context(batch))
+    mu_p, lv_p = model.prior_net(model.encode_context(batch))
     q, p = Normal(mu_q, torch.exp(0.5 * lv_q)), Normal(mu_p, torch.exp(0.5 * lv_p))
     torch.testing.assert_close(out.kl, kl_divergence(q, p).sum(-1))
     std = Normal(torch.zeros_like(mu_p), torch.ones_like(mu_p))
