@@ -94,7 +94,7 @@ def test_service_environment_variable_is_named(capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--samples", "0"], "--samples: got 0; allowed: an integer >= 1"),
+        (["--samples", "0"], "--samples: got 0; allowed: an integer >= 1 or none"),
         (["--top-p", "1.5"], "--top-p: got 1.5; allowed: a finite number > 0 and <= 1"),
         (["--limit", "0"], "--limit: got 0; allowed: an integer >= 1 or none"),
     ],
