@@ -131,14 +131,17 @@ def dialog_batch(
 
 
 def next_speaker(turns: Sequence[Turn]) -> str:
-    """The speaker who answers: the other one of a two-party dialog ("B" after "A")."""
+    """The speaker who answers: the other one of a two-party dialog ("B" after "A").
+
+    With one speaker alone, the other is "B" after "A" and "A" after anyone else (a speaker
+    called "C" is answered by "A": the model knows two parties, not their names)."""
     if not turns:
         return "B"  # Switchboard dialogs open with speaker A; the marker stands for that turn
     last = turns[-1][0]
     others = [s for s, _ in reversed(turns) if s != last]
     if others:
         return others[0]
-    return {"A": "B", "B": "A"}.get(last, f"not-{last}")
+    return "B" if last == "A" else "A"
 
 
 def context_batch(

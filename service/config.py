@@ -236,6 +236,11 @@ def resolve_checkpoint(explicit: str | None, environ: Mapping[str, str]) -> Path
         if value:
             # (or the .<name>.old a save interrupted between its renames left: model/files.py)
             path = existing_directory(Path(value).expanduser())
+            if path.exists() and not path.is_dir():
+                raise ConfigError(
+                    f"{path} (from {origin}) is a file; a checkpoint is a directory holding "
+                    "config.json, vocab.json and model.safetensors"
+                )
             if not path.is_dir():
                 raise ConfigError(f"checkpoint directory {path} (from {origin}) does not exist")
             return path.resolve()

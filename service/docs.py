@@ -47,13 +47,22 @@ async def swagger_ui_oauth2_redirect() -> HTMLResponse:
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     app, root = request.app, request.scope.get("root_path", "")
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url=f"{root}{app.openapi_url}",
         title=f"{app.title} - ReDoc",
         redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
         redoc_favicon_url=f"{root}/docs/assets/favicon.png",
         with_google_fonts=False,
     )
+    # ReDoc's sidebar shows Redocly's logo from cdn.redoc.ly; images from elsewhere than this
+    # server are refused by the page itself, and ReDoc drops an image that fails to load.
+    body = page.body.decode().replace("<head>", f"<head>\n    {REDOC_IMAGES_POLICY}", 1)
+    return HTMLResponse(body)
+
+
+REDOC_IMAGES_POLICY = (
+    """<meta http-equiv="Content-Security-Policy" content="img-src 'self' data:">"""
+)
 
 
 @router.get("/docs/assets/{name}")

@@ -94,6 +94,10 @@ def test_next_speaker():
     assert next_speaker([]) == "B"
     assert next_speaker([("A", ["x"]), ("B", ["y"])]) == "A"
     assert next_speaker([("alice", ["x"]), ("bob", ["y"]), ("bob", ["z"])]) == "alice"
+    # one speaker alone: a name for the other party, never a made-up "not-C"
+    assert next_speaker([("A", ["x"])]) == "B"
+    assert next_speaker([("B", ["x"])]) == "A"
+    assert next_speaker([("C", ["x"]), ("C", ["y"])]) == "A"
 
 
 # --- the objective --------------------------------------------------------------------------

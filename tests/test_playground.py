@@ -103,15 +103,26 @@ def test_a_warning_when_the_model_cannot_read_the_input(service):
         add_turn(page, "A", "你好吗 🙂")
         ask_for_responses(page, 2)
         assert "most of the input could not be read" in page.inner_text("#warning")
+        status = page.inner_text("#status")
+        assert "2 pieces of text it cannot read" in status and "were dropped" in status
 
 
 @pytest.mark.slow
-def test_api_docs_render_without_internet(service):
+def test_one_token_is_singular_and_lines_go_with_their_cards(service):
     with browser_page() as (page, requested):
-        page.goto(f"{service}/docs")
-        page.wait_for_selector(".opblock-summary-path[data-path='/respond']")
-        assert page.locator(".opblock-summary-path[data-path='/v1/chat/completions']").count()
-        assert all(url.startswith(service) for url in requested), requested
+        page.goto(f"{service}/")
+        add_turn(page, "A", "Hi")
+        ask_for_responses(page, 1)
+        assert "1 response as B" in page.inner_text("#status")
+        assert "Read 1 token from the last 1 turn of 1" in page.inner_text("#status")
+        assert "1 tokens" not in page.inner_text("#responses")
+        page.locator("#conversation .remove").first.click()  # the conversation changed
+        assert page.locator("#responses .response").count() == 0
+        assert page.locator("#status").is_hidden() and page.locator("#warning").is_hidden()
+        add_turn(page, "A", "Hi")
+        ask_for_responses(page, 2)
+        page.locator("#clear").click()
+        assert page.locator("#status").is_hidden()
 
 
 def take_screenshot(path: Path) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -585,6 +586,25 @@ def test_config_from_cli_and_environment(tiny_checkpoint, tmp_path):
         ServiceConfig.from_args(["--checkpoint", str(tmp_path / "nope")], {})
     with pytest.raises(ConfigError, match="queue_size"):
         ServiceConfig(queue_size=0)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"model\.safetensors \(from --checkpoint\) is a file; a"):
+        ServiceConfig.from_args(["--checkpoint", str(weights)], {})
+
+
+def test_redoc_fetches_nothing_from_elsewhere(tiny_checkpoint):
+    # Its bundle names one outside address, Redocly's logo; the page's policy refuses images
+    # from anywhere but this server (and ReDoc drops an image that fails to load).
+    from service.docs import ASSETS
+
+    bundle = (ASSETS / "redoc.standalone.js").read_text(encoding="utf-8", errors="replace")
+    assert set(re.findall(r"https://cdn[\w./-]*", bundle)) == {
+        "https://cdn.redoc.ly/redoc/logo-mini.svg"
+    }
+    with TestClient(create_app(make_engine(tiny_checkpoint))) as c:
+        page = c.get("/redoc").text
+    assert """<meta http-equiv="Content-Security-Policy" content="img-src 'self' data:">""" in page
+    assert "https://" not in page.replace("https://cdn", "")
 
 
 def test_missing_default_checkpoint_says_how_to_pass_one(tmp_path, monkeypatch):

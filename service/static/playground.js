@@ -9,6 +9,7 @@ const PLAIN_DECODING = {  // the papers' protocol; omitted fields take the servi
 const turns = [];  // {speaker, text}, oldest first
 const $ = (id) => document.getElementById(id);
 const other = (speaker) => (speaker === "A" ? "B" : "A");
+const count = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function renderConversation() {
   const list = $("conversation");
@@ -27,7 +28,11 @@ function renderConversation() {
     remove.title = "Remove this turn";
     remove.setAttribute("aria-label", `Remove turn ${i + 1}`);
     remove.textContent = "×";
-    remove.addEventListener("click", () => { turns.splice(i, 1); renderConversation(); });
+    remove.addEventListener("click", () => {
+      turns.splice(i, 1);
+      clearResponses();
+      renderConversation();
+    });
     item.append(who, said, remove);
     return item;
   }));
@@ -37,8 +42,15 @@ function renderConversation() {
 function addTurn(speaker, text) {
   turns.push({ speaker, text });
   $("speaker").value = other(speaker);  // the next turn is usually the other speaker's
-  $("responses").replaceChildren();
+  clearResponses();
   renderConversation();
+}
+
+// The responses, and the lines about them, belong to the conversation they answered.
+function clearResponses() {
+  $("responses").replaceChildren();
+  showMessage("status", "");
+  showMessage("warning", "");
 }
 
 function showMessage(id, text) {
@@ -78,17 +90,23 @@ function renderResponses(result) {
     const meta = document.createElement("span");
     meta.className = "meta";
     const logProb = response.log_prob === null ? "–" : response.log_prob.toFixed(1);
-    meta.textContent = `${response.num_tokens} tokens · log p ${logProb}`;
+    meta.textContent = `${count(response.num_tokens, "token", "tokens")} · log p ${logProb}`;
     card.append(text, meta);
     card.addEventListener("click", () => addTurn(result.responder, response.text));
     return card;
   });
   $("responses").replaceChildren(...cards);
   const input = result.input;
+  const unread = input.unreadable
+    ? ` ${count(input.unreadable, "piece", "pieces")} of text it cannot read (other ` +
+      "scripts, accented letters, emoji) " + (input.unreadable === 1 ? "was" : "were") + " dropped."
+    : "";
   showMessage("status",
-    `${result.responses.length} responses as ${result.responder}: click one to add it. ` +
-    `Read ${input.tokens} tokens from the last ${input.turns_read} of ${input.turns} turns` +
-    (input.unknown_tokens ? `, ${input.unknown_tokens} not in the vocabulary.` : "."));
+    `${count(result.responses.length, "response", "responses")} as ${result.responder}: ` +
+    "click one to add it. " +
+    `Read ${count(input.tokens, "token", "tokens")} from the last ` +
+    `${count(input.turns_read, "turn", "turns")} of ${input.turns}` +
+    (input.unknown_tokens ? `, ${input.unknown_tokens} not in the vocabulary.` : ".") + unread);
   showMessage("warning", input.warning);
 }
 
@@ -126,9 +144,7 @@ $("turn-form").addEventListener("submit", (event) => {
 $("clear").addEventListener("click", () => {
   turns.length = 0;
   $("speaker").value = "A";
-  $("responses").replaceChildren();
-  showMessage("status", "");
-  showMessage("warning", "");
+  clearResponses();
   renderConversation();
 });
 $("decoding").addEventListener("change", () => {
