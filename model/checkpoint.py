@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -160,9 +161,31 @@ def _read_config(directory: Path) -> tuple[ModelConfig, dict, dict | None]:
         model = dict(raw["model"])
         # Checkpoints written before the tokenizer was recorded were trained on plain words.
         model.setdefault("tokenizer", LEGACY_TOKENIZER)
-        return ModelConfig.from_dict(model), raw.get("metadata", {}), hashes
+        config = ModelConfig.from_dict(model)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from e
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            f'{path}: "metadata" must be an object, got {type(metadata).__name__}'
+        )
+    _check_metadata(path, metadata, "metadata")
+    return config, metadata, hashes
+
+
+def _check_metadata(path: Path, value, where: str) -> None:
+    """Metadata is shown by the service (``/info``) as JSON: strings, finite numbers, booleans,
+    null, lists and objects of them, nothing else (Python's JSON reader also takes NaN)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_metadata(path, v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_metadata(path, v, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise CheckpointError(f"{path}: {where}: got {value}; allowed: a finite number")
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise CheckpointError(f"{path}: {where}: a {type(value).__name__}; allowed: JSON values")
 
 
 def _check_hash(path: Path, data: bytes, hashes: dict | None) -> None:
