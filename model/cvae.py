@@ -122,12 +122,15 @@ class RMSScaledBatchNorm(nn.BatchNorm1d):
         return self.weight * (self.rms / self.weight.pow(2).mean().sqrt())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # nn.BatchNorm1d.forward (momentum set, running statistics tracked) with gamma()
+        # nn.BatchNorm1d.forward with gamma(), for the case built here: running statistics
+        # tracked, exponential averages with the default momentum 0.1
+        tracked, momentum = self.num_batches_tracked, self.momentum
+        assert tracked is not None and momentum is not None
         if self.training:
-            self.num_batches_tracked.add_(1)
+            tracked.add_(1)
         return F.batch_norm(
             x, self.running_mean, self.running_var, self.gamma(), self.bias,
-            self.training, self.momentum, self.eps,
+            self.training, momentum, self.eps,
         )  # fmt: skip
 
 
