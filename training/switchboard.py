@@ -58,8 +58,10 @@ METRICS_FILE = "metrics.jsonl"
 # which the next start of the run removes.
 RUN_FILES = ("best", "last", STATE_FILE, METRICS_FILE, "config.json", "summary.json", "curves.png")
 # Flags that may differ when a run is resumed: they do not change what is computed, only where
-# (epochs, max_steps: to extend a run) and how fast it runs.
-RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps")
+# (epochs, max_steps: to extend a run), how fast it runs, and when it stops (the stopping rule
+# is replayed over the run's validations: Run.replay_stopping).
+RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps", "patience",
+                     "kl_settle_window", "kl_settle_tolerance")  # fmt: skip
 # Model options that shape only the training objective: a run started from a checkpoint
 # (--init-from) may set them anew; every other model field must be the checkpoint's.
 TRAINING_ONLY = (
@@ -221,6 +223,27 @@ def kl_settled(valid_kls: list[float], window: int, tolerance: float) -> bool:
     last = valid_kls[-(window + 1) :]
     spread = max(last) - min(last)
     return spread <= KL_SETTLED_NATS or spread <= tolerance * abs(sum(last) / len(last))
+
+
+def stopping_update(progress: Progress, cfg: TrainConfig, valid_loss: float,
+                    valid_kls: list[float]) -> bool:  # fmt: skip
+    """One validation's effect on when the run stops: its -ELBO ``valid_loss`` and the valid
+    KLs so far (its own last) update ``progress``'s best, bad_rounds and kl_settled_step; True
+    when it is the new best (to keep in best/)."""
+    settled = progress.step >= cfg.kl_anneal_steps and kl_settled(
+        valid_kls, cfg.kl_settle_window, cfg.kl_settle_tolerance
+    )
+    if cfg.kl_settle_window and settled and not progress.kl_settled_step:
+        # The model the run converges to is one whose KL has settled: the checkpoints from
+        # before compete no more (best/ is replaced by the next one kept).
+        progress.kl_settled_step, progress.best = progress.step, math.inf
+        log.info("step %d: the valid KL has settled", progress.step)
+    if valid_loss < progress.best:
+        progress.best, progress.best_step, progress.bad_rounds = valid_loss, progress.step, 0
+        return True
+    if settled:
+        progress.bad_rounds += 1
+    return False
 
 
 @torch.no_grad()
@@ -467,6 +490,8 @@ class Run:
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.history = _read_metrics(self.metrics_path, self.progress.step)
+        if cfg.resume:
+            self.replay_stopping()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             resolved = {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(),
@@ -525,19 +550,9 @@ class Run:
             self.record({"step": progress.step, "split": "valid", **v})
             log.info("step %d valid: %s", progress.step,
                      " ".join(f"{k}={x:.3f}" for k, x in v.items()))  # fmt: skip
-            settled = progress.step >= cfg.kl_anneal_steps and self.kl_settled()
-            if cfg.kl_settle_window and settled and not progress.kl_settled_step:
-                # The model the run converges to is one whose KL has settled: the checkpoints
-                # from before compete no more (best/ is replaced by the next one kept).
-                progress.kl_settled_step, progress.best = progress.step, math.inf
-                log.info("step %d: the valid KL has settled", progress.step)
-            if v["valid_loss"] < progress.best:
-                progress.best, progress.best_step = v["valid_loss"], progress.step
-                progress.bad_rounds = 0
+            if stopping_update(progress, cfg, v["valid_loss"], self.valid_kls()):
                 meta = {"step": progress.step, **v, "train_config": dataclasses.asdict(cfg)}
                 save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
-            elif settled:
-                progress.bad_rounds += 1
             stop = progress.bad_rounds >= cfg.patience
             title = f"{self.model_config.variant} ({cfg.preset})"
             plot_curves(self.history, self.out / "curves.png", title=title)
@@ -549,10 +564,33 @@ class Run:
             progress.kl_settled_step = shared[4]
         return stop
 
-    def kl_settled(self) -> bool:
-        """Whether the valid KL has settled (:func:`kl_settled` over this run's validations)."""
-        kls = [r["valid_kl"] for r in self.history if r.get("split") == "valid"]
-        return kl_settled(kls, self.cfg.kl_settle_window, self.cfg.kl_settle_tolerance)
+    def valid_kls(self) -> list[float]:
+        return [r["valid_kl"] for r in self.history if r.get("split") == "valid"]
+
+    def replay_stopping(self) -> None:
+        """On --resume: the stopping state under this run's stopping flags (which may differ
+        from the ones it ran with), by replaying :func:`stopping_update` over its validations.
+        A run that patience stopped goes on when the new rule would not have stopped it (a CVAE
+        whose KL had not settled). Refused when the rule would keep another checkpoint than the
+        best/ on disk."""
+        cfg, progress = self.cfg, self.progress
+        replay, kls = Progress(), []
+        for r in self.history:
+            if r.get("split") == "valid":
+                kls.append(r["valid_kl"])
+                replay.step = r["step"]
+                stopping_update(replay, cfg, r["valid_loss"], kls)
+        if replay.best_step != progress.best_step:
+            raise RunError(
+                f"{self.out}: under these stopping flags best/ would be step {replay.best_step}, "
+                f"but it holds step {progress.best_step}; resume with the run's own flags"
+            )
+        stop = replay.bad_rounds >= cfg.patience
+        if progress.stopped_early and not stop:
+            log.info("step %d: the stopping flags given no longer stop the run; it goes on",
+                     progress.step)  # fmt: skip
+        progress.best, progress.bad_rounds = replay.best, replay.bad_rounds
+        progress.kl_settled_step, progress.stopped_early = replay.kl_settled_step, stop
 
     def save_state(self) -> None:
         """``training_state.pt``: what :meth:`resume` needs to go on exactly from here (with
