@@ -14,8 +14,8 @@ dimension i:
 * ``mean_variance``: Var over examples of E_q[z_i] (active if > 0.01, eval/latent.py);
 * ``mutual_info``: I(x; z_i) estimated as eval/latent.py estimates it for the whole z.
 
-The picture shows each quantity sorted from the largest down, one line per checkpoint; the
-printed table gives the totals (sum over i of KL and bound, active units, the sum of the
+The picture shows each quantity sorted from the largest down, one line per checkpoint, and each
+dimension's KL to the prior against its gamma_i; the printed table gives the totals (sum over i of KL and bound, active units, the sum of the
 per-dimension MIs and the MI of the whole z).
 """
 
@@ -133,7 +133,8 @@ PANELS = (
 def plot(results: dict[str, dict], path: Path) -> None:
     """One panel per quantity, each checkpoint's values sorted from the largest down; the
     Eq. 6 per-dimension bounds, sorted the same way, dashed in the KL(q || N(0,1)) panel."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.2))
+    fig, all_axes = plt.subplots(1, len(PANELS) + 1, figsize=(5 * (len(PANELS) + 1), 4.2))
+    axes, scatter = all_axes[:-1], all_axes[-1]
     for n, (label, r) in enumerate(results.items()):
         color = f"C{n}"
         for ax, (key, _) in zip(axes, PANELS, strict=True):
@@ -142,6 +143,8 @@ def plot(results: dict[str, dict], path: Path) -> None:
                 continue
             order = sorted(range(len(values)), key=lambda i: -values[i])
             ax.plot([values[i] for i in order], "-", color=color, label=label)
+            if key == "kl" and r.get("gamma") is not None:  # which dimensions carry the KL
+                scatter.plot(r["gamma"], values, "o", color=color, markersize=3, label=label)
             if key == "kl_standard" and r.get("bound") is not None:
                 ax.plot([r["bound"][i] for i in order], "--", color=color,
                         label=f"{label}: Eq. 6 bound (γ_i² + β_i²)/2")  # fmt: skip
@@ -152,6 +155,11 @@ def plot(results: dict[str, dict], path: Path) -> None:
         if key != "gamma":
             ax.set_yscale("log")
         ax.legend(fontsize=8)
+    scatter.set_title("E[KL(q(z_i|c,x) || p(z_i|c))] against gamma_i", fontsize=10)
+    scatter.set_xlabel("gamma_i")
+    scatter.set_yscale("log")
+    scatter.grid(alpha=0.3, which="both")
+    scatter.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
