@@ -80,7 +80,7 @@ def latent_dimensions(checkpoint: str | Path, data: str | Path, split: str, limi
     for batch in tqdm(batches, desc=str(checkpoint), disable=not progress):
         c = model.encode_context(batch)
         mu_q, logvar_q = model.posterior(batch, c=c)
-        mu_p, logvar_p = model.prior(c)
+        mu_p, logvar_p = model.prior_net(c)
         columns["mu"].append(mu_q.double())
         columns["logvar"].append(logvar_q.double())
         columns["kl"].append(per_dimension_kl(mu_q.double(), logvar_q.double(),
