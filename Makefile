@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help setup serve test test-fast lint bench-train bench-service stress prepare docker-check
+.PHONY: help setup serve test test-fast lint bench-train bench-service stress prepare docker-check mutate mutate-report
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -62,3 +62,15 @@ stress: $(STAMP)  ## hostile input, overload, slow clients against a real server
 # Only the standard library and the system's python3: it runs before any virtual environment.
 docker-check:  ## build the image on a local Debian base, run and probe it, then remove it (root)
 	$(PYTHON) deploy/docker_check.py
+
+# Mutation testing (docs/testing.md): the objective and the BN (model/cvae.py), the text rules
+# (model/text.py), the metrics (eval/metrics.py), and the service's admission and limits. CPU
+# heavy (hours on 2 cores for all of it); MUTANTS= runs a subset, e.g. MUTANTS='model.text.*'.
+MUTANTS ?= model.cvae.* model.text.* eval.metrics.* service.app.xǁBodyLimitMiddlewareǁ* \
+	service.server.xǁLimitedHttpToolsProtocolǁ* service.engine.xǁInferenceEngineǁ_admit* \
+	service.engine.xǁDecodeCostǁ* service.config.xǁServiceConfigǁ__post_init__*
+mutate: $(DEV_STAMP)  ## mutmut over MUTANTS (niced, one worker, one torch thread)
+	OMP_NUM_THREADS=1 nice -n 10 $(PY) -m mutmut run --max-children 1 $(foreach m,$(MUTANTS),'$(m)')
+
+mutate-report: $(DEV_STAMP)  ## the surviving mutants of the last make mutate
+	$(PY) -m mutmut results
