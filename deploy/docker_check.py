@@ -158,32 +158,52 @@ class Engine:
 
 
 class Created:
-    """Containers and images this check made, removed in reverse order."""
+    """Containers and images this check made, removed in reverse order.
+
+    Exactly those: the tags it gave, and the images its build made, read from the build's log
+    (a step's " ---> <id>", not the ones taken from the cache or FROM), so that a check or build
+    running at the same time on the same engine keeps its own.
+    """
 
     def __init__(self):
         self.containers: list[str] = []
-        self.images_before = all_images()
         self.tags: list[str] = []
+        self.images: list[str] = []  # made by the build, oldest first
 
     def remove(self) -> None:
         for container in self.containers:
             run("docker", "rm", "--force", container, check=False)
         for tag in reversed(self.tags):
-            run("docker", "rmi", "--force", tag, check=False)
-        # the build's intermediate images (a multi-stage build leaves its first stage's)
-        new = [i for i in all_images() if i not in self.images_before]
-        if new:
-            run("docker", "rmi", "--force", *new, check=False)
-        left = [i for i in all_images() if i not in self.images_before]
+            run("docker", "rmi", tag, check=False)
+        # the build's intermediate images (a multi-stage build leaves its first stage's); an
+        # image another one was built on since (not by this check) is not removed
+        left = [i for i in reversed(self.images) if run("docker", "rmi", i, check=False).returncode]
+        left = [
+            i for i in left if run("docker", "image", "inspect", i, check=False).returncode == 0
+        ]
         log(
             f"removed {len(self.containers)} container(s) and the images made"
-            + (f"; {len(left)} left: {left}" if left else "")
+            + (f"; {len(left)} left (others built on them): {left}" if left else "")
         )
 
 
-def all_images() -> set[str]:
-    result = run("docker", "images", "--all", "--quiet", "--no-trunc", check=False)
-    return set(result.stdout.split())
+def images_built(build_log: str) -> list[str]:
+    """The images a legacy-builder build made, from its log: each step's result, less what
+    came from FROM or from the cache."""
+    made, step, cached = [], "", False
+    for line in build_log.splitlines():
+        text = line.strip()
+        if text.startswith("Step ") and " : " in text:
+            step, cached = text.split(" : ", 1)[1], False
+        elif text == "---> Using cache":
+            cached = True
+        elif text.startswith("---> ") and len(text.split()) == 2:
+            image = text.split()[1]
+            if all(c in "0123456789abcdef" for c in image) and not cached:
+                if not step.upper().startswith("FROM "):
+                    made.append(image)
+            cached = False
+    return made
 
 
 # --- the base image -----------------------------------------------------------------------------
@@ -490,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
                         base_s = build_base(base, workdir)
                         log(f"base image {base} built in {base_s:.0f} s")
                     created.tags.append(image)
-                    build_s = build_image(image, base, workdir)
+                    try:
+                        build_s = build_image(image, base, workdir)
+                    finally:
+                        build_log = (workdir / "build.log").read_text(errors="replace")
+                        created.images = images_built(build_log)
                     size = int(
                         run("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout
                     )
@@ -530,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     if args.keep:
                         log(f"kept {image} and {base} (--keep)")
-                        created.tags = []
-                        created.images_before = all_images()
+                        created.tags, created.images = [], []
                     created.remove()
         except NoEngine as e:
             print(f"docker-check: no Docker engine: {e}", file=sys.stderr)

@@ -182,3 +182,25 @@ def test_the_image_builds_runs_and_answers():
     ):
         assert check in output, check
     print(result.stdout)  # the figures, for pytest -s
+
+
+def test_docker_check_removes_only_the_images_its_build_made():
+    """Read from the build's log: not the base (FROM), not what came from the cache."""
+    from deploy.docker_check import images_built
+
+    log = """Step 1/4 : FROM bncvae-check-base:1
+ ---> 48411358effd
+Step 2/4 : ARG TORCH_VERSION=2.13.0
+ ---> Using cache
+ ---> bd43cddf7840
+Step 3/4 : RUN apt-get update
+ ---> Running in c22095dae836
+Removing intermediate container c22095dae836
+ ---> 8f812cd57409
+Step 4/4 : FROM bncvae-check-base:1
+ ---> 48411358effd
+Step 5/5 : COPY --from=build /opt/torch /opt/torch
+ ---> 669eff03bbf2
+Successfully built 669eff03bbf2
+"""
+    assert images_built(log) == ["8f812cd57409", "669eff03bbf2"]
