@@ -56,8 +56,8 @@ bench-train: $(DEV_STAMP) prepare  ## training examples/s (benchmarks/train_thro
 bench-service: $(DEV_STAMP)  ## the service under load (benchmarks/service_load.py)
 	$(PY) benchmarks/service_load.py
 
-stress: $(STAMP)  ## hostile input, overload, slow clients against a real server; STRESS_ARGS=--quick
-	$(PY) benchmarks/stress.py $(STRESS_ARGS)
+stress: $(DEV_STAMP)  ## hostile input, overload, slow clients against a real server, its targets checked; STRESS_ARGS=--quick
+	$(PY) benchmarks/stress.py --check $(STRESS_ARGS)
 
 # Only the standard library and the system's python3: it runs before any virtual environment.
 docker-check:  ## build the image on a local Debian base, run and probe it, then remove it (root)

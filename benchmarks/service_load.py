@@ -126,11 +126,15 @@ class Server(ServiceProcess):
         dtype: str,
         log_dir: Path,
         extra: Sequence[str] = (),
+        port: int = 0,
+        fd_limit: int = 0,
     ):
+        # --info-detail full: /info shows the engine's counters (stats())
         options = ["--log-level", "warning", "--torch-threads", str(threads)]
+        options += ["--info-detail", "full"]
         options += ["--decode-dtype", dtype, *([] if batching else ["--no-batching"]), *extra]
         log = log_dir / f"server-batching-{'on' if batching else 'off'}.log"
-        super().__init__(checkpoint, log, *options, device=device)
+        super().__init__(checkpoint, log, *options, device=device, port=port, fd_limit=fd_limit)
 
     def stats(self) -> dict:
         return httpx.get(f"{self.url}/info", timeout=10).json()["engine"]["stats"]

@@ -33,23 +33,47 @@ def service_env() -> dict[str, str]:
     return env
 
 
+def limit_fds(soft: int) -> None:
+    """Lower this process's soft limit of open file descriptors to ``soft`` (at most the hard
+    limit): for a server whose file descriptors a benchmark means to exhaust."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class ServiceProcess:
-    """``python -m service --checkpoint CHECKPOINT --device DEVICE *args`` on 127.0.0.1 and a
-    free port, its output (stdout and stderr) written to ``log``; a context manager that stops
-    it on exit.
+    """``python -m service --checkpoint CHECKPOINT --device DEVICE *args`` on 127.0.0.1 and
+    ``port`` (0: a free one), with at most ``fd_limit`` open files (0: as this process), its
+    output (stdout and stderr) written to ``log``; a context manager that stops it on exit.
 
     The checkpoint is the one passed, whatever $BNCVAE_CHECKPOINT says (it is not passed on).
     """
 
-    def __init__(self, checkpoint: Path, log: Path, *args: str, device: str = "cpu"):
-        self.port = free_port()
+    def __init__(
+        self,
+        checkpoint: Path,
+        log: Path,
+        *args: str,
+        device: str = "cpu",
+        port: int = 0,
+        fd_limit: int = 0,
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, "-m", "service", "--checkpoint", str(checkpoint)]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--device", device, *args]
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
-                command, cwd=REPO, env=service_env(), stdout=out, stderr=subprocess.STDOUT
+                command,
+                cwd=REPO,
+                env=service_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: limit_fds(fd_limit)) if fd_limit else None,
             )
 
     def wait_ready(self, timeout: float = 300) -> None:

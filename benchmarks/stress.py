@@ -207,26 +207,69 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Probes:
+    """One probe path's results: (status or exception name, seconds) of each probe."""
+
+    results: list[tuple[int | str, float]] = field(default_factory=list)
+
+    def ok_within(self, seconds: float) -> int:
+        """Probes answered 200 within ``seconds``."""
+        return sum(s == 200 and t <= seconds for s, t in self.results)
+
+    def answered_within(self, seconds: float) -> int:
+        """Probes answered (any HTTP status) within ``seconds``."""
+        return sum(isinstance(s, int) and t <= seconds for s, t in self.results)
+
+    def line(self, path: str) -> str:
+        n = len(self.results)
+        times = [t for s, t in self.results if isinstance(s, int)]
+        statuses = Counter(s for s, _ in self.results)
+        return (
+            f"{path} during the run: {n} probes, 200 within 1 s: {self.ok_within(1.0)}/{n}, "
+            f"answered within 1 s: {self.answered_within(1.0)}/{n} ({status_line(statuses)}); "
+            f"p50 {percentile(times, 0.5) * 1e3:.1f} ms, p99 {percentile(times, 0.99) * 1e3:.1f}"
+            f" ms, max {max(times, default=float('nan')) * 1e3:.1f} ms"
+        )
+
+
 @dataclass
 class Monitor:
-    """While a run lasts: /health every ``interval`` s on a fresh connection, and the RSS."""
+    """While a run lasts: /health and /ready every ``interval`` s, each on a fresh connection as
+    a Kubernetes probe makes it (1 s timeout counted, 5 s allowed), and the server's RSS."""
 
     url: str
     pid: int
     interval: float = 0.1
-    health: list[float] = field(default_factory=list)  # seconds, answered 200
-    health_failed: Counter = field(default_factory=Counter)
+    probes: dict[str, Probes] = field(
+        default_factory=lambda: {"/health": Probes(), "/ready": Probes()}
+    )
     rss_before: float = 0.0
     rss_peak: float = 0.0
     rss_after: float = 0.0
+    cpu: float = 0.0  # the server's CPU seconds during the run
+    wall: float = 0.0
     _tasks: list = field(default_factory=list)
 
     async def __aenter__(self):
         self.rss_before = self.rss_peak = rss_mb(self.pid)
-        self._tasks = [asyncio.create_task(self._probe()), asyncio.create_task(self._rss())]
+        self.cpu, self.wall = -cpu_seconds(self.pid), -time.perf_counter()
+        self._tasks = [asyncio.create_task(self._probe(p)) for p in self.probes]
+        self._tasks.append(asyncio.create_task(self._rss()))
         return self
 
     async def __aexit__(self, *exc):
+        self.cpu += cpu_seconds(self.pid)
+        self.wall += time.perf_counter()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -236,22 +279,20 @@ class Monitor:
         await asyncio.sleep(seconds)
         self.rss_after = rss_mb(self.pid)
 
-    async def _probe(self):
+    async def _probe(self, path: str):
         timeout = aiohttp.ClientTimeout(total=5)
         connector = aiohttp.TCPConnector(force_close=True)  # a new connection each time
+        probes = self.probes[path]
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             while True:
                 start = time.perf_counter()
                 try:
-                    async with http.get(f"{self.url}/health") as r:
+                    async with http.get(f"{self.url}{path}") as r:
                         await r.read()
                         status = r.status
                 except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                     status = type(e).__name__
-                if status == 200:
-                    self.health.append(time.perf_counter() - start)
-                else:
-                    self.health_failed[status] += 1
+                probes.results.append((status, time.perf_counter() - start))
                 await asyncio.sleep(self.interval)
 
     async def _rss(self):
@@ -260,15 +301,11 @@ class Monitor:
             await asyncio.sleep(0.1)
 
     def report(self) -> str:
-        h = self.health
-        failed = sum(self.health_failed.values())
-        lines = [
-            f"/health during the run: {len(h) + failed} probes, p50 {percentile(h, 0.5) * 1e3:.1f}"
-            f" ms, p99 {percentile(h, 0.99) * 1e3:.1f} ms, max {max(h, default=float('nan')) * 1e3:.1f}"
-            f" ms; failed {failed}" + (f" {dict(self.health_failed)}" if failed else ""),
+        lines = [probes.line(path) for path, probes in self.probes.items()]
+        lines.append(
             f"server RSS: before {self.rss_before:.0f} MB, peak {self.rss_peak:.0f} MB, "
-            f"after {self.rss_after:.0f} MB",
-        ]
+            f"after {self.rss_after:.0f} MB; CPU {self.cpu:.1f} s in {self.wall:.1f} s"
+        )
         return "\n".join(lines)
 
 
@@ -337,7 +374,7 @@ async def send_case(http: aiohttp.ClientSession, server: Server, case: Case):
     return status, len(reply)
 
 
-async def flood(server: Server, requests: int, concurrency: int, budget: float) -> int:
+async def flood(server: Server, requests: int, concurrency: int, budget: float) -> Outcome:
     cases = flood_cases()
     by_case: dict[str, Counter] = {c.name: Counter() for c in cases}
     largest = (0, "")
@@ -370,65 +407,302 @@ async def flood(server: Server, requests: int, concurrency: int, budget: float) 
     for name, counts in by_case.items():
         flag = "  <-- 5xx" if count_5xx(counts) else ""
         print(f"  {name:<28} {status_line(counts)}{flag}")
-    return count_5xx(statuses)
+    valid = [by_case[c.name] for c in cases if c.name.startswith("valid")]
+    answered, refused = sum(v[200] for v in valid), sum(v[503] for v in valid)
+    print(f"valid requests: {answered} answered, {refused} refused as overloaded (503)")
+    # A 503 (with Retry-After: an overloaded engine's, or, when it would refuse anything, its
+    # refusal of a request before parsing it) is a correct answer; any other 5xx is not.
+    out = Outcome()
+    other = count_5xx(statuses) - statuses[503]
+    out.expect(other == 0, f"{other} x 5xx other than 503")
+    return out
 
 
-async def overload(server: Server, clients: int, seconds: float) -> int:
-    payload = {
-        "conversation": CONVERSATION,
-        "num_samples": 32,
-        "max_length": 60,
-        "decoding": "sample",
+HEAVY = {"conversation": CONVERSATION, "num_samples": 32, "max_length": 60, "decoding": "sample"}
+
+
+@dataclass
+class Load:
+    """What the clients of a load run saw."""
+
+    sent: int = 0
+    elapsed: float = 0.0
+    statuses: Counter = field(default_factory=Counter)
+    answered: list[float] = field(default_factory=list)  # seconds, per 200 with a whole answer
+    first_byte: list[float] = field(default_factory=list)  # seconds, streamed answers
+    no_retry_after: int = 0  # 503s without a Retry-After
+
+    @property
+    def goodput(self) -> float:
+        return len(self.answered) / self.elapsed if self.elapsed else 0.0
+
+    def other_5xx(self) -> int:
+        return count_5xx(self.statuses) - self.statuses[503]
+
+
+def chat_payload(model: str, n: int = 32, max_tokens: int = 60, stream: bool = True) -> dict:
+    """A chat completion of the stress conversation: ``n`` choices, sampled at temperature 1."""
+    messages = [
+        {"role": "user" if t["speaker"] == "A" else "assistant", "content": t["text"]}
+        for t in CONVERSATION
+    ]
+    return {
+        "model": model,
+        "messages": messages,
+        "n": n,
+        "max_tokens": max_tokens,
+        "temperature": 1.0,
+        "stream": stream,
     }
-    body = json.dumps(payload).encode()
-    statuses: Counter = Counter()
-    answered: list[float] = []
-    sent = 0
+
+
+async def post_one(http, url: str, body: bytes, stream: bool, load: Load):
+    """One request; its status (or exception name) and Retry-After; a 200 counts as answered
+    only with its whole answer (streamed: up to ``data: [DONE]``). Sent again, once, when a
+    kept-alive connection turns out closed (the server's keep-alive timeout), as clients do."""
+    start = time.perf_counter()
+    for attempt in range(2):
+        try:
+            async with http.post(url, data=body, headers=JSON) as r:
+                status, retry_after = r.status, r.headers.get("Retry-After")
+                if status == 200 and stream:
+                    first, data = None, b""
+                    async for chunk in r.content.iter_any():
+                        first = first or time.perf_counter() - start
+                        data += chunk
+                    if data.rstrip().endswith(b"data: [DONE]"):
+                        load.first_byte.append(first)
+                    else:
+                        status = "torn stream"
+                else:
+                    await r.read()
+            break
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+            status, retry_after = type(e).__name__, None
+            if attempt == 0:
+                continue
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            status, retry_after = type(e).__name__, None
+            break
+    load.statuses[status] += 1
+    if status == 200:
+        load.answered.append(time.perf_counter() - start)
+    if status == 503 and retry_after is None:
+        load.no_retry_after += 1
+    return status, retry_after
+
+
+async def load_run(
+    url: str,
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    honour_retry_after: bool,
+    stream: bool = False,
+) -> Load:
+    """``clients`` clients, client i sending ``bodies[i % len(bodies)]`` again and again for
+    ``seconds``; after a 503 each waits Retry-After (``honour_retry_after``) or retries at once."""
+    load = Load()
     deadline = time.perf_counter() + seconds
 
-    async def client(http):
-        nonlocal sent
+    async def client(http, body):
         while time.perf_counter() < deadline:
-            sent += 1
-            start = time.perf_counter()
-            status, _, headers = await send(
-                http, "POST", f"{server.url}/respond", body, headers=JSON
-            )
-            retry_after = headers.get("Retry-After")
-            statuses[status] += 1
-            if status == 200:
-                answered.append(time.perf_counter() - start)
-            if retry_after is not None:  # as a well-behaved client does
+            load.sent += 1
+            status, retry_after = await post_one(http, url, body, stream, load)
+            if retry_after is not None and honour_retry_after:
                 wait = min(float(retry_after), deadline - time.perf_counter())
                 await asyncio.sleep(max(0.0, wait))
+            elif not isinstance(status, int):  # refused at the socket: not a busy loop
+                await asyncio.sleep(0.01)
 
-    before = engine_stats(server.url)
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=120)
     start = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-    elapsed = time.perf_counter() - start
-    after = engine_stats(server.url)
+        await asyncio.gather(*(client(http, bodies[i % len(bodies)]) for i in range(clients)))
+    load.elapsed = time.perf_counter() - start
+    return load
+
+
+def print_load(load: Load, what: str, engine: dict | None) -> None:
+    print(f"sent {load.sent} requests ({what}) in {load.elapsed:.1f} s")
+    print(f"status: {status_line(load.statuses)}")
     print(
-        f"sent {sent} requests (32 samples x 60 words, sampled) in {elapsed:.1f} s from "
-        f"{clients} clients, each waiting Retry-After after a 503"
+        f"answered (200): {len(load.answered)}, goodput {load.goodput:.2f} answered/s, latency "
+        f"p50 {percentile(load.answered, 0.5):.2f} s, p99 {percentile(load.answered, 0.99):.2f} s"
     )
-    print(f"status: {status_line(statuses)}")
-    print(
-        f"5xx other than 503 (overloaded, with Retry-After): {count_5xx(statuses) - statuses[503]}"
-    )
-    print(
-        f"answered (200): {len(answered)}, latency p50 {percentile(answered, 0.5):.2f} s, "
-        f"p99 {percentile(answered, 0.99):.2f} s, {len(answered) / elapsed:.1f}/s"
-    )
-    if before and after:
-        diff = {k: after[k] - before[k] for k in ("requests", "rejected", "timeouts", "batches")}
+    if load.first_byte:
         print(
-            f"engine: answered {diff['requests']}, refused {diff['rejected']}, timed out "
-            f"{diff['timeouts']}, model calls {diff['batches']}"
+            f"streamed: first byte p50 {percentile(load.first_byte, 0.5):.2f} s, "
+            f"p99 {percentile(load.first_byte, 0.99):.2f} s"
         )
-    return count_5xx(statuses) - statuses[503]
+    print(
+        f"504: {load.statuses[504]}; 5xx other than 503: {load.other_5xx()}; "
+        f"503 without Retry-After: {load.no_retry_after}"
+    )
+    if engine:
+        print("engine: " + ", ".join(f"{k} {v}" for k, v in engine.items()))
+
+
+ENGINE_COUNTERS = (
+    "requests",
+    "rejected",
+    "timeouts",
+    "batches",
+    "batched_contexts",
+    "abandoned_queued",
+    "abandoned_decoding",
+    "stopped_calls",
+    "shed",
+    "model_seconds",
+)
+
+
+def engine_diff(before: dict | None, after: dict | None) -> dict | None:
+    """The engine's counters over a run (those its /info shows)."""
+    if not before or not after:
+        return None
+    return {
+        k: round(after[k] - before[k], 2) for k in ENGINE_COUNTERS if k in before and k in after
+    }
+
+
+async def measured(server: Server, run) -> tuple[Load, dict | None]:
+    before = engine_stats(server.url)
+    load = await run
+    await asyncio.sleep(0.5)  # the last answers' counters
+    return load, engine_diff(before, engine_stats(server.url))
+
+
+@dataclass
+class Outcome:
+    """A run's failures against the targets (for --check) and the figures other runs use."""
+
+    failures: list[str] = field(default_factory=list)
+    goodput: float = 0.0
+
+    def expect(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.failures.append(what)
+
+
+def load_outcome(load: Load) -> Outcome:
+    out = Outcome(goodput=load.goodput)
+    out.expect(load.statuses[504] == 0, f"{load.statuses[504]} x 504 for admitted requests")
+    out.expect(load.other_5xx() == 0, f"{load.other_5xx()} x 5xx other than 503")
+    return out
+
+
+async def undisturbed(server: Server, clients: int, seconds: float) -> Outcome:
+    load, engine = await measured(
+        server,
+        load_run(f"{server.url}/respond", [json.dumps(HEAVY).encode()], clients, seconds, True),
+    )
+    print_load(load, f"32 samples x 60 words, sampled, from {clients} clients, no flood", engine)
+    return load_outcome(load)
+
+
+async def overload(server: Server, clients: int, seconds: float, honour: bool) -> Outcome:
+    load, engine = await measured(
+        server,
+        load_run(f"{server.url}/respond", [json.dumps(HEAVY).encode()], clients, seconds, honour),
+    )
+    how = "each waiting Retry-After after a 503" if honour else "each retrying at once after a 503"
+    print_load(load, f"32 samples x 60 words, sampled, from {clients} clients, {how}", engine)
+    return load_outcome(load)
+
+
+async def mix(server: Server, clients: int, seconds: float) -> Outcome:
+    sizes = (1, 5, 32)
+    bodies = [json.dumps({**HEAVY, "num_samples": n}).encode() for n in sizes]
+    load, engine = await measured(
+        server, load_run(f"{server.url}/respond", bodies, clients, seconds, True)
+    )
+    print_load(
+        load, f"a third each of 1, 5 and 32 samples x 60 words, from {clients} clients", engine
+    )
+    return load_outcome(load)
+
+
+async def stream(server: Server, clients: int, seconds: float) -> Outcome:
+    body = json.dumps(chat_payload(model_name(server.url))).encode()
+    url = f"{server.url}/v1/chat/completions"
+    load, engine = await measured(server, load_run(url, [body], clients, seconds, True, True))
+    print_load(load, f"streamed chat completions, n=32 x 60 tokens, from {clients} clients", engine)
+    return load_outcome(load)
+
+
+def model_name(url: str) -> str:
+    return httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+
+
+async def abandon(server: Server, requests: int, patience: float) -> Outcome:
+    """``requests`` streamed requests (8 choices x 60 tokens: enough of them are admitted to
+    fill the queue) at once, whose clients all leave after ``patience`` seconds: how much of
+    their decoding the engine still does, and for how long."""
+    body = json.dumps(chat_payload(model_name(server.url), n=8)).encode()
+    url = f"{server.url}/v1/chat/completions"
+    load = Load()
+    before = engine_stats(server.url)
+
+    async def client(http):
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(post_one(http, url, body, True, load), patience)
+
+    connector = aiohttp.TCPConnector(limit=requests, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        await asyncio.gather(*(client(http) for _ in range(requests)))
+    left = time.perf_counter()
+    at_leaving = engine_stats(server.url)
+    busy_after = float("nan")
+    while time.perf_counter() - left < 60:
+        info = engine_info(server.url)
+        if info and info["queue_depth"] == 0 and info["backlog_s"] == 0:
+            busy_after = time.perf_counter() - left
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    after = engine_stats(server.url)
+    out = Outcome()
+    print(
+        f"sent {requests} streamed chat completions (n=8 x 60 tokens) at once; every client "
+        f"left after {patience:g} s; answered before that: {len(load.answered)}"
+    )
+    diff = engine_diff(before, after)
+    if diff:
+        print("engine over the run: " + ", ".join(f"{k} {v}" for k, v in diff.items()))
+        late = engine_diff(at_leaving, after)
+        assert late is not None
+        stopped = late.get("stopped_calls")
+        print(
+            f"after the clients left: {late['batches']} model calls ended "
+            + ("" if stopped is None else f"({stopped} of them stopped early) ")
+            + f"with {late['batched_contexts']} of the requests; the engine was busy "
+            f"{busy_after:.2f} s more"
+        )
+        queued_left = diff.get("abandoned_queued")
+        print(
+            "left the queue without a model call: "
+            + ("not counted by this server" if queued_left is None else str(queued_left))
+            + "; decoding stopped early: "
+            + str(diff.get("abandoned_decoding", "not counted by this server"))
+        )
+        # Those whose decoding had started when the clients left may finish it (if they share
+        # the batch with others) but no model call may start for them afterwards.
+        out.expect(
+            diff["requests"] == len(load.answered),
+            f"{diff['requests'] - len(load.answered)} requests decoded for clients that left",
+        )
+    else:
+        out.failures.append("no engine counters in /info")
+    return out
+
+
+def engine_info(url: str) -> dict | None:
+    try:
+        return httpx.get(f"{url}/info", timeout=30).json()["engine"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
 
 
 def engine_stats(url: str) -> dict | None:
@@ -505,7 +779,7 @@ async def slow_socket(port: int, sock: SlowSocket, hold_until: float) -> None:
         writer.close()
 
 
-async def slow(server: Server, sockets: int, hold: float) -> int:
+async def slow(server: Server, sockets: int, hold: float) -> Outcome:
     hold_until = time.perf_counter() + hold
     socks = [SlowSocket(SLOW_KINDS[i % len(SLOW_KINDS)]) for i in range(sockets)]
     opening = asyncio.Semaphore(100)
@@ -533,25 +807,82 @@ async def slow(server: Server, sockets: int, hold: float) -> int:
         replies = Counter(s.status for s in mine if s.status is not None)
         n_closed = sum(s.closed_after is not None for s in mine)
         print(f"  {kind:<16} {len(mine):>5} {n_closed:>6}   {status_line(replies) or '-'}")
-    return count_5xx(statuses)
+    out = Outcome()
+    other = count_5xx(statuses) - statuses[503]
+    out.expect(other == 0, f"{other} x 5xx other than 503")
+    return out
+
+
+async def exhaust(server: Server, sockets: int, hold: float) -> Outcome:
+    """``sockets`` connections (more than the server's connection cap), each stalled in the
+    middle of a request body: what slow clients do to a server's connection slots."""
+    hold_until = time.perf_counter() + hold
+    socks = [SlowSocket("partial body") for _ in range(sockets)]
+    opening = asyncio.Semaphore(100)
+
+    async def one(sock):
+        async with opening:
+            await asyncio.sleep(0)
+        await slow_socket(server.port, sock, hold_until)
+
+    await asyncio.gather(*(one(s) for s in socks))
+    connected = sum(s.connected for s in socks)
+    closed = [s.closed_after for s in socks if s.closed_after is not None]
+    statuses = Counter(s.status for s in socks if s.status is not None)
+    print(
+        f"opened {sockets} connections stalled in a request body ({connected} connected), "
+        f"held for up to {hold:g} s"
+    )
+    print(
+        f"closed by the server: {len(closed)} (after p50 {percentile(closed, 0.5):.1f} s); "
+        f"replies: {status_line(statuses) or 'none'}"
+    )
+    out = Outcome()
+    other = count_5xx(statuses) - statuses[503]
+    out.expect(other == 0, f"{other} x 5xx other than 503")
+    return out
+
+
+RUNS = ("flood", "undisturbed", "overload", "rude", "mix", "stream", "abandon", "slow", "exhaust")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help=f"default: {DEFAULT_CHECKPOINT}")
-    p.add_argument("--quick", action="store_true", help="smaller runs (about 1.5 minutes)")
-    p.add_argument("--runs", nargs="+", choices=("flood", "overload", "slow"))
+    p.add_argument("--quick", action="store_true", help="smaller runs (about 3 minutes)")
+    p.add_argument("--runs", nargs="+", choices=RUNS, help="default: all, in this order")
     p.add_argument("--flood-requests", type=int, help="default 10000 (--quick: 2000)")
     p.add_argument("--flood-clients", type=int, default=32)
-    p.add_argument("--overload-clients", type=int, help="default 600 (--quick: 200)")
-    p.add_argument("--overload-seconds", type=float, help="default 30 (--quick: 15)")
+    p.add_argument(
+        "--clients",
+        type=int,
+        help="of the overload, rude, mix runs; default 600 (--quick: 200); the stream run: 1/6",
+    )
+    p.add_argument("--seconds", type=float, help="of each load run; default 30 (--quick: 15)")
+    p.add_argument("--undisturbed-clients", type=int, default=4)
+    p.add_argument("--abandon-requests", type=int, default=40)
     p.add_argument("--slow-sockets", type=int, help="default 2000 (--quick: 500)")
     p.add_argument("--slow-hold", type=float, help="seconds; default 35 (--quick: 25)")
+    p.add_argument(
+        "--exhaust-sockets",
+        type=int,
+        help="default: the server's file-descriptor limit + 200",
+    )
     p.add_argument("--timeout-s", type=float, default=10.0, help="the server's (default 10)")
     p.add_argument("--torch-threads", type=int, default=1, help="the server's (default 1)")
+    p.add_argument("--port", type=int, default=0, help="the server's (default: a free one)")
+    p.add_argument(
+        "--fd-limit",
+        type=int,
+        default=1024,
+        help="the server's open-file limit (default 1024, a common default; the slow and "
+        "exhaust runs open more sockets than that)",
+    )
     p.add_argument("--server-args", default="", help="more server options")
     p.add_argument(
-        "--check", action="store_true", help="exit 1 on a 5xx (but overload's 503s) or a crash"
+        "--check",
+        action="store_true",
+        help="exit 1 when a target is missed (see the summary) or the server dies",
     )
     args = p.parse_args(argv)
 
@@ -559,45 +890,75 @@ def main(argv: list[str] | None = None) -> int:
         return value if value is not None else (quick if args.quick else full)
 
     flood_requests = pick(args.flood_requests, 10_000, 2_000)
-    overload_clients = pick(args.overload_clients, 600, 200)
-    overload_seconds = pick(args.overload_seconds, 30.0, 15.0)
+    clients = pick(args.clients, 600, 200)
+    seconds = pick(args.seconds, 30.0, 15.0)
     slow_sockets = pick(args.slow_sockets, 2_000, 500)
     slow_hold = pick(args.slow_hold, 35.0, 25.0)
+    exhaust_sockets = args.exhaust_sockets or args.fd_limit + 200
     checkpoint = args.checkpoint or REPO / DEFAULT_CHECKPOINT
     if not checkpoint.is_dir():
         p.error(f"no checkpoint at {checkpoint}; pass --checkpoint DIR")
     extra = ["--timeout-s", str(args.timeout_s), *shlex.split(args.server_args)]
 
-    failures = 0
+    outcomes: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory(prefix="bncvae-stress-") as tmp:
-        server = Server(checkpoint, "cpu", True, args.torch_threads, "auto", Path(tmp), extra)
+        server = Server(
+            checkpoint,
+            "cpu",
+            True,
+            args.torch_threads,
+            "auto",
+            Path(tmp),
+            extra,
+            port=args.port,
+            fd_limit=args.fd_limit,
+        )
         try:
             server.wait_ready()
             print(
                 f"server: python -m service --checkpoint {checkpoint.name} --torch-threads "
-                f"{args.torch_threads} {' '.join(extra)} on {server.url}; {os.cpu_count()} CPUs, "
+                f"{args.torch_threads} {' '.join(extra)} on {server.url}, open-file limit "
+                f"{args.fd_limit}; {os.cpu_count()} CPUs, "
                 f"load average {os.getloadavg()[0]:.1f}"
             )
             runs = {
                 "flood": lambda: flood(server, flood_requests, args.flood_clients, 300),
-                "overload": lambda: overload(server, overload_clients, overload_seconds),
+                "undisturbed": lambda: undisturbed(server, args.undisturbed_clients, seconds),
+                "overload": lambda: overload(server, clients, seconds, honour=True),
+                "rude": lambda: overload(server, clients, seconds, honour=False),
+                "mix": lambda: mix(server, clients, seconds),
+                "stream": lambda: stream(server, max(1, clients // 6), seconds),
+                "abandon": lambda: abandon(server, args.abandon_requests, 0.5),
                 "slow": lambda: slow(server, slow_sockets, slow_hold),
+                "exhaust": lambda: exhaust(server, exhaust_sockets, slow_hold),
             }
-            for name in args.runs or runs:
-                print(f"\n== {name} ==")
+            for name in args.runs or RUNS:
+                print(f"\n== {name} ==", flush=True)
 
                 async def run(name=name):
                     async with Monitor(server.url, server.proc.pid) as monitor:
-                        bad = await runs[name]()
+                        outcome = await runs[name]()
                     await monitor.settle(3.0)
                     print(monitor.report())
-                    return bad
+                    if name in ("slow", "exhaust"):  # a probe must never restart the pod
+                        health, ready = monitor.probes["/health"], monitor.probes["/ready"]
+                        n = len(health.results)
+                        outcome.expect(
+                            health.ok_within(1.0) == n,
+                            f"/health: {n - health.ok_within(1.0)} of {n} probes not 200 in 1 s",
+                        )
+                        n = len(ready.results)
+                        outcome.expect(
+                            ready.answered_within(1.0) == n,
+                            f"/ready: {n - ready.answered_within(1.0)} of {n} not answered in 1 s",
+                        )
+                    return outcome
 
-                failures += asyncio.run(run())
+                outcomes[name] = asyncio.run(run())
                 alive = server.proc.poll() is None
-                print(f"server alive after the run: {'yes' if alive else 'NO'}")
+                print(f"server alive after the run: {'yes' if alive else 'NO'}", flush=True)
                 if not alive:
-                    failures += 1
+                    outcomes[name].failures.append("the server died")
                     break
         finally:
             server.stop()
@@ -606,7 +967,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nserver log: {len(log)} lines, {len(warnings)} warnings/errors; the last:")
             for line in warnings[-5:]:
                 print(f"  {line[:160]}")
-    return 1 if failures and args.check else 0
+
+    if "undisturbed" in outcomes and "rude" in outcomes:
+        base, rude = outcomes["undisturbed"].goodput, outcomes["rude"].goodput
+        share = rude / base if base else float("nan")
+        print(
+            f"\ngoodput under the flood that ignores Retry-After: {rude:.2f}/s, {share:.0%} of "
+            f"the undisturbed {base:.2f}/s for the same requests (target: at least 50%)"
+        )
+        outcomes["rude"].expect(share >= 0.5, f"goodput {share:.0%} of undisturbed (< 50%)")
+    print("\n== summary ==")
+    for name, outcome in outcomes.items():
+        print(f"  {name:<12} " + ("ok" if not outcome.failures else "; ".join(outcome.failures)))
+    failed = any(outcome.failures for outcome in outcomes.values())
+    return 1 if failed and args.check else 0
 
 
 if __name__ == "__main__":

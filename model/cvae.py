@@ -24,6 +24,7 @@ Loss per example (minimised):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -574,6 +575,7 @@ class DialogCVAE(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         options: DecodingOptions = PLAIN,
+        stop: Callable[[], bool] | None = None,
     ) -> SampledResponses:
         """Draw ``num_samples`` responses per context: z ~ p(z|c), then decode given z.
 
@@ -602,7 +604,7 @@ class DialogCVAE(nn.Module):
         h = self.decoder.initial_state(c, z).squeeze(0)  # [E*N, H]
 
         out, lengths, log_probs = self._decode(
-            h, max_length, decoding, temperature, generator, options
+            h, max_length, decoding, temperature, generator, options, stop
         )
         b = e * n
         width = int(out.ne(0).sum(1).max().item()) if b else 0
@@ -620,6 +622,7 @@ class DialogCVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         options: DecodingOptions = PLAIN,
+        stop: Callable[[], bool] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode from the initial states ``h`` [B, H]: the tokens [B, max_length] (words, then
         ``</s>`` unless cut at max_length, then 0), the lengths [B] (words, excluding ``</s>``)
@@ -639,6 +642,8 @@ class DialogCVAE(nn.Module):
             banned.append(Vocabulary.unk_id)
         banned = torch.tensor(banned, device=h.device)
         for t in range(max_length):
+            if stop is not None and stop():
+                break
             h = self.decoder.step(token, h)
             logits = self.decoder.logits(h)
             logits[:, banned] = float("-inf")

@@ -7,6 +7,12 @@ import sys
 
 from service.config import ConfigError, ServiceConfig
 
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
+# decoding thread lets it go at every torch operation (hundreds per step) and must get it back
+# for the next; while the event loop is busy (a flood of requests to refuse or answer with a
+# 4xx), each of those waits took up to the whole interval, and a 20 ms decode took seconds.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
@@ -30,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         config.host,
         config.port,
     )
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if "*" in config.host_patterns():
+        logging.getLogger("service").warning(
+            "accepting any Host header (--allowed-hosts '*'): right behind a proxy that checks "
+            "it; a server reachable from browsers directly should name its hosts"
+        )
+    else:
+        logging.getLogger("service").info("accepting the Host names %s", config.allowed_hosts)
     engine = InferenceEngine.from_checkpoint(config)
     server = build_server(config, create_app(engine))
     # A checkpoint that failed to load will not load later: stop, and exit non-zero, rather

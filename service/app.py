@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import docs, metrics, openai_api, playground, routes
 from service.engine import InferenceEngine
+from service.overload import (
+    CancelOnDisconnectMiddleware,
+    EarlyRefusalMiddleware,
+    RefusalPacingMiddleware,
+)
 from service.schemas import ChatCompletionRequest, RespondRequest
+from service.security import HostCheckMiddleware, SecurityHeadersMiddleware
 
 log = logging.getLogger("service.app")
 
@@ -60,11 +67,20 @@ def create_app(engine: InferenceEngine) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    # The last added runs first: metrics count every request, the Host is checked before
+    # anything else, then refusals are paced, the body's limits checked, and an overloaded
+    # engine refuses without parsing the body; every answer, a refusal too, gets the security
+    # headers.
+    app.add_middleware(CancelOnDisconnectMiddleware)
+    app.add_middleware(EarlyRefusalMiddleware, engine=engine)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=engine.config.max_body_bytes,
         timeout_s=engine.config.body_timeout_s,
     )
+    app.add_middleware(RefusalPacingMiddleware)
+    app.add_middleware(HostCheckMiddleware, patterns=engine.config.host_patterns())
+    app.add_middleware(SecurityHeadersMiddleware)
     # Outermost (added last): it counts the requests the body limits refuse too.
     app.add_middleware(
         metrics.MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes
@@ -213,6 +229,35 @@ def _copy_integer_bounds(exact, published) -> None:
             _copy_integer_bounds(e, p)
 
 
+class RateLimitedLog:
+    """A logger's warnings, at most ``per_second`` a second; the rest are counted, and the count
+    is logged with the next one let through. A flood of slow clients must not also flood the
+    log, nor spend the event loop's time writing it."""
+
+    def __init__(self, logger: logging.Logger, per_second: int = 10):
+        self.logger = logger
+        self.per_second = per_second
+        self._second = 0
+        self._logged = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._logged = second, 0
+        if self._logged >= self.per_second:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        if self._suppressed:
+            message += f" (and {self._suppressed} more like it, not logged)"
+            self._suppressed = 0
+        self.logger.warning(message, *args)
+
+
+slow_body_log = RateLimitedLog(log)
+
+
 class _BodyRefused(Exception):
     pass
 
@@ -264,7 +309,9 @@ class BodyLimitMiddleware:
             except asyncio.TimeoutError:
                 refused = (408, f"request body not received within {self.timeout_s:g} s")
                 host, port = scope.get("client") or ("?", 0)
-                log.warning("closed the connection from %s:%s: %s", host, port, refused[1])
+                slow_body_log.warning(
+                    "closed the connection from %s:%s: %s", host, port, refused[1]
+                )
                 raise _BodyRefused from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True

@@ -31,6 +31,10 @@ DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # default_max_connections(): at most MAX_CONNECTIONS, and FD_RESERVE file descriptors kept free.
 MAX_CONNECTIONS = 1000
 FD_RESERVE = 64
+# Host header values a server bound to a loopback address accepts by default: the names a browser
+# on this machine uses for it. Any other name (a DNS-rebinding page's) gets 400.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+INFO_DETAILS = ("basic", "full")
 
 
 class ConfigError(ValueError):
@@ -151,6 +155,29 @@ class ServiceConfig:
     keep_alive_s: float = field(
         default=5.0, metadata=_help("an idle kept-alive connection is closed after this", gt=0)
     )
+    # "*" in code (ServiceConfig() binds no socket); python -m service derives it from --host.
+    allowed_hosts: str = field(
+        default="*",
+        metadata=_help(
+            "Host header values accepted, comma-separated ('*.example.com' for subdomains, '*' "
+            "for any); others get 400, so that a web page cannot reach a local server through "
+            "a name of its own (DNS rebinding)",
+            default=(
+                f"the loopback names ({','.join(LOOPBACK_HOSTS)}) when --host is a loopback "
+                "address; any ('*') otherwise, for a server behind a proxy that checks the Host "
+                "itself (set the public names here when it does not)"
+            ),
+        ),
+    )
+    info_detail: str = field(
+        default="basic",
+        metadata=_help(
+            "what GET /info shows: basic (the model, its limits, the checkpoint's name and "
+            "scalar metadata) or full (also the engine's settings, queue and counters, and the "
+            "training configuration)",
+            choices=INFO_DETAILS,
+        ),
+    )
     log_level: str = field(default="info", metadata=_help("log level", choices=LOG_LEVELS))
 
     def __post_init__(self):
@@ -158,6 +185,14 @@ class ServiceConfig:
             check(self)  # the ranges declared in each field's metadata (model/cli.py)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if not self.host_patterns():
+            raise ConfigError("allowed_hosts must name at least one host (or '*')")
+        if self.info_detail not in INFO_DETAILS:
+            raise ConfigError(f"info_detail must be one of {INFO_DETAILS}")
+
+    def host_patterns(self) -> tuple[str, ...]:
+        """``allowed_hosts`` as a tuple of lower-case names (``*`` and ``*.domain`` patterns)."""
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @classmethod
     def from_args(
@@ -177,6 +212,8 @@ class ServiceConfig:
             None if explicit is None else str(explicit), environ
         )
         values["device"] = resolve_device(values["device"])
+        if "allowed_hosts" not in args.given:
+            values["allowed_hosts"] = default_allowed_hosts(values["host"])
         return cls(**values)
 
 
@@ -190,6 +227,18 @@ def command_line(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Comm
         env_prefix=ENV_PREFIX,
         environ=environ,
     )
+
+
+def default_allowed_hosts(host: str) -> str:
+    """--allowed-hosts' default for a server bound to ``host``: the loopback names if ``host`` is
+    a loopback address or name, else any."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host.lower() == "localhost"
+    return ",".join(LOOPBACK_HOSTS) if loopback else "*"
 
 
 def default_torch_threads() -> int:

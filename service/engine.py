@@ -124,7 +124,9 @@ class _Pending:
     request: GenerationRequest
     responder: str
     future: asyncio.Future
-    units: int = 0  # its cost (DecodeCost.units) in the engine's backlog
+    enqueued: float = field(default_factory=time.perf_counter)
+    units: int = 0  # its cost (DecodeCost.units) in the engine's backlog; 0 once out of it
+    decoding: bool = False  # its model call has started
 
 
 class DecodeCost:
@@ -135,7 +137,10 @@ class DecodeCost:
     measured at warm-up; without it, a rate measured on small requests would price a large one
     many times too high. ``seconds_per_unit`` follows the load (batch sizes, early stops, other
     processes on the machine): a work-weighted average over the calls that forgets (each call
-    weighs FORGET times less than the next), set by the large calls a backlog is made of.
+    weighs FORGET times less than the next), set by the large calls a backlog is made of; or the
+    latest call's rate when that is higher: a machine that just got busier (another process,
+    a flood of requests to refuse) prices the work queued from then on at once, not after
+    several calls, by which time what was admitted on the old rate is late.
     """
 
     FORGET = 0.9
@@ -144,6 +149,7 @@ class DecodeCost:
         # whole units: the engine's backlog adds and subtracts them, and must come back to 0
         self.overhead = round(overhead)
         self._seconds, self._units = seconds_per_unit, 1.0
+        self._latest = 0.0
 
     @classmethod
     def from_timings(cls, small: tuple[int, float], large: tuple[int, float]) -> DecodeCost:
@@ -161,10 +167,11 @@ class DecodeCost:
     def observe(self, seconds: float, work: int) -> None:
         self._seconds = self._seconds * self.FORGET + seconds
         self._units = self._units * self.FORGET + self.units(work)
+        self._latest = seconds / self.units(work)
 
     @property
     def seconds_per_unit(self) -> float:
-        return self._seconds / self._units
+        return max(self._seconds / self._units, self._latest)
 
 
 # Admitted work must fit in this share of timeout_s: the margin for the cost estimate's errors.
@@ -177,9 +184,13 @@ class EngineStats:
 
     admitted: int = 0  # into the queue
     requests: int = 0  # answered
-    rejected: int = 0  # refused: too much queued (the app's 503)
+    rejected: int = 0  # overloaded: queue full, or too much decoding queued (the app's 503)
     refused_draining: int = 0  # refused: the service is shutting down (503)
     timeouts: int = 0
+    abandoned_queued: int = 0  # the client left while it was queued: no model call for it
+    abandoned_decoding: int = 0  # the client left while it was being decoded
+    stopped_calls: int = 0  # model calls stopped early: every client of theirs had left
+    shed: int = 0  # refused (503) when its model call was to start: it could not end in time
     batches: int = 0  # model calls
     batched_contexts: int = 0
     largest_batch: int = 0  # contexts in one model call
@@ -403,23 +414,57 @@ class InferenceEngine:
         self._backlog_units += units
         self._unanswered += 1
         try:
-            # On timeout (or if our caller is cancelled) the future is cancelled, and the
-            # batcher skips it if its batch has not started yet.
+            # On timeout, or when our caller is cancelled (its client left: see
+            # service.app.CancelOnDisconnectMiddleware), the future is cancelled: the batcher
+            # skips it if its model call has not started, and a call all of whose requests are
+            # cancelled stops at its next step.
             return await asyncio.wait_for(pending.future, self.config.timeout_s)
         except asyncio.TimeoutError:
             self.stats.timeouts += 1
+            self._forget(pending)
             raise EngineTimeout(
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
+        except asyncio.CancelledError:
+            if pending.decoding:
+                self.stats.abandoned_decoding += 1
+            else:
+                self.stats.abandoned_queued += 1
+            self._forget(pending)
+            raise
         finally:
             self._unanswered -= 1
+
+    def _forget(self, pending: _Pending) -> None:
+        """Take a request that will not be answered out of the backlog at once (admission then
+        sees the room it leaves), not when the batcher reaches it."""
+        if not pending.decoding:
+            self._backlog_units -= pending.units
+            pending.units = 0
+
+    def refusal(self) -> EngineOverloaded | None:
+        """What any request would be refused with now (the queue is full, or even the smallest
+        request would not fit in the decoding budget), else None: for refusing before a
+        request's body is read (service.overload.EarlyRefusalMiddleware)."""
+        if self.state != "ready" or self._queue is None:
+            return None
+        return self._overloaded(self.cost.units(1))
 
     def _admit(self, request: GenerationRequest) -> int:
         """The request's cost in units, if the queue has room and, with what is queued, it can
         be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing better
         will come of refusing it); else raise EngineOverloaded."""
-        assert self._queue is not None
         units = self.cost.units(request.work)
+        refused = self._overloaded(units)
+        if refused is not None:
+            self.stats.rejected += 1
+            raise refused
+        return units
+
+    def _overloaded(self, units: int) -> EngineOverloaded | None:
+        """The refusal of a request of ``units`` now, with a Retry-After of the queued seconds;
+        None if it is admitted."""
+        assert self._queue is not None
         backlog = self.backlog_seconds()
         budget = self.config.timeout_s * ADMIT_SHARE
         if self._queue.full():
@@ -427,16 +472,16 @@ class InferenceEngine:
         elif self._backlog_units and backlog + units * self.cost.seconds_per_unit > budget:
             why = f"about {backlog:.1f} s of decoding queued"
         else:
-            return units
-        self.stats.rejected += 1
+            return None
         retry_after = max(1, math.ceil(backlog))
-        raise EngineOverloaded(f"the service is overloaded ({why}); retry later", retry_after)
+        return EngineOverloaded(f"the service is overloaded ({why}); retry later", retry_after)
 
     def _keep(self, pending: _Pending) -> bool:
         """False for a request that timed out or was cancelled while queued (its work is then
         out of the backlog)."""
         if pending.future.done():
             self._backlog_units -= pending.units
+            pending.units = 0
             return False
         return True
 
@@ -494,13 +539,16 @@ class InferenceEngine:
             budget -= item.request.num_samples
 
     async def _run_group(self, group: list[_Pending]) -> None:
-        group = [p for p in group if self._keep(p)]
+        group = self._shed_late([p for p in group if self._keep(p)])
         if not group:
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         work = sum(p.request.work for p in group)
         units = sum(p.units for p in group)
+        estimate = self.cost.units(work) * self.cost.seconds_per_unit
+        for p in group:
+            p.decoding = True
         try:
             results = await loop.run_in_executor(self._executor, self._decode, group)
         except Exception as e:
@@ -512,28 +560,60 @@ class InferenceEngine:
         finally:
             self._backlog_units -= units
         elapsed = time.perf_counter() - started
-        self.cost.observe(elapsed, work)
         s = self.stats
         s.batches += 1
         s.batched_contexts += len(group)
         s.largest_batch = max(s.largest_batch, len(group))
         s.batch_sizes[len(group)] += 1
         s.model_seconds += elapsed
+        if results is None:  # stopped early: nobody waited for it any more
+            s.stopped_calls += 1
+            return
+        self.cost.observe(elapsed, work)
         s.tokens += sum(len(g.tokens) for result in results for g in result.responses)
         for p, result in zip(group, results, strict=True):
             if not p.future.done():
                 s.requests += 1
                 p.future.set_result(result)
         log.debug(
-            "decoded %d contexts x %d samples in %.1f ms (queue %d)",
+            "decoded %d contexts x %d samples in %.1f ms, estimated %.1f (queue %d)",
             len(group),
             group[0].request.num_samples,
             elapsed * 1e3,
+            estimate * 1e3,
             self.queue_depth(),
         )
 
-    def _decode(self, group: list[_Pending]) -> list[GenerationResult]:
-        """Runs in the worker thread: one ``sample_responses`` call for the whole group."""
+    def _shed_late(self, group: list[_Pending]) -> list[_Pending]:
+        """``group`` less the requests its model call, as estimated now, would answer after their
+        time limit: the oldest go first, until the rest fit or one is left (alone, it is answered
+        as fast as it can be). Those get EngineOverloaded (503 + Retry-After) at once: the
+        machine got slower than the estimate that admitted them, and decoding them would end in
+        a 504 and take the time of the requests behind them."""
+        kept = sorted(group, key=lambda p: p.enqueued)
+        now = time.perf_counter()
+
+        def seconds(items: list[_Pending]) -> float:
+            return self.cost.units(sum(p.request.work for p in items)) * self.cost.seconds_per_unit
+
+        while len(kept) > 1 and kept[0].enqueued + self.config.timeout_s < now + seconds(kept):
+            p = kept.pop(0)
+            self._backlog_units -= p.units
+            p.units = 0
+            self.stats.shed += 1
+            why = "the service is overloaded (it got slower since this request was queued)"
+            retry_after = max(1, math.ceil(self.backlog_seconds()))
+            p.future.set_exception(EngineOverloaded(f"{why}; retry later", retry_after))
+        return kept
+
+    def _decode(self, group: list[_Pending]) -> list[GenerationResult] | None:
+        """Runs in the worker thread: one ``sample_responses`` call for the whole group; None if
+        it was stopped because every request of the group was cancelled (its client left)."""
+
+        def nobody_waits() -> bool:
+            # Read across threads: a future's state is one attribute, set by the event loop.
+            return all(p.future.done() for p in group)
+
         model, vocab = self.model, self.vocab
         assert model is not None and vocab is not None
         req = group[0].request
@@ -559,7 +639,10 @@ class InferenceEngine:
                 temperature=req.temperature,
                 generator=generator,
                 options=req.options,
+                stop=nobody_waits,
             )
+            if nobody_waits():
+                return None
             token_ids = out.token_ids.cpu().tolist()
             log_probs = out.log_probs.cpu().tolist()
         results = []

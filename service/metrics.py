@@ -11,6 +11,7 @@ the :data:`Metrics` dependency): two apps in one process (tests) count apart. Wh
   requests here; uvicorn logs them.
 * The engine, read from it at each scrape (:class:`EngineCollector`): queue depth and the queued
   work (units and estimated seconds), requests admitted and shed with a 503 (by reason),
+  requests abandoned by their clients (queued or decoding) and model calls stopped for them,
   timeouts, model calls and their batch sizes (a histogram of contexts per call), tokens
   decoded, model seconds, the decoding speed, the model's load time.
 * ``bncvae_build_info``: 1, labelled with the package version, checkpoint, device and torch.
@@ -100,13 +101,29 @@ class EngineCollector(Collector):
         )
         shed = CounterMetricFamily(
             f"{PREFIX}_requests_shed",
-            "Requests refused with 503: too much work queued (overloaded) or shutting down "
-            "(draining).",
+            "Requests refused with 503: too much work queued (overloaded), shutting down "
+            "(draining), or admitted but no longer answerable in time when their model call was "
+            "to start (late).",
             labels=["reason"],
         )
         shed.add_metric(["overloaded"], stats.rejected)
         shed.add_metric(["draining"], stats.refused_draining)
+        shed.add_metric(["late"], stats.shed)
         yield shed
+        abandoned = CounterMetricFamily(
+            f"{PREFIX}_requests_abandoned",
+            "Admitted requests whose client left: while queued (dropped without a model call) "
+            "or while decoded.",
+            labels=["when"],
+        )
+        abandoned.add_metric(["queued"], stats.abandoned_queued)
+        abandoned.add_metric(["decoding"], stats.abandoned_decoding)
+        yield abandoned
+        yield CounterMetricFamily(
+            f"{PREFIX}_model_calls_stopped",
+            "Model calls stopped before their end: every client of theirs had left.",
+            stats.stopped_calls,
+        )
         yield CounterMetricFamily(
             f"{PREFIX}_requests_timed_out",
             "Admitted requests not answered within the time limit (504).",

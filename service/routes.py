@@ -4,6 +4,7 @@ and the engine) and ``/respond`` (sampled responses to a conversation)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -46,19 +47,25 @@ async def ready(engine: AnyEngine):
 
 @router.get("/info", response_model=Info, responses={503: ANSWER_ERRORS[503]})
 async def info(engine: ReadyEngine):
-    """The model's variant and dimensions, vocabulary size, device, checkpoint, engine."""
+    """The model's variant and dimensions, vocabulary size, device, checkpoint; with
+    ``--info-detail full`` also the engine's settings and counters and the training metadata."""
     return info_of(engine)
 
 
 def info_of(engine: InferenceEngine) -> Info:
-    """What /info shows of a ready engine: its model, device and checkpoint, its settings,
-    queue and counters, and the request limits."""
+    """What /info shows of a ready engine: its model, device and checkpoint (its name: no path
+    of the server's disk), the request limits and, as ``--info-detail`` says, the checkpoint's
+    scalar metadata or all of it with the engine's settings, queue and counters."""
     model, vocab = engine.model, engine.vocab
     assert model is not None and vocab is not None
     cfg, c = model.config, engine.config
+    full = c.info_detail == "full"
+    metadata = engine.metadata if isinstance(engine.metadata, dict) else {}
+    if not full:
+        metadata = {k: v for k, v in metadata.items() if not isinstance(v, (dict, list))}
     return Info(
         variant=cfg.variant,
-        checkpoint=str(engine.checkpoint) if engine.checkpoint else None,
+        checkpoint=Path(engine.checkpoint).name if engine.checkpoint else None,
         device=str(engine.device),
         vocab_size=len(vocab),
         dims={
@@ -68,21 +75,46 @@ def info_of(engine: InferenceEngine) -> Info:
         max_context=cfg.max_context,
         max_utt_len=cfg.max_utt_len,
         parameters=num_parameters(model),
-        metadata=engine.metadata,
-        engine={
-            "batching": c.batching,
-            "max_batch_size": c.max_batch_size,
-            "max_wait_ms": c.max_wait_ms,
-            "queue_size": c.queue_size,
-            "timeout_s": c.timeout_s,
-            "torch_threads": engine.torch_threads,
-            "decode_dtype": str(engine.decode_dtype).removeprefix("torch."),
-            "queue_depth": engine.queue_depth(),
-            "backlog_s": round(engine.backlog_seconds(), 3),
-            "stats": engine.stats.as_dict(),
-        },
+        metadata=shown(metadata),
+        engine=engine_info(engine) if full else None,
         limits=LIMITS,
     )
+
+
+def engine_info(engine: InferenceEngine) -> dict:
+    c = engine.config
+    return {
+        "batching": c.batching,
+        "max_batch_size": c.max_batch_size,
+        "max_wait_ms": c.max_wait_ms,
+        "queue_size": c.queue_size,
+        "timeout_s": c.timeout_s,
+        "torch_threads": engine.torch_threads,
+        "decode_dtype": str(engine.decode_dtype).removeprefix("torch."),
+        "queue_depth": engine.queue_depth(),
+        "backlog_s": round(engine.backlog_seconds(), 3),
+        "stats": engine.stats.as_dict(),
+    }
+
+
+def shown(value):
+    """A checkpoint's metadata as /info may show it: JSON (NaN and infinities as strings, lone
+    surrogates escaped) and no absolute path (only its last part: the server's directories are
+    nobody's business)."""
+    if isinstance(value, dict):
+        return {shown(str(k)): shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        if PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute():
+            return PurePosixPath(text.replace("\\", "/")).name
+        if text.startswith("~"):
+            return PurePosixPath(text).name
+        return text
+    return value
 
 
 @router.post("/respond", response_model=RespondResponse, responses=ANSWER_ERRORS)

@@ -207,7 +207,7 @@ class Info(BaseModel):
     max_utt_len: int
     parameters: int
     metadata: dict
-    engine: dict
+    engine: dict | None = None  # --info-detail full
     limits: dict[str, int | float]
 
 

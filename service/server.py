@@ -10,9 +10,18 @@ What uvicorn lacks, :class:`LimitedHttpToolsProtocol` adds: a connection that do
 request's headers within ``header_timeout_s`` (an idle new connection, headers sent a byte at a
 time) is closed; headers over ``max_header_bytes`` get 431 (httptools, unlike h11 with its
 ``h11_max_incomplete_event_size``, buffers headers of any size); and when ``max_connections``
-are open, a new connection closes the oldest one that is not in a request, so that idle sockets
-cannot lock out real clients (or /health). A body that arrives too slowly is the app's
-``BodyLimitMiddleware``'s (``body_timeout_s``). Every connection shed is logged.
+are open, a new connection closes the oldest one that is not being answered: idle, still sending
+its headers, or still sending its body (the slow clients), so that they cannot lock out real
+clients. A body that arrives too slowly is the app's ``BodyLimitMiddleware``'s
+(``body_timeout_s``). Every connection shed is logged.
+
+Probes: ``PROBE_CONNECTIONS`` connections beyond ``max_connections`` are kept for the liveness
+and readiness probes (GET /health, /ready): when every connection is being answered, a new one
+may still ask those, and any other request on it gets 503 + Retry-After; past that reserve a new
+connection is closed at once. The process thus never holds more than ``max_connections +
+PROBE_CONNECTIONS`` client sockets, within its file-descriptor limit (``max_connections``'
+default leaves ``FD_RESERVE``), and a probe finds a socket, a slot and an answer whatever slow
+or stalled clients do. (uvicorn's own ``limit_concurrency`` would answer a probe 503 too.)
 
 SIGTERM (``docker stop``, Kubernetes ending a pod) drains the service (:class:`DrainingServer`):
 the requests already admitted are decoded and answered, new ones get 503 with Retry-After and
@@ -29,13 +38,18 @@ import signal
 import time
 from http import HTTPStatus
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.app import error_response
+from service.app import RateLimitedLog, error_response
 from service.config import ServiceConfig, default_max_connections
 
 log = logging.getLogger("service.server")
+
+PROBE_PATHS = (b"/health", b"/ready")
+shed_log = RateLimitedLog(log)
+PROBE_CONNECTIONS = 16
 
 
 def build_server(config: ServiceConfig, app) -> uvicorn.Server:
@@ -45,6 +59,7 @@ def build_server(config: ServiceConfig, app) -> uvicorn.Server:
         "header_timeout_s": config.header_timeout_s,
         "max_header_bytes": config.max_header_bytes,
         "max_connections": max_connections,
+        "by_age": {},  # this server's open connections, oldest first
     }
     return DrainingServer(
         app.state.engine,
@@ -55,7 +70,8 @@ def build_server(config: ServiceConfig, app) -> uvicorn.Server:
             log_level=config.log_level,
             http=type("Protocol", (LimitedHttpToolsProtocol,), limits),
             ws="none",  # no websocket routes; every connection is a LimitedHttpToolsProtocol
-            limit_concurrency=max_connections,
+            # The protocol limits connections itself, with a reserve for the probes.
+            limit_concurrency=None,
             timeout_keep_alive=config.keep_alive_s,
         ),
     )
@@ -103,17 +119,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_connections: int = 1000
+    # The open connections, oldest first (a dict keeps insertion order): the oldest sheddable
+    # one is found near its start, not by a scan of a thousand at every new connection.
+    by_age: dict[LimitedHttpToolsProtocol, None] = {}
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._opened = self.loop.time()
         self._header_bytes, self._header_tail = 0, b""
         self._header_timer = None
         self._start_header_timer()
+        self.by_age[self] = None
         self._make_room()
+        if len(self.by_age) > self.max_connections + PROBE_CONNECTIONS:
+            self._shed(f"{self.max_connections} connections and the probes' reserve in use")
 
     def connection_lost(self, exc) -> None:
         self._stop_header_timer()
+        self.by_age.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -137,13 +159,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         self._header_bytes, self._header_tail = 0, b""
-        super().on_headers_complete()
+        if len(self.by_age) <= self.max_connections or self._is_probe():
+            super().on_headers_complete()
+            return
+        # In the probes' reserve: any other request gets 503 (and the connection is closed).
+        app, self.app = self.app, _connections_exhausted
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     # ---------------------------------------------------------------------------------------
 
     def _between_requests(self) -> bool:
         """No request is being answered: the connection is idle or reading request headers."""
         return self.cycle is None or self.cycle.response_complete
+
+    def _sending_body(self) -> bool:
+        """A request's body is still arriving (and nothing has been answered yet)."""
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_started
+
+    def _is_probe(self) -> bool:
+        method = self.parser.get_method()
+        return method in (b"GET", b"HEAD") and httptools.parse_url(self.url).path in PROBE_PATHS
 
     def _start_header_timer(self) -> None:
         if self._header_timer is None:
@@ -160,26 +199,38 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._shed(f"no request headers within {self.header_timeout_s:g} s")
 
     def _make_room(self) -> None:
-        """At max_connections (uvicorn's limit_concurrency, at which a request gets 503), close
-        the oldest connection that is not in a request, if there is one."""
-        open_ = [c for c in self.connections if not c.transport.is_closing()]
-        if len(open_) < self.max_connections:
+        """Over max_connections, close the oldest connection that is idle or reading headers,
+        else the oldest one whose request body is still arriving, if there is one."""
+        if len(self.by_age) <= self.max_connections:
             return
-        idle = [c for c in open_ if c is not self and c._between_requests()]
-        if idle:
-            oldest = min(idle, key=lambda c: c._opened)
-            oldest._shed(f"making room for a new connection ({len(open_)} open)")
+        for sheddable in (
+            LimitedHttpToolsProtocol._between_requests,
+            LimitedHttpToolsProtocol._sending_body,
+        ):
+            oldest = next((c for c in self.by_age if c is not self and sheddable(c)), None)
+            if oldest is not None:
+                oldest._shed(f"making room for a new connection ({len(self.by_age)} open)")
+                return
 
     def _shed(self, why: str, reply: bytes = b"") -> None:
         """Close the connection (after ``reply``), and log why."""
         host, port = self.client or ("?", 0)
-        log.warning("closed the connection from %s:%s: %s", host, port, why)
+        shed_log.warning("closed the connection from %s:%s: %s", host, port, why)
         if reply:
             self.transport.write(reply)
         self.transport.close()
         # Counted out at once: a request read in the same event-loop step, before
         # connection_lost, would be checked against limit_concurrency with this one still in.
         self.connections.discard(self)
+        self.by_age.pop(self, None)
+
+
+async def _connections_exhausted(scope, receive, send) -> None:
+    """The answer to a request other than a probe on a connection in the probes' reserve."""
+    detail = "too many open connections; retry later"
+    await error_response(503, detail, {"retry-after": "1", "connection": "close"})(
+        scope, receive, send
+    )
 
 
 def _http_response(status: int, detail: str) -> bytes:

@@ -1,4 +1,5 @@
-"""Smoke run of the service load benchmark (the numbers themselves are not asserted)."""
+"""Smoke run of the service load benchmark (its numbers are not asserted), and the reliability
+suite's quick form with its targets checked (``make stress``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from benchmarks.stress import RUNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,3 +36,21 @@ def test_service_load_benchmark_prints_its_table_and_targets():
     for r in rows:  # requests answered (at least 30 per level), errors
         assert (int(r[2]), r[3]) == (max(30, 2 * int(r[1])), "0")
     assert "target: p50 at 1 client" in out and "target: req/s at 16 clients" in out
+
+
+@pytest.mark.slow
+def test_stress_suite_quick_form_meets_its_targets():
+    """benchmarks/stress.py --quick --check: every run, the shipped checkpoint, a real server;
+    exit 1 on a 5xx other than 503, a 504 for admitted work, goodput under a flood that ignores
+    Retry-After below half the undisturbed one, work done for clients that left, a probe not
+    answered in 1 s during the slow-client runs, or a dead server."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "stress.py"), "--quick", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    summary = proc.stdout.split("== summary ==")[1].split()
+    assert summary == [word for run in RUNS for word in (run, "ok")]

@@ -101,16 +101,24 @@ def test_health_ready_info(client, tiny_checkpoint):
     info = client.get("/info").json()
     assert info["variant"] == "bn-cvae"
     assert info["device"] == "cpu"
-    assert info["checkpoint"] == str(tiny_checkpoint)
+    assert info["checkpoint"] == "tiny-bn-cvae"  # its name: no path of the server's disk
     assert info["vocab_size"] == len(Vocabulary.load(tiny_checkpoint / "vocab.json"))
     assert info["dims"]["latent_dim"] == ModelConfig.preset("tiny").latent_dim
     assert info["metadata"] == {"note": "random init, for tests"}
-    assert info["engine"]["batching"] is True
-    assert info["engine"]["torch_threads"] == min(len(os.sched_getaffinity(0)), 4)
-    assert info["engine"]["decode_dtype"] == str(fast_decode_dtype("cpu")).removeprefix("torch.")
+    assert info["engine"] is None  # --info-detail basic
     assert info["limits"]["max_samples"] == 32
     assert client.get("/docs").status_code == 200
     assert "/respond" in client.get("/openapi.json").json()["paths"]
+
+
+def test_info_detail_full_shows_the_engine(tiny_checkpoint):
+    with TestClient(create_app(make_engine(tiny_checkpoint, info_detail="full"))) as c:
+        wait_ready(c)
+        engine = c.get("/info").json()["engine"]
+    assert engine["batching"] is True
+    assert engine["torch_threads"] == min(len(os.sched_getaffinity(0)), 4)
+    assert engine["decode_dtype"] == str(fast_decode_dtype("cpu")).removeprefix("torch.")
+    assert engine["stats"]["abandoned_queued"] == 0
 
 
 def test_respond_returns_the_requested_number_of_responses(client):
@@ -653,7 +661,8 @@ def test_service_imports_only_model():
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_service(tiny_checkpoint, log, "--max-body-bytes", "65536") as base:
+    options = ("--max-body-bytes", "65536", "--info-detail", "full")
+    with running_service(tiny_checkpoint, log, *options) as base:
         yield base
 
 
