@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 from fastapi.responses import JSONResponse
 
@@ -33,6 +34,10 @@ ANSWER_PATHS = frozenset({"/respond", "/v1/chat/completions"})
 REFUSALS_PER_S = 20.0
 MAX_HOLD_S = 10.0
 TOLD_TO_WAIT = 10_000  # connections remembered with the time they were told to wait until
+
+
+class AnswerRoute(NamedTuple):
+    path: str
 
 
 class EarlyRefusalMiddleware:
@@ -53,6 +58,9 @@ class EarlyRefusalMiddleware:
             await self.app(scope, receive, send)
             return
         self.engine.stats.rejected += 1
+        # What the router would have set, for service.metrics' route label (a path of
+        # ANSWER_PATHS: a route without parameters).
+        scope["route"] = AnswerRoute(scope["path"])
         message = await receive()
         while message["type"] == "http.request" and message.get("more_body", False):
             message = await receive()
