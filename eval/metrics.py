@@ -19,6 +19,7 @@ import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction
@@ -27,7 +28,15 @@ from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
 MAX_BLEU_ORDER = 4
-BLEU_SETTINGS = {"tokenize": "none", "smooth_method": "exp", "effective_order": True}
+
+
+class BleuSettings(TypedDict):
+    tokenize: str
+    smooth_method: str
+    effective_order: bool
+
+
+BLEU_SETTINGS: BleuSettings = {"tokenize": "none", "smooth_method": "exp", "effective_order": True}
 
 Tokens = Sequence[str]
 
@@ -192,8 +201,8 @@ class EmbeddingScorer:
 
     def compare(self, hyp: SentenceVectors, ref: SentenceVectors) -> tuple[float, float, float]:
         """(A-bow, E-bow, G-bow) cosines in [-1, 1]; all 0 if a sentence has no vector."""
-        if hyp.average is None or ref.average is None:
-            return 0.0, 0.0, 0.0
+        if hyp.average is None or ref.average is None or hyp.extrema is None or ref.extrema is None:
+            return 0.0, 0.0, 0.0  # (average and extrema are None together)
         return (
             cosine(hyp.average, ref.average),
             cosine(hyp.extrema, ref.extrema),
@@ -218,7 +227,7 @@ def distinct_n(sentences: Iterable[Tokens], n: int) -> float:
     return len(counts) / total if total else 0.0
 
 
-def precision_recall(scores: Sequence[float]) -> tuple[float, float]:
+def precision_recall(scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(mean, max) of one context's per-sample scores."""
     if len(scores) == 0:
         raise ValueError("a context needs at least one sample")
@@ -255,7 +264,7 @@ class ResponseMetrics:
         self.max_bleu_order = max_bleu_order
         self.contexts = 0
         self._sums: dict[str, float] = {}
-        self._inter = {n: Counter() for n in DISTINCT_ORDERS}
+        self._inter: dict[int, Counter[tuple[str, ...]]] = {n: Counter() for n in DISTINCT_ORDERS}
 
     def add(self, samples: Sequence[Tokens], reference: Tokens) -> dict[str, float]:
         if len(samples) == 0:

@@ -126,7 +126,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._header_bytes, self._header_tail = 0, b""
-        self._header_timer = None
+        self._header_timer: asyncio.TimerHandle | None = None
         self._start_header_timer()
         self.by_age[self] = None
         self._make_room()
