@@ -80,18 +80,11 @@ def test_a_declared_length_past_the_limit_is_refused_before_reading(limited):
 HEADER_LIMIT = 1024
 
 
-async def ok_app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-
 @pytest.fixture(scope="module")
 def header_server(tiny_checkpoint):  # noqa: F811
     config = ServiceConfig(checkpoint=tiny_checkpoint, port=free_port(), log_level="warning",
                            max_header_bytes=HEADER_LIMIT, max_connections=20)  # fmt: skip
-    server = build_server(config, ok_app)
+    server = build_server(config, create_app(make_engine(tiny_checkpoint)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -105,7 +98,7 @@ def header_server(tiny_checkpoint):  # noqa: F811
 
 def head_of(size: int) -> bytes:
     """A request head of exactly ``size`` bytes, from the request line to the blank line."""
-    start = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+    start = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
     end = b"\r\n\r\n"
     return start + b"a" * (size - len(start) - len(end)) + end
 
