@@ -249,3 +249,11 @@ def test_a_request_alone_is_admitted_whatever_its_cost(tiny_checkpoint):  # noqa
     engine._backlog_units = 1
     with pytest.raises(EngineOverloaded):
         engine._admit(request_of_work(60))
+
+
+def test_the_decode_cost_from_two_timed_calls():
+    cost = DecodeCost.from_timings((10, 0.011), (640, 0.074))  # 0.1 ms a unit + 10 ms a call
+    assert cost.seconds_per_unit == pytest.approx(1e-4)
+    assert cost.overhead == 100 and cost.units(1920) == 2020
+    noisy = DecodeCost.from_timings((10, 0.02), (640, 0.02))  # no slope to tell: no overhead
+    assert (noisy.overhead, noisy.seconds_per_unit) == (0, pytest.approx(0.02 / 640))

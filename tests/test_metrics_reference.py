@@ -18,7 +18,13 @@ from nltk.translate.bleu_score import sentence_bleu as nltk_bleu
 from sacrebleu.metrics import BLEU
 
 from eval.embeddings import load_glove
-from eval.metrics import ZHAO_BLEU_WEIGHTS, EmbeddingScorer, ResponseMetrics
+from eval.metrics import (
+    ZHAO_BLEU_WEIGHTS,
+    EmbeddingScorer,
+    ResponseMetrics,
+    metric_names,
+    precision_recall,
+)
 
 VECTORS = Path(__file__).parent / "fixtures" / "tiny_vectors.txt"
 
@@ -41,7 +47,7 @@ def split(text: str) -> list[str]:
     return text.split()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: mutmut maps each test to the code it runs (a shared one would not)
 def scored():
     scorer = EmbeddingScorer(load_glove(VECTORS))
     metrics = ResponseMetrics(scorer)
@@ -244,3 +250,25 @@ def test_degenerate_rate(scored):
 def test_degenerate_at_its_thresholds(text, looping):
     m = ResponseMetrics()
     assert m.add([split(text)], split("x"))["degenerate_rate"] == float(looping)
+
+
+def test_metric_names_and_the_keys_of_a_contexts_scores():
+    names = metric_names()
+    assert names[:8] == ["bleu1_p", "bleu1_r", "bleu2_p", "bleu2_r", "bleu3_p", "bleu3_r",
+                         "bleu4_p", "bleu4_r"]  # fmt: skip
+    assert names[8:] == ["zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
+                         "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "g_bow_p", "g_bow_r",
+                         "intra_distinct1", "intra_distinct2", "inter_distinct1",
+                         "inter_distinct2", "degenerate_rate"]  # fmt: skip
+    scores = ResponseMetrics(EmbeddingScorer(load_glove(VECTORS))).add([split("i")], split("i"))
+    assert set(scores) == {n for n in names if not n.startswith("inter_")}
+
+
+def test_a_context_without_samples_is_refused_and_no_tokens_are_all_covered():
+    with pytest.raises(ValueError, match="^a context needs at least one sample$"):
+        ResponseMetrics().add([], split("i"))
+    with pytest.raises(ValueError, match="^a context needs at least one sample$"):
+        precision_recall([])
+    scorer = EmbeddingScorer(load_glove(VECTORS))
+    assert scorer.coverage([]) == 1.0
+    assert scorer.coverage([split("i huh")]) == 0.5
