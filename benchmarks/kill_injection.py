@@ -82,7 +82,7 @@ def calls_of_the_save(
         counts[name] = counts.get(name, 0) + 1
         if name == "openat" and str(root) not in rest:
             continue
-        calls.append((name, counts[name], rest.replace(str(root) + "/", "")))
+        calls.append((name, counts[name], rest.strip().replace(str(root) + "/", "")))
     log.unlink()
     return calls
 
