@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             ok = ok and after == 0 and (run / "best").is_dir()
             failures += not ok
-            short = call if len(call) < 70 else call[:67] + "..."
+            short = (call if len(call) < 70 else call[:67] + "...").replace("|", "\\|")
             print(f"| {name} #{n}{'' if killed else ' (not killed)'} | `{short}` | {seen} | "
                   f"{loaded} | {before} | {after} |")  # fmt: skip
     print(f"\n{len(calls)} kills, {failures} lost or unloadable best/ or temporaries left")
