@@ -257,3 +257,12 @@ def test_the_decode_cost_from_two_timed_calls():
     assert cost.overhead == 100 and cost.units(1920) == 2020
     noisy = DecodeCost.from_timings((10, 0.02), (640, 0.02))  # no slope to tell: no overhead
     assert (noisy.overhead, noisy.seconds_per_unit) == (0, pytest.approx(0.02 / 640))
+
+
+@pytest.mark.parametrize(
+    "field", ["timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_s"]
+)
+def test_times_must_be_above_zero(tiny_checkpoint, field):  # noqa: F811
+    assert getattr(ServiceConfig(checkpoint=tiny_checkpoint, **{field: 0.001}), field) == 0.001
+    with pytest.raises(ConfigError, match=field):
+        ServiceConfig(checkpoint=tiny_checkpoint, **{field: 0})
