@@ -15,9 +15,11 @@ def score_baselines(
     new_metrics: Callable,
     k: int,
     seed: int,
+    per_context: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, dict]:
     """The reference rows (PROTOCOL["baselines"]), each with the keys of ``metrics``, scored by
-    accumulators from ``new_metrics()`` (the protocol's ``ResponseMetrics``)."""
+    accumulators from ``new_metrics()`` (the protocol's ``ResponseMetrics``); each row's
+    per-context values go into ``per_context`` (if given) under its name."""
     rng = random.Random(seed)
     n = len(references)
     candidates: dict[str, list[list[list[str]]]] = {
@@ -38,8 +40,11 @@ def score_baselines(
         if name not in candidates:
             continue
         metrics = new_metrics()
-        for reference, hyps in zip(references, candidates[name], strict=True):
-            metrics.add(hyps, reference)
+        rows = [
+            metrics.add(hyps, ref) for ref, hyps in zip(references, candidates[name], strict=True)
+        ]
         scores = metrics.result()
+        if per_context is not None:
+            per_context[name] = {k: [r.get(k) for r in rows] for k in rows[0]}
         out[name] = {key: scores.get(key) for key in METRIC_KEYS}
     return out

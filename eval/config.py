@@ -12,6 +12,7 @@ from model.cli import ConfigValueError, check
 from model.cvae import DECODE_DTYPES
 from model.decoding import MAX_REPETITION_PENALTY, DecodingOptions
 from model.files import repo_relative
+from model.reranking import RERANK_METHODS, RerankOptions
 from training.prepare import DEFAULT_DATA
 
 DEFAULT_PREPARED = "runs/data/switchboard"
@@ -133,6 +134,35 @@ class EvalConfig:
     def decoding_options(self) -> DecodingOptions:
         return DecodingOptions.of(self)
 
+    # Reranking (model/reranking.py), reported beside the plain samples; none: not run.
+    rerank: str = field(
+        default="none",
+        metadata={
+            "help": "also choose --samples distinct responses among --candidates by this fit",
+            "choices": RERANK_METHODS,
+        },
+    )
+    candidates: int = field(
+        default=0, metadata={"help": "K candidates drawn per context (0: 2 x --samples)"}
+    )
+    max_draws: int = field(
+        default=0, metadata={"help": "draws per context at most (0: 4 x --samples, at least K)"}
+    )
+    mmi_weight: float = field(
+        default=RerankOptions.mmi_weight, metadata={"help": "lambda of --rerank mmi"}
+    )
+    diversity: float = field(
+        default=RerankOptions.diversity,
+        metadata={"help": "maximal marginal relevance's weight on dissimilarity (0: fit only)"},
+    )
+    probe_contexts: int = field(
+        default=200,
+        metadata={"help": "context-dependence probe: the first N examples (0: no probe)"},
+    )
+    probe_noises: int = field(
+        default=10, metadata={"help": "context-dependence probe: fixed latent noises"}
+    )
+
     threads: int = field(
         default=2, metadata={"help": "torch CPU threads (fixed: reproducibility)", "ge": 1}
     )
@@ -183,6 +213,14 @@ class EvalConfig:
             check(self)
         except ConfigValueError as e:
             raise EvalError(f"--{str(e).replace('_', '-')}") from None
+        if self.probe_contexts < 0 or self.probe_noises < 1:
+            raise EvalError("--probe-contexts must be >= 0 and --probe-noises >= 1")
+        try:
+            RerankOptions(
+                self.rerank, self.candidates, self.max_draws, self.mmi_weight, self.diversity
+            )
+        except ValueError as e:
+            raise EvalError(f"reranking options: {e}") from e
         return self
 
     def samples_path(self) -> Path | None:

@@ -245,7 +245,7 @@ def metric_names(max_bleu_order: int = MAX_BLEU_ORDER) -> list[str]:
     names += [f"{b}_{k}" for b in BOW_NAMES for k in ("p", "r")]
     names += [f"intra_distinct{n}" for n in DISTINCT_ORDERS]
     names += [f"inter_distinct{n}" for n in DISTINCT_ORDERS]
-    names += ["degenerate_rate"]
+    names += ["degenerate_rate", "one_token_rate"]
     return names
 
 
@@ -279,6 +279,7 @@ class ResponseMetrics:
             p, r = precision_recall([zhao_bleu(s, reference, weights) for s in samples])
             scores[f"{name}_p"], scores[f"{name}_r"] = p, r
         scores["degenerate_rate"] = float(np.mean([is_degenerate(s) for s in samples]))
+        scores["one_token_rate"] = float(np.mean([len(s) == 1 for s in samples]))
         if self.embeddings is not None:
             ref_vec = self.embeddings.sentence(reference)
             bow = np.array(

@@ -15,6 +15,7 @@ METRIC_KEYS = (
     "zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
     "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "g_bow_p", "g_bow_r",
     "intra_distinct1", "intra_distinct2", "inter_distinct1", "inter_distinct2", "degenerate_rate",
+    "one_token_rate",
     "active_units", "mutual_info", "kl_prior_standard", "kl_lower_bound",
 )  # fmt: skip
 # The reference rows (PROTOCOL["baselines"]), in the order a result lists them.
@@ -140,6 +141,8 @@ PROTOCOL = {
     "0 when there is no n-gram",
     "degenerate_rate": "share of samples with a token three times in a row or any 3-gram three "
     "times",
+    "one_token_rate": 'share of samples that are a single token ("yeah"); about 18% of the '
+    "human responses of Zhao's test split are",
     "active_units": "number of latent dimensions d with Var over examples of E_q[z_d] (the "
     "posterior mean, unbiased variance) > 0.01; for bn-cvae every unit is active by construction "
     "(batch normalization gives each posterior-mean dimension a variance of about gamma^2)",

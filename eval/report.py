@@ -143,6 +143,12 @@ def markdown_table(result: dict) -> str:
     lines.append(row(f"**this checkpoint ({variant})**", m))
     for name, baseline in result.get("baselines", {}).items():
         lines.append(row(f"baseline: {name}", baseline))
+    reranked = result.get("responses", {}).get("reranked")
+    if reranked:
+        o = reranked["options"]
+        lines.append(row(f"**reranked ({o['method']}, K={o['candidates']})**", reranked["metrics"]))
+        lines.append(row("baseline: shuffled_context (reranked)", reranked["shuffled_context"]))
+    lines += ["", *responses_markdown(result)]
     if paper:
         unscored = result.get("bow_unscored_contexts", 0)
         differences = paper_differences_markdown()
@@ -160,6 +166,55 @@ def markdown_table(result: dict) -> str:
     for k, v in m.items():
         lines.append(f"| {k} | {v if isinstance(v, int) or v is None else f'{v:.4f}'} |")
     return "\n".join(lines)
+
+
+def _margin(m: dict | None) -> str:
+    if not m:
+        return "–"
+    lo, hi = m["ci95"]
+    return f"{m['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _probe(p: dict | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['distinct_per_noise']:.1f} / {p['distinct_per_context']:.1f} / " + (
+        f"{100 * p['one_token_rate']:.1f}%"
+    )
+
+
+def responses_markdown(result: dict) -> list[str]:
+    """The responses' own measures, plain and reranked side by side: margins over the
+    shuffled-context and random-response rows (95% paired bootstrap CI), distinct-n, one-token
+    and degenerate shares, requests with all samples distinct, the context-dependence probe."""
+    r = result.get("responses")
+    if not r:
+        return []
+    rows = [("plain", result["metrics"], r, r["all_distinct"])]
+    if r.get("reranked"):
+        x = r["reranked"]
+        rows.append((f"reranked ({x['options']['method']})", x["metrics"], x, x["all_distinct"]))
+    probe = r.get("context_dependence") or {}
+    lines = [
+        "| samples | Zhao BLEU-3 R − shuffled context | − random responses | distinct-1 / 2 "
+        "(inter) | one-token | degenerate | all distinct | probe: distinct per noise / per "
+        f"context / one-token ({probe.get('contexts', '?')} contexts, "
+        f"{probe.get('noises', '?')} noises) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m, rec, distinct in rows:
+        margins = rec["margins"]
+        lines.append(
+            f"| {name} | {_margin(margins.get('zhao_bleu3_r vs shuffled_context'))} | "
+            f"{_margin(margins.get('zhao_bleu3_r vs random_responses'))} | "
+            f"{m['inter_distinct1']:.3f} / {m['inter_distinct2']:.3f} | "
+            f"{100 * m['one_token_rate']:.1f}% | {100 * m['degenerate_rate']:.1f}% | "
+            f"{100 * distinct:.1f}% | {_probe(rec.get('context_dependence'))} |"
+        )
+    human = result.get("baselines", {}).get("random_responses", {}).get("one_token_rate")
+    if human is not None:
+        lines += ["", f"One-token share of the human responses: {100 * human:.1f}%."]
+    return lines
 
 
 def results_table(results: dict[str, dict]) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -51,8 +52,14 @@ from eval.protocol import (
     paper_differences_markdown,
 )
 from eval.report import markdown_table
+from eval.responses import context_dependence, rerank_options, reranked_samples
 from eval.samples import SamplesFile, example_noise
-from eval.significance import contexts_path, write_contexts
+from eval.significance import (
+    BOOTSTRAP_RESAMPLES,
+    contexts_path,
+    paired_bootstrap,
+    write_contexts,
+)
 from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.cli import parse_args
@@ -80,6 +87,11 @@ class Gathered:
     context_keys: list[str] = field(default_factory=list)
     per_context: dict[str, list[float | None]] = field(default_factory=dict)
     likelihood: dict[str, list[float]] = field(default_factory=dict)
+    # with --rerank: the chosen samples, their scores per context, and per example (draws,
+    # distinct responses found)
+    reranked: list[list[list[str]]] = field(default_factory=list)
+    reranked_scores: list[dict] = field(default_factory=list)
+    draws: list[tuple[int, int]] = field(default_factory=list)
 
     def add_context(self, key: str, scores: dict) -> None:
         n = len(self.context_keys)
@@ -134,19 +146,51 @@ def evaluate(config: EvalConfig) -> dict:
     else:
         new_metrics = lambda: ResponseMetrics(scorer)  # noqa: E731
     response_metrics = new_metrics()
+    reranked_metrics = new_metrics() if config.rerank != "none" else None
     samples_path = config.samples_path()
     if samples_path is not None:
         resolved = dataclasses.replace(resolved, samples_out=str(samples_path))
     with SamplesFile(samples_path, config.samples_context, mcfg.max_context) as samples_file:
         gathered = run_examples(
-            model, vocab, config, dialogs, turns, batches, total, response_metrics, samples_file
+            model,
+            vocab,
+            config,
+            dialogs,
+            turns,
+            batches,
+            total,
+            response_metrics,
+            samples_file,
+            reranked_metrics,
         )
 
     metrics = model_metrics(model, gathered, response_metrics.result(), config.seed)
     frequent = most_frequent_training_response(config, mcfg.tokenizer)
+    per_context: dict[str, dict[str, list]] = {"model": gathered.per_context}
     baselines = score_baselines(
-        gathered.references, gathered.samples, frequent, new_metrics, config.samples, config.seed
+        gathered.references,
+        gathered.samples,
+        frequent,
+        new_metrics,
+        config.samples,
+        config.seed,
+        per_context,
     )
+    responses = {
+        "all_distinct": distinct_share(gathered.samples, config.samples),
+        "margins": margins(per_context, config.seed),
+        "context_dependence": None,
+    }
+    if config.probe_contexts:
+        log.info("context-dependence probe: %d contexts", config.probe_contexts)
+        responses["context_dependence"] = context_dependence(
+            model, vocab, turns, config, config.probe_contexts, config.probe_noises
+        )
+    if reranked_metrics is not None:
+        responses["reranked"] = reranked_record(
+            model, vocab, turns, config, gathered, reranked_metrics, frequent, new_metrics,
+            per_context,
+        )  # fmt: skip
     record = protocol_record(
         config, model, metadata, source, frequent, kv, scorer, gathered.references
     )
@@ -169,6 +213,7 @@ def evaluate(config: EvalConfig) -> dict:
         ),
         "metrics": metrics,
         "baselines": baselines,
+        "responses": responses,
         "config": recorded(resolved),
     }
     if config.out:
@@ -198,11 +243,21 @@ def example_batches(turns: list, config: EvalConfig, paper: bool) -> list:
 
 
 def run_examples(
-    model, vocab, config, dialogs, turns, batches, total, response_metrics, samples_file
+    model,
+    vocab,
+    config,
+    dialogs,
+    turns,
+    batches,
+    total,
+    response_metrics,
+    samples_file,
+    reranked_metrics=None,
 ) -> Gathered:
     """One pass over ``batches`` (``total`` examples): for each batch the likelihood pass
     (z ~ q(z|c,x) from torch's global RNG), then the sampled responses, scored into
-    ``response_metrics`` and written to ``samples_file``."""
+    ``response_metrics`` and written to ``samples_file``; with ``reranked_metrics``, also the
+    reranked responses (``--rerank``), scored into it."""
     gathered = Gathered()
     paper = config.protocol == "paper"
     # The paper's loader: a window of 9 utterances before the response, each cut to 38 words.
@@ -220,6 +275,10 @@ def run_examples(
             ).to(device)
             likelihood_pass(model, batch, gathered)
             sampled = sample_batch(model, batch, config, gathered.examples)
+            reranked, found = [], []
+            if reranked_metrics is not None:
+                reranked, found = reranked_samples(model, vocab, batch, config, gathered.examples)
+                gathered.draws += [(r.drawn, r.distinct) for r in found]
             k = 0
             for i, s, end in spans:
                 for t in range(s, end):
@@ -235,6 +294,10 @@ def run_examples(
                     gathered.samples.append(samples)
                     scores = response_metrics.add(samples, reference)
                     gathered.add_context(f"{dialogs[i].id}:{t}", scores)
+                    if reranked_metrics is not None:
+                        chosen = reranked[k]
+                        gathered.reranked.append(chosen)
+                        gathered.reranked_scores.append(reranked_metrics.add(chosen, reference))
                     position = gathered.examples + k
                     samples_file.write(dialogs[i].id, t, position, turns[i], samples, scores)
                     k += 1
@@ -242,6 +305,71 @@ def run_examples(
             gathered.examples += k
             bar.update(k)
     return gathered
+
+
+def distinct_share(samples: list[list[list[str]]], n: int) -> float:
+    """The share of contexts whose ``n`` samples are pairwise distinct."""
+    return sum(len({tuple(s) for s in row}) == n for row in samples) / len(samples)
+
+
+# Margins reported with a paired bootstrap CI: (metric, against which baseline row).
+MARGINS = (("zhao_bleu3_r", "shuffled_context"), ("zhao_bleu3_r", "random_responses"))
+
+
+def margins(per_context: dict, seed: int, row: str = "model") -> dict:
+    """The margins of :data:`MARGINS` for ``row`` (per-context columns in ``per_context``), each
+    with its 95% paired bootstrap CI over the contexts (eval/significance.py)."""
+    out = {}
+    for metric, other in MARGINS:
+        if metric not in per_context.get(row, {}) or metric not in per_context.get(other, {}):
+            continue
+        a = {metric: np.asarray(per_context[row][metric], dtype=np.float64)}
+        b = {metric: np.asarray(per_context[other][metric], dtype=np.float64)}
+        mean, low, high = paired_bootstrap(metric, [a], [b], seed=seed)
+        out[f"{metric} vs {other}"] = {
+            "mean": mean,
+            "ci95": [low, high],
+            "resamples": BOOTSTRAP_RESAMPLES,
+        }
+    return out
+
+
+def reranked_record(
+    model, vocab, turns, config, gathered, reranked_metrics, frequent, new_metrics, per_context
+) -> dict:
+    """The reranked row: its options, metrics, shuffled-context baseline, margins with CIs,
+    the draws it took and its context-dependence probe."""
+    rows: dict[str, dict[str, list]] = {}
+    baselines = score_baselines(
+        gathered.references,
+        gathered.reranked,
+        frequent,
+        new_metrics,
+        config.samples,
+        config.seed,
+        rows,
+    )
+    scores = gathered.reranked_scores
+    rows["reranked"] = {k: [r.get(k) for r in scores] for k in scores[0]}
+    rows["random_responses"] = per_context["random_responses"]
+    options = rerank_options(config)
+    metrics = reranked_metrics.result()
+    record = {
+        "options": dataclasses.asdict(options),
+        "candidates": options.first_draws(config.samples),
+        "budget": options.budget(config.samples),
+        "metrics": {k: metrics.get(k) for k in METRIC_KEYS},
+        "shuffled_context": {k: baselines["shuffled_context"].get(k) for k in METRIC_KEYS},
+        "margins": margins(rows, config.seed, row="reranked"),
+        "mean_draws": sum(d for d, _ in gathered.draws) / len(gathered.draws),
+        "all_distinct": sum(f >= config.samples for _, f in gathered.draws) / len(gathered.draws),
+        "context_dependence": None,
+    }
+    if config.probe_contexts:
+        record["context_dependence"] = context_dependence(
+            model, vocab, turns, config, config.probe_contexts, config.probe_noises, options
+        )
+    return record
 
 
 def likelihood_pass(model, batch, gathered: Gathered) -> None:

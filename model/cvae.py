@@ -587,6 +587,31 @@ class DialogCVAE(nn.Module):
         ``log_probs`` are the model's, over the tokens it may say (so without ``<unk>`` when
         that is banned), before the penalties and top-k/top-p.
         """
+        return self.sample_given_context(
+            self.encode_context(batch),
+            num_samples,
+            max_length,
+            decoding,
+            temperature,
+            generator,
+            noise,
+            options,
+        )
+
+    @torch.inference_mode()
+    def sample_given_context(
+        self,
+        c: torch.Tensor,
+        num_samples: int,
+        max_length: int = 40,
+        decoding: str = "greedy",
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        options: DecodingOptions = PLAIN,
+    ) -> SampledResponses:
+        """:meth:`sample_responses` for contexts already encoded (``c`` [E, C]), so that more
+        responses can be drawn for some of them without encoding them again."""
         if decoding not in ("greedy", "sample"):
             raise ValueError("decoding must be 'greedy' or 'sample'")
         if num_samples < 1 or max_length < 1:
@@ -594,7 +619,6 @@ class DialogCVAE(nn.Module):
         if decoding == "sample" and not temperature >= 1e-3:
             # logits / T overflows to inf (then NaN probabilities) for vanishing T
             raise ValueError("temperature must be >= 0.001 (use greedy decoding for T -> 0)")
-        c = self.encode_context(batch)
         e, n = c.shape[0], num_samples
         c = c.repeat_interleave(n, dim=0)  # [E*N, C]: every sample gets its own z
         mu, logvar = self.prior_net(c)
@@ -613,6 +637,37 @@ class DialogCVAE(nn.Module):
             lengths=lengths.reshape(e, n),
             log_probs=log_probs.reshape(e, n),
         )
+
+    @torch.inference_mode()
+    def response_elbo(
+        self, c: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """How well each response fits its context: (-log p(x|c,z) with z the mean of
+        q(z|c,x), KL(q(z|c,x) || p(z|c)), and target tokens), each [B].
+
+        ``c`` [B, C] the encoded contexts; ``words`` [B, T] the responses' words (0-padded,
+        as :meth:`sample_responses` returns them: anything from ``lengths`` on is ignored) and
+        ``lengths`` [B] their word counts. The response is scored as the training data is,
+        ``<s> words </s>``. -(nll + kl) is the ELBO of log p(x|c) with z at the posterior mean
+        (one deterministic point instead of a draw: no sampling noise in a ranking).
+        """
+        b = words.shape[0]
+        width = int(lengths.max().item()) + 2 if b else 2
+        responses = torch.zeros((b, width), dtype=torch.long, device=words.device)
+        responses[:, 0] = Vocabulary.bos_id
+        positions = torch.arange(width - 2, device=words.device)
+        inside = positions < lengths.unsqueeze(1)
+        responses[:, 1:-1] = torch.where(inside, words[:, : width - 2], 0)
+        responses.scatter_(1, (lengths + 1).unsqueeze(1), Vocabulary.eos_id)
+        utt_lengths = lengths + 2
+        x = self.utt_encoder(responses, utt_lengths)
+        mu_q, logvar_q = self.recognition(c, x)
+        mu_p, logvar_p = self.prior_net(c)
+        h0 = self.decoder.initial_state(c, mu_q)
+        token_nll, _, owner = self.decoder.token_nll(h0, responses, utt_lengths)
+        nll = token_nll.new_zeros(b).index_add_(0, owner, token_nll)
+        kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
+        return nll, kl, (lengths + 1).to(nll.dtype)
 
     def _decode(
         self,

@@ -91,7 +91,7 @@ def test_end_to_end_json_has_every_key(setup, capsys):
     result = run_cli(setup, out)
     assert set(result) == {
         "checkpoint", "split", "examples", "examples_available", "samples_per_context", "seed",
-        "runtime_s", "protocol", "metrics", "baselines", "config",
+        "runtime_s", "protocol", "metrics", "baselines", "responses", "config",
     }  # fmt: skip
     assert list(result["metrics"]) == list(METRIC_KEYS)
     m = result["metrics"]

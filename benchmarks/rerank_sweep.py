@@ -1,0 +1,148 @@
+"""Choose the reranking defaults on the VALID split: every method and weight on the same draws.
+
+Draws ``--max-candidates`` responses per context once (the evaluation's z draws per example),
+scores every distinct one by every fit (model/reranking.py), then for each setting chooses
+``--samples`` of them (the first K draws only, for each K of ``--candidates``) and scores the
+choice as ``python -m eval.switchboard`` does: Zhao BLEU-3 R, its margin over the shuffled-context
+row, A-bow R, one-token share, distinct-2, and the share of contexts with all samples distinct.
+
+    python benchmarks/rerank_sweep.py --limit 400          # prints a markdown table
+
+Only the valid split: the defaults chosen from this table are then evaluated on test once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a source checkout
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from eval.baselines import score_baselines  # noqa: E402
+from eval.config import EvalConfig  # noqa: E402
+from eval.data import load_dialogs  # noqa: E402
+from eval.embeddings import load_embeddings  # noqa: E402
+from eval.metrics import EmbeddingScorer, ResponseMetrics  # noqa: E402
+from eval.responses import reranked_samples, words_of  # noqa: E402
+from eval.switchboard import sample_batch  # noqa: E402
+from model.batch import dialog_batch  # noqa: E402
+from model.checkpoint import load_pretrained  # noqa: E402
+from model.reranking import RerankOptions, choose, fit  # noqa: E402
+from service.config import DEFAULT_CHECKPOINT  # noqa: E402
+from training.batching import plan_batches  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--limit", type=int, default=400, help="first N valid examples")
+    parser.add_argument("--samples", type=int, default=10, help="responses chosen per context")
+    parser.add_argument("--max-candidates", type=int, default=40)
+    parser.add_argument("--candidates", default="10,20,40", help="K values (comma-separated)")
+    parser.add_argument("--mmi-weights", default="0.25,0.5,0.75,1.0")
+    parser.add_argument("--diversities", default="0,0.3,0.6")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    model, vocab = load_pretrained(args.checkpoint)
+    model.eval()
+    config = EvalConfig(
+        checkpoint=args.checkpoint,
+        split="valid",
+        samples=args.samples,
+        seed=args.seed,
+        rerank="mmi",
+        candidates=args.max_candidates,
+        max_draws=args.max_candidates,
+    )
+    dialogs, _, _ = load_dialogs(config, model.config.tokenizer)
+    turns = [d.turns() for d in dialogs]
+    batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
+    references, pools, plain_rows = [], [], []
+    for spans in tqdm(batches, desc="draw and score", unit="batch"):
+        batch = dialog_batch(
+            [turns[i] for i, _, _ in spans],
+            vocab,
+            max_context=model.config.max_context,
+            max_utt_len=model.config.max_utt_len,
+            spans=[(s, e) for _, s, e in spans],
+        )
+        position = len(references)
+        _, chosen = reranked_samples(model, vocab, batch, config, position)
+        pools += [r.pool for r in chosen]
+        plain = sample_batch(model, batch, config, position)
+        plain_rows += [[words_of(vocab, ids) for ids in row] for row in plain.token_ids.tolist()]
+        references += [turns[i][t][1] for i, s, e in spans for t in range(s, e)]
+
+    scorer = EmbeddingScorer(load_embeddings(None))
+    n = args.samples
+    ks = [int(k) for k in args.candidates.split(",")]
+    settings = [("plain (first draws, duplicates kept)", None, 0)]
+    settings.append(("none (distinct)", RerankOptions(), n))
+    for k in ks:
+        settings.append(("likelihood", RerankOptions("likelihood", k), k))
+        settings.append(("posterior", RerankOptions("posterior", k), k))
+        for lam, div in itertools.product(
+            map(float, args.mmi_weights.split(",")), map(float, args.diversities.split(","))
+        ):
+            settings.append(("mmi", RerankOptions("mmi", k, mmi_weight=lam, diversity=div), k))
+    print(
+        f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}; "
+        f"{args.checkpoint}\n"
+    )
+    print(
+        "| rerank | K | λ | diversity | Zhao BLEU-3 R | − shuffled | A-bow R | one-token "
+        "| distinct-2 | all distinct |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, options, k in settings:
+        chosen = []
+        for pool, row in zip(pools, plain_rows, strict=True):
+            if options is None:
+                chosen.append(row)
+                continue
+            # the first K draws, and as the service does, further ones while short of N
+            first = [c for c in pool if c.draw < k]
+            first += [c for c in pool if c.draw >= k][: max(0, n - len(first))]
+            if options.method != "none":
+                first = [replace(c, fit=fit(c, options)) for c in first]
+            chosen.append([words_of(vocab, c.ids) for c in choose(first, n, options)])
+        metrics = ResponseMetrics(scorer)
+        for samples, reference in zip(chosen, references, strict=True):
+            metrics.add(samples, reference)
+        m = metrics.result()
+        base = score_baselines(references, chosen, None, scorer, n, args.seed)
+        shuffled = base["shuffled_context"]["zhao_bleu3_r"]
+        distinct = sum(len({tuple(s) for s in row}) == n for row in chosen) / len(chosen)
+        lam = f"{options.mmi_weight:g}" if options and options.method == "mmi" else "–"
+        div = f"{options.diversity:g}" if options and options.method != "none" else "–"
+        print(
+            f"| {name} | {k or n} | {lam} | {div} | {m['zhao_bleu3_r']:.2f} | "
+            f"{m['zhao_bleu3_r'] - shuffled:+.2f} | {m['a_bow_r']:.2f} | "
+            f"{100 * m['one_token_rate']:.1f}% | {m['inter_distinct2']:.3f} | "
+            f"{100 * distinct:.0f}% |",
+            flush=True,
+        )
+    human = base["random_responses"]
+    print(
+        f"\nrandom human responses ({n} per context): Zhao BLEU-3 R "
+        f"{human['zhao_bleu3_r']:.2f}, one-token {100 * human['one_token_rate']:.1f}%; "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
