@@ -585,7 +585,8 @@ class DialogCVAE(nn.Module):
         n-gram blocking, repetition penalty, top-k/top-p sampling, ``<unk>`` or not
         (:mod:`model.decoding`); the default is the plain decoding of the evaluation protocol.
         ``log_probs`` are the model's, over the tokens it may say (so without ``<unk>`` when
-        that is banned), before the penalties and top-k/top-p.
+        that is banned), before the penalties and top-k/top-p. ``stop``, checked before every
+        step, ends the decoding early when it returns True (the responses are then cut short).
         """
         return self.sample_given_context(
             self.encode_context(batch),
@@ -596,6 +597,7 @@ class DialogCVAE(nn.Module):
             generator,
             noise,
             options,
+            stop,
         )
 
     @torch.inference_mode()
@@ -609,6 +611,7 @@ class DialogCVAE(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         options: DecodingOptions = PLAIN,
+        stop: Callable[[], bool] | None = None,
     ) -> SampledResponses:
         """:meth:`sample_responses` for contexts already encoded (``c`` [E, C]), so that more
         responses can be drawn for some of them without encoding them again."""

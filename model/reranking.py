@@ -45,7 +45,7 @@ DRAWS_PER_RESPONSE = 4
 @dataclass(frozen=True)
 class RerankOptions:
     method: str = "none"  # one of RERANK_METHODS
-    # K: responses drawn per context at first (0: as many as asked for, N)
+    # K: responses drawn per context at first (0: as many as asked for, N; ignored by none)
     candidates: int = 0
     # draws per context at most, first ones included (0: DRAWS_PER_RESPONSE x N, at least K)
     max_draws: int = 0
@@ -63,13 +63,16 @@ class RerankOptions:
             raise ValueError("mmi_weight must be in [0, 1]")
 
     def first_draws(self, n: int) -> int:
-        return max(n, self.candidates)
+        """Draws per context at first: N without reranking (nothing to choose among)."""
+        return n if self.method == "none" else max(n, self.candidates)
 
     def budget(self, n: int) -> int:
         return max(self.max_draws or DRAWS_PER_RESPONSE * n, self.first_draws(n))
 
 
 NO_RERANKING = RerankOptions()
+# The service's default (docs/decoding.md): chosen on the valid split.
+RANKED = RerankOptions(method="mmi", candidates=20, mmi_weight=1.0, diversity=0.3)
 
 
 @dataclass
@@ -111,13 +114,15 @@ def distinct_responses(
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
     options: DecodingOptions = PLAIN,
+    stop: Callable[[], bool] | None = None,
 ) -> list[ContextResponses]:
     """``num_responses`` pairwise distinct responses per context of ``batch`` (equal when
     ``key`` of their word ids is: e.g. the detokenized text), chosen by ``rerank``.
 
     ``noise`` fixes the standard-normal draws of z (the evaluation's, per example and draw);
     otherwise they come from ``generator``. The other arguments are
-    :meth:`DialogCVAE.sample_responses`'s.
+    :meth:`DialogCVAE.sample_responses`'s; when ``stop`` returns True no further draws are made
+    (and the one under way is cut short).
     """
     n = num_responses
     first, budget = rerank.first_draws(n), rerank.budget(n)
@@ -129,7 +134,7 @@ def distinct_responses(
     def draw(rows: list[int], count: int) -> None:
         fixed = noise(rows, drawn[rows[0]], count) if noise is not None else None
         out = model.sample_given_context(
-            c[rows], count, max_length, decoding, temperature, generator, fixed, options
+            c[rows], count, max_length, decoding, temperature, generator, fixed, options, stop
         )
         _add(out, rows, pools, drawn, key)
 
@@ -137,13 +142,13 @@ def distinct_responses(
     while True:
         # Contexts short of N distinct all have had the same draws (first, then each round).
         short = [i for i in range(e) if len(pools[i]) < n and drawn[i] < budget]
-        if not short:
+        if not short or (stop is not None and stop()):
             break
         missing = max(n - len(pools[i]) for i in short)
         # Twice what is missing: a context that repeated itself is likely to do so again.
         draw(short, min(budget - drawn[short[0]], max(2 * missing, 1)))
 
-    if rerank.method != "none":
+    if rerank.method != "none" and not (stop is not None and stop()):
         score(model, c, pools, rerank)
     return [
         ContextResponses(

@@ -19,7 +19,7 @@ from service.engine import (
     GenerationResult,
     InferenceEngine,
 )
-from service.schemas import ErrorDetail, InputReport
+from service.schemas import ErrorDetail, InputReport, SamplingReport
 
 # The statuses of a route that answers a conversation, besides 200 and 422 (for its OpenAPI).
 ANSWER_ERRORS: dict[int | str, dict] = {
@@ -64,7 +64,8 @@ async def respond_to(
     **sampling,
 ) -> tuple[GenerationResult, InputReport]:
     """Sample responses to ``turns`` (speaker, raw text), oldest first; ``sampling``: the other
-    fields of GenerationRequest (num_samples, max_length, decoding, temperature, seed, options).
+    fields of GenerationRequest (num_samples, max_length, decoding, temperature, seed, options,
+    rerank).
 
     ``engine`` is one that :func:`get_ready_engine` let through (:data:`ReadyEngine`).
     """
@@ -79,3 +80,23 @@ async def respond_to(
     except EngineError as e:  # a bug, logged by the engine; the server keeps serving
         raise HTTPException(500, str(e)) from None
     return result, reading.report
+
+
+def sampling_report(result: GenerationResult, requested: int, rerank: str) -> SamplingReport:
+    """What the response says of the latent samples drawn for it (and if they fell short)."""
+    returned = len(result.responses)
+    warning = None
+    if returned < requested:
+        warning = (
+            f"only {returned} distinct responses in {result.drawn} latent samples (asked for "
+            f"{requested}); raise max_draws, or sample the words (decoding='sample') for more "
+            "variety"
+        )
+    return SamplingReport(
+        requested=requested,
+        returned=returned,
+        drawn=result.drawn,
+        distinct=result.distinct,
+        rerank=rerank,
+        warning=warning,
+    )

@@ -2,10 +2,10 @@
 
 Requests wait in a bounded asyncio queue. Admission bounds the queued *work*, not just the
 number of requests: a request is admitted only if the decoding already queued plus its own
-(``num_samples x max_length`` units and a model call's fixed part, at the seconds per unit
-measured on recent model calls: :class:`DecodeCost`) fits in half its time limit, so that what is admitted can be answered in
-time; otherwise (or when the queue is full) :class:`EngineOverloaded`, the app's 503, with a
-Retry-After of the queued seconds.
+(``draws x max_length`` units, the candidates drawn at first, and a model call's fixed part, at
+the seconds per unit measured on recent model calls: :class:`DecodeCost`) fits in half its time
+limit, so that what is admitted can be answered in time; otherwise (or when the queue is full)
+:class:`EngineOverloaded`, the app's 503, with a Retry-After of the queued seconds.
 
 A single batcher task takes the oldest request and, when batching is on, whatever else is
 queued, up to ``max_batch_size`` samples in all; while that is fewer requests than the previous
@@ -14,10 +14,11 @@ served at once (a wait would only add latency, and idle cores lose their cached 
 other processes: measured, a 5 ms pause made the next 50 ms CPU decode ~7 ms slower).
 
 The requests of a batch are grouped by their decoding parameters (``num_samples``,
-``max_length``, ``decoding``, ``temperature``, ``options``: one ``model.sample_responses`` call
-takes one of each); a group's contexts go through ``context_batch`` together, are encoded once
-and all their samples are decoded in one batched loop. Model calls run in a single worker thread (the event
-loop stays free to accept and queue requests), one at a time.
+``max_length``, ``decoding``, ``temperature``, ``options``, ``rerank``: one
+``model.reranking.distinct_responses`` call takes one of each); a group's contexts go through
+``context_batch`` together, are encoded once and all their draws are decoded in one batched
+loop, and so are the further draws for the contexts whose responses repeat. Model calls run in
+a single worker thread (the event loop stays free to accept and queue requests), one at a time.
 
 Seeds: a request with a ``seed`` is decoded in a model call of its own, with a fresh
 ``torch.Generator`` seeded with it drawing both its z noise and (for ``decoding="sample"``) its
@@ -52,6 +53,7 @@ import torch
 from model.batch import context_batch, next_speaker
 from model.cvae import DialogCVAE, decode_dtype, num_parameters, resolve_device
 from model.decoding import PLAIN, DecodingOptions
+from model.reranking import NO_RERANKING, RerankOptions, distinct_responses
 from model.text import detokenize
 from model.vocab import Vocabulary
 from service.config import ServiceConfig, default_torch_threads
@@ -93,16 +95,29 @@ class GenerationRequest:
     seed: int | None = None
     responder: str | None = None
     options: DecodingOptions = PLAIN
+    rerank: RerankOptions = NO_RERANKING
+
+    @property
+    def draws(self) -> int:
+        """Latent samples drawn at first: the candidates (further ones only for repeats)."""
+        return self.rerank.first_draws(self.num_samples)
 
     @property
     def work(self) -> int:
-        """The most decoding it can take: rows x steps."""
-        return self.num_samples * self.max_length
+        """The decoding it takes unless it repeats itself: rows x steps."""
+        return self.draws * self.max_length
 
     def batch_key(self) -> tuple:
-        """Requests with equal keys can share one ``sample_responses`` call."""
+        """Requests with equal keys can share one ``distinct_responses`` call."""
         temperature = self.temperature if self.decoding == "sample" else None
-        return (self.num_samples, self.max_length, self.decoding, temperature, self.options)
+        return (
+            self.num_samples,
+            self.max_length,
+            self.decoding,
+            temperature,
+            self.options,
+            self.rerank,
+        )
 
 
 @dataclass(frozen=True)
@@ -111,12 +126,15 @@ class Generated:
     tokens: list[str]
     log_prob: float
     finished: bool  # ended with </s>, not cut at max_length
+    fit: float | None = None  # the reranking method's score (higher fits better)
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    responses: list[Generated]
+    responses: list[Generated]  # pairwise distinct, best first; fewer if the draws ran out
     responder: str
+    drawn: int = 0  # latent samples drawn
+    distinct: int = 0  # distinct responses among them
 
 
 @dataclass
@@ -517,7 +535,7 @@ class InferenceEngine:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         items = self._batch
-        budget = self.config.max_batch_size - items[0].request.num_samples
+        budget = self.config.max_batch_size - items[0].request.draws
         deadline = loop.time() + self.config.max_wait_ms / 1000
         while budget > 0:
             try:
@@ -532,11 +550,11 @@ class InferenceEngine:
                     break
             if not self._keep(item):
                 continue
-            if item.request.num_samples > budget:
+            if item.request.draws > budget:
                 self._carry = item
                 return
             items.append(item)
-            budget -= item.request.num_samples
+            budget -= item.request.draws
 
     async def _run_group(self, group: list[_Pending]) -> None:
         group = self._shed_late([p for p in group if self._keep(p)])
@@ -607,7 +625,8 @@ class InferenceEngine:
         return kept
 
     def _decode(self, group: list[_Pending]) -> list[GenerationResult] | None:
-        """Runs in the worker thread: one ``sample_responses`` call for the whole group; None if
+        """Runs in the worker thread: one ``distinct_responses`` call for the whole group (its
+        contexts encoded once, their draws and any further draws for repeats batched); None if
         it was stopped because every request of the group was cancelled (its client left)."""
 
         def nobody_waits() -> bool:
@@ -631,9 +650,12 @@ class InferenceEngine:
                 max_context=model.config.max_context,
                 max_utt_len=model.config.max_utt_len,
             ).to(self.device)
-            out = model.sample_responses(
+            found = distinct_responses(
+                model,
                 batch,
-                num_samples=req.num_samples,
+                req.num_samples,
+                key=lambda ids: detokenize(vocab.decode(ids)),
+                rerank=req.rerank,
                 max_length=req.max_length,
                 decoding=req.decoding,
                 temperature=req.temperature,
@@ -643,16 +665,15 @@ class InferenceEngine:
             )
             if nobody_waits():
                 return None
-            token_ids = out.token_ids.cpu().tolist()
-            log_probs = out.log_probs.cpu().tolist()
         results = []
-        for i, p in enumerate(group):
+        for p, r in zip(group, found, strict=True):
             responses = []
-            for ids, lp in zip(token_ids[i], log_probs[i], strict=True):
-                tokens = vocab.decode(ids)
-                finished = vocab.eos_id in ids
-                responses.append(Generated(detokenize(tokens), tokens, lp, finished))
-            results.append(GenerationResult(responses, p.responder))
+            for c in r.responses:
+                tokens = vocab.decode(c.ids)
+                responses.append(
+                    Generated(detokenize(tokens), tokens, c.log_prob, c.finished, c.fit)
+                )
+            results.append(GenerationResult(responses, p.responder, r.drawn, r.distinct))
         return results
 
     # --- naming -----------------------------------------------------------------------------

@@ -7,7 +7,11 @@ How the chat maps onto this model:
   assistant (B) responds. ``system`` and ``developer`` messages are accepted and ignored: the
   model was trained on telephone conversations and takes no instructions (refusing them would
   refuse most clients, which send one by default).
-* ``n`` choices each draw their own latent z, like ``num_samples`` of ``/respond``.
+* ``n`` choices each draw their own latent z, like ``num_samples`` of ``/respond``: pairwise
+  distinct, best fit first, chosen as ``/respond`` chooses them; its reranking fields
+  (``rerank``, ``candidates``, ``max_draws``, ``mmi_weight``, ``diversity``) are extra body
+  fields here (``extra_body`` in the ``openai`` package). Fewer choices come back only when the
+  draws ran out, and ``sampling.warning`` says so.
 * Decoding: ``temperature`` 0 (or ``top_p`` 0) is greedy; a temperature above 0 samples at it,
   with ``top_p`` (default 0.9). With neither given, the service's default: greedy decoding given
   each choice's z. Both with the service's n-gram blocking, repetition penalty and no ``<unk>``.
@@ -36,7 +40,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.decoding import READABLE
-from service.dependencies import ReadyEngine, respond_to
+from service.dependencies import ReadyEngine, respond_to, sampling_report
 from service.engine import Generated, InferenceEngine
 from service.schemas import (
     MAX_LENGTH,
@@ -247,6 +251,7 @@ async def chat_completions(body: ChatCompletionRequest, engine: ReadyEngine):
             body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS, MAX_LENGTH
         ),
         seed=body.seed,
+        rerank=body.rerank_options(),
         **decoding_of(body),
     )
     stops = body.stop_sequences()
@@ -263,6 +268,7 @@ async def chat_completions(body: ChatCompletionRequest, engine: ReadyEngine):
             total_tokens=report.tokens + completion_tokens,
         ),
         input=report,
+        sampling=sampling_report(result, body.n, body.rerank),
     )
     if not body.stream:
         return completion

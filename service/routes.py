@@ -10,7 +10,13 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from model.cvae import num_parameters
-from service.dependencies import ANSWER_ERRORS, AnyEngine, ReadyEngine, respond_to
+from service.dependencies import (
+    ANSWER_ERRORS,
+    AnyEngine,
+    ReadyEngine,
+    respond_to,
+    sampling_report,
+)
 from service.engine import InferenceEngine
 from service.schemas import (
     LIMITS,
@@ -119,7 +125,8 @@ def shown(value):
 
 @router.post("/respond", response_model=RespondResponse, responses=ANSWER_ERRORS)
 async def respond(body: RespondRequest, engine: ReadyEngine):
-    """Sample ``num_samples`` responses to the conversation."""
+    """Sample ``num_samples`` pairwise distinct responses to the conversation, best fit first."""
+    rerank = body.rerank_options()
     result, report = await respond_to(
         engine,
         [(t.speaker, t.text) for t in body.conversation],
@@ -130,6 +137,7 @@ async def respond(body: RespondRequest, engine: ReadyEngine):
         temperature=body.temperature,
         seed=body.seed,
         options=body.decoding_options(),
+        rerank=rerank,
     )
     return RespondResponse(
         responses=[
@@ -137,10 +145,12 @@ async def respond(body: RespondRequest, engine: ReadyEngine):
                 text=r.text,
                 log_prob=r.log_prob if math.isfinite(r.log_prob) else None,
                 num_tokens=len(r.tokens),
+                fit=r.fit if r.fit is not None and math.isfinite(r.fit) else None,
             )
             for r in result.responses
         ],
         responder=result.responder,
+        sampling=sampling_report(result, body.num_samples, rerank.method),
         input=report,
         model=ModelSummary(
             name=engine.name, variant=engine.model.config.variant, device=str(engine.device)

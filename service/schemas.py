@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from model.decoding import MAX_REPETITION_PENALTY, READABLE, DecodingOptions
+from model.reranking import RANKED, RerankOptions
 
 MAX_TURN_CHARS = 1000
 MAX_SPEAKER_CHARS = 32
@@ -20,6 +21,7 @@ MAX_LENGTH = 60
 MIN_TEMPERATURE = 0.01
 MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**63 - 1
+MAX_DRAWS = 128  # latent samples per request at most, candidates and redraws included
 
 
 def _integral(value):
@@ -56,7 +58,63 @@ class Turn(_Strict):
     )
 
 
-class RespondRequest(_Strict):
+class RerankFields(BaseModel):
+    """How the responses are chosen among the latent samples drawn (model/reranking.py); the
+    same fields on /respond and, as extra body fields, on /v1/chat/completions."""
+
+    rerank: Literal["none", "likelihood", "posterior", "mmi"] = Field(
+        default=RANKED.method,
+        description="How the candidates are ranked by fit to the conversation. none: the first "
+        "distinct responses drawn; likelihood: the decoder's log-probability per token; "
+        "posterior: agreement of the recognition network's z, given the response, with the "
+        "prior's (-KL); mmi: maximum mutual information, log p(r|c) - mmi_weight * log p(r), "
+        "with p(r) the model's given an empty conversation (Li et al. 2016). Every response "
+        "is distinct from the others whichever the method.",
+    )
+    candidates: Integer = Field(
+        default=RANKED.candidates,
+        ge=0,
+        le=MAX_DRAWS,
+        description="Latent samples drawn at first, the candidates reranked (0, or fewer than "
+        "the responses asked for: as many as asked for; rerank=none draws as many as asked "
+        "for).",
+    )
+    max_draws: Integer = Field(
+        default=0,
+        ge=0,
+        le=MAX_DRAWS,
+        description="At most this many latent samples in all: further ones are drawn while "
+        "responses repeat (0: 4 per response asked for, at least `candidates`). When they run "
+        "out, fewer responses come back and `sampling.warning` says so.",
+    )
+    mmi_weight: float = Field(
+        default=RANKED.mmi_weight,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="rerank=mmi: the weight of log p(r), how much generic replies are held "
+        "back (0: likelihood alone, 1: pointwise mutual information).",
+    )
+    diversity: float = Field(
+        default=RANKED.diversity,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Maximal marginal relevance: how much a response's word overlap with the "
+        "ones chosen before it counts against it (0: by fit alone).",
+    )
+
+    def rerank_options(self) -> RerankOptions:
+        return RerankOptions(
+            method=self.rerank,
+            candidates=self.candidates,
+            max_draws=self.max_draws,
+            mmi_weight=self.mmi_weight,
+            diversity=self.diversity,
+        )
+
+
+class RespondRequest(RerankFields, _Strict):
     conversation: list[Turn] = Field(
         description="The turns so far, oldest first (may be empty: the opening line); as many "
         "as the request body's size limit allows. Only the last turns that fit the model's "
@@ -160,6 +218,24 @@ class SampledResponse(BaseModel):
         "<unk>, when not allowed, is left out); null if not finite."
     )
     num_tokens: int = Field(description="Tokens generated (</s> not counted).")
+    fit: float | None = Field(
+        default=None,
+        description="The reranking method's score of the response's fit to the conversation "
+        "(higher fits better; comparable within one request only); null for rerank=none.",
+    )
+
+
+class SamplingReport(BaseModel):
+    """How many latent samples were drawn for the responses, and whether they were enough."""
+
+    requested: int = Field(description="Responses asked for.")
+    returned: int = Field(description="Distinct responses returned.")
+    drawn: int = Field(description="Latent samples drawn (candidates and redraws).")
+    distinct: int = Field(description="Distinct responses among them.")
+    rerank: str = Field(description="How the responses were ranked.")
+    warning: str | None = Field(
+        default=None, description="Set when fewer distinct responses than asked for were found."
+    )
 
 
 class InputReport(BaseModel):
@@ -186,8 +262,12 @@ class ModelSummary(BaseModel):
 
 
 class RespondResponse(BaseModel):
-    responses: list[SampledResponse]
+    responses: list[SampledResponse] = Field(
+        description="Pairwise distinct responses, best fit first (fewer than asked for only "
+        "when the draws ran out: see `sampling`)."
+    )
     responder: str
+    sampling: SamplingReport
     input: InputReport
     model: ModelSummary
 
@@ -302,7 +382,7 @@ class StreamOptions(_OpenAIRequest):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_OpenAIRequest):
+class ChatCompletionRequest(RerankFields, _OpenAIRequest):
     model: str = Field(description="The served model's id (GET /v1/models).")
     messages: list[ChatMessage] = Field(min_length=1)
     n: Integer = Field(default=1, ge=1, le=MAX_SAMPLES, description="How many choices.")
@@ -395,6 +475,9 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None = None
     input: InputReport = Field(description="This service's addition: what the model read.")
+    sampling: SamplingReport = Field(
+        description="This service's addition: the latent samples drawn for the choices."
+    )
 
 
 class OpenAIErrorObject(BaseModel):

@@ -136,17 +136,124 @@ def test_responses_are_detokenized_and_carry_log_prob_and_token_count(client):
     engine = client.app.state.engine
     model = engine.model
     ids = [[VOCAB.encode("it ' s a dog".split()) + [VOCAB.eos_id]]]
-    original = model.sample_responses
+    original = model.sample_given_context
 
     def fixed(*args, **kwargs):  # the model "says" wordpunct tokens
         return SampledResponses(torch.tensor(ids), torch.tensor([[5]]), torch.tensor([[-3.5]]))
 
-    model.sample_responses = fixed
+    model.sample_given_context = fixed
     try:
-        out = respond(client, num_samples=1)
+        out = respond(client, num_samples=1, rerank="none")
     finally:
-        model.sample_responses = original
-    assert out["responses"] == [{"text": "it's a dog", "log_prob": -3.5, "num_tokens": 5}]
+        model.sample_given_context = original
+    assert out["responses"] == [
+        {"text": "it's a dog", "log_prob": -3.5, "num_tokens": 5, "fit": None}
+    ]
+    assert out["sampling"] == {
+        "requested": 1,
+        "returned": 1,
+        "drawn": 1,
+        "distinct": 1,
+        "rerank": "none",
+        "warning": None,
+    }
+
+
+# --- distinct responses, ranked by fit ----------------------------------------------------
+
+
+def repeating(texts: list[str]):
+    """A stand-in for sample_given_context that says ``texts`` in turn, one per draw, and
+    records how many draws each call asked for."""
+    calls: list[tuple[int, int]] = []
+    said = iter(range(10_000))
+
+    def sample(c, num_samples, *args, **kwargs):
+        calls.append((c.shape[0], num_samples))
+        rows = []
+        for _ in range(c.shape[0] * num_samples):
+            words = texts[next(said) % len(texts)].split()
+            rows.append(VOCAB.encode(words) + [VOCAB.eos_id] + [0] * (4 - len(words)))
+        e, n = c.shape[0], num_samples
+        ids = torch.tensor(rows).reshape(e, n, -1)
+        lengths = (ids != 0).sum(-1) - 1
+        return SampledResponses(ids, lengths, torch.full((e, n), -1.0))
+
+    return sample, calls
+
+
+def test_responses_are_distinct_with_redraws_reported(client):
+    model = client.app.state.engine.model
+    original = model.sample_given_context
+    # 5 asked for: the first 5 draws hold 2 distinct texts; redraws bring the third to fifth
+    model.sample_given_context, calls = repeating(
+        ["yes", "yes", "a dog", "yes", "a dog", "a cat", "a dog", "dogs", "yes", "i like it"]
+    )
+    try:
+        out = respond(client, num_samples=5, rerank="none")
+    finally:
+        model.sample_given_context = original
+    texts = [r["text"] for r in out["responses"]]
+    assert texts == ["yes", "a dog", "a cat", "dogs", "i like it"]
+    # 5 drawn, 2 distinct: 3 missing, so 6 more (twice the missing), in one batched call
+    assert calls == [(1, 5), (1, 6)]
+    assert out["sampling"]["drawn"] == 11 and out["sampling"]["distinct"] == 5
+    assert out["sampling"]["warning"] is None
+
+
+def test_fewer_responses_said_plainly_when_the_draws_run_out(client):
+    model = client.app.state.engine.model
+    original = model.sample_given_context
+    model.sample_given_context, calls = repeating(["yes", "we like dogs"])
+    try:
+        out = respond(client, num_samples=3, rerank="none", max_draws=7)
+    finally:
+        model.sample_given_context = original
+    assert [r["text"] for r in out["responses"]] == ["yes", "we like dogs"]
+    assert calls == [(1, 3), (1, 2), (1, 2)]  # 3, then twice the one missing, up to 7
+    s = out["sampling"]
+    assert (s["requested"], s["returned"], s["drawn"], s["distinct"]) == (3, 2, 7, 2)
+    assert s["warning"].startswith("only 2 distinct responses in 7 latent samples")
+
+
+@pytest.mark.parametrize("method", ["likelihood", "posterior", "mmi"])
+def test_reranked_responses_are_distinct_and_ordered_by_fit(client, method):
+    out = respond(
+        client, num_samples=4, rerank=method, candidates=12, diversity=0.0, decoding="sample"
+    )
+    texts = [r["text"] for r in out["responses"]]
+    fits = [r["fit"] for r in out["responses"]]
+    assert len(set(texts)) == len(texts) == 4
+    assert fits == sorted(fits, reverse=True) and all(f is not None for f in fits)
+    assert out["sampling"]["drawn"] >= 12 and out["sampling"]["rerank"] == method
+
+
+def test_openai_choices_are_distinct_and_take_the_rerank_fields(client):
+    r = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": client.app.state.engine.name,
+            "messages": [{"role": "user", "content": "do you have any pets"}],
+            "n": 4,
+            "temperature": 1.0,
+            "rerank": "mmi",
+            "candidates": 8,
+            "mmi_weight": 0.5,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    texts = [c["message"]["content"] for c in body["choices"]]
+    assert len(set(texts)) == len(texts) == 4
+    assert body["sampling"]["rerank"] == "mmi" and body["sampling"]["drawn"] >= 8
+
+
+@pytest.mark.parametrize(
+    "field", [{"rerank": "best"}, {"candidates": -1}, {"mmi_weight": 1.5}, {"diversity": -0.1}]
+)
+def test_bad_rerank_fields_are_422(client, field):
+    r = client.post("/respond", json={"conversation": CONVERSATION, **field})
+    assert r.status_code == 422, r.text
 
 
 # --- what the model read of the input -------------------------------------------------------
