@@ -17,7 +17,7 @@ import argparse
 import itertools
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +36,7 @@ from eval.responses import reranked_samples, words_of  # noqa: E402
 from eval.switchboard import sample_batch  # noqa: E402
 from model.batch import dialog_batch  # noqa: E402
 from model.checkpoint import load_pretrained  # noqa: E402
+from model.decoding import READABLE  # noqa: E402
 from model.reranking import RerankOptions, choose, fit  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT  # noqa: E402
 from training.batching import plan_batches  # noqa: E402
@@ -52,6 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--diversities", default="0,0.3,0.6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--readable",
+        action="store_true",
+        help="decode as the service does (model.decoding.READABLE) instead of the plain protocol",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -67,6 +73,8 @@ def main(argv=None) -> int:
         candidates=args.max_candidates,
         max_draws=args.max_candidates,
     )
+    if args.readable:
+        config = replace(config, **asdict(READABLE))
     dialogs, _, _ = load_dialogs(config, model.config.tokenizer)
     turns = [d.turns() for d in dialogs]
     batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
@@ -99,8 +107,8 @@ def main(argv=None) -> int:
         ):
             settings.append(("mmi", RerankOptions("mmi", k, mmi_weight=lam, diversity=div), k))
     print(
-        f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}; "
-        f"{args.checkpoint}\n"
+        f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}, "
+        f"{'READABLE' if args.readable else 'plain'} greedy decoding; {args.checkpoint}\n"
     )
     print(
         "| rerank | K | λ | diversity | Zhao BLEU-3 R | − shuffled | A-bow R | one-token "

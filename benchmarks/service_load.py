@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ from model.checkpoint import load_config, load_pretrained, save_pretrained  # no
 from model.config import ModelConfig  # noqa: E402
 from model.cvae import DECODE_DTYPES, DialogCVAE, decode_dtype  # noqa: E402
 from model.decoding import READABLE  # noqa: E402
+from model.reranking import RANKED, RERANK_METHODS, distinct_responses  # noqa: E402
 from model.vocab import SPECIALS, Vocabulary  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT, default_torch_threads  # noqa: E402
 from service.conversation import read_conversation  # noqa: E402
@@ -81,7 +83,8 @@ def bare_decode_ms(
 ) -> float:
     """Median time of the model call alone for ``contexts`` copies of the request, in-process,
     set up as the engine sets it up (``dtype``: the vocabulary projection's, as --decode-dtype)
-    and decoded as the service decodes it by default (``READABLE``).
+    and decoded as the service decodes it (``READABLE``, the payload's reranking: draws until
+    the responses are distinct, candidates scored).
     """
     model, vocab = load_pretrained(checkpoint, device=device)
     model.eval().set_decode_dtype(decode_dtype(dtype, device))
@@ -92,10 +95,16 @@ def bare_decode_ms(
     generator = torch.Generator(device=device)
     generator.manual_seed(0)
 
+    # the service's defaults (RANKED) for what the payload leaves out
+    rerank = replace(RANKED, method=payload["rerank"], candidates=payload.get("candidates", 0))
+
     def call():
-        model.sample_responses(
+        distinct_responses(
+            model,
             batch,
-            num_samples=payload["num_samples"],
+            payload["num_samples"],
+            key=lambda ids: tuple(ids),
+            rerank=rerank,
             max_length=payload["max_length"],
             decoding=payload["decoding"],
             generator=generator,
@@ -171,7 +180,8 @@ async def load(url: str, payload: dict, clients: int, requests: int, time_budget
                 async with http.post(f"{url}/respond", data=body, headers=headers) as r:
                     data = await r.read()
                     ok = r.status == 200
-                    ok = ok and len(json.loads(data)["responses"]) == payload["num_samples"]
+                    # (fewer than asked only if the draws ran out, which the response says)
+                    ok = ok and len(json.loads(data)["responses"]) >= 1
                     key = None if ok else str(r.status)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 key = type(e).__name__
@@ -255,6 +265,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the vocabulary projection's dtype, in-process and in the servers (default auto)",
     )
     p.add_argument("--server-args", default="", help='more server options, e.g. "--max-wait-ms 10"')
+    p.add_argument(
+        "--rerank",
+        default=RANKED.method,
+        choices=RERANK_METHODS,
+        help=f"the requests' rerank (default {RANKED.method}, the service's; none: the first "
+        "distinct responses drawn)",
+    )
+    p.add_argument(
+        "--candidates", type=int, default=0, help="the requests' candidates (0: 2 x num_samples)"
+    )
+    p.add_argument(
+        "--compare-rerank",
+        action="store_true",
+        help="instead of batching on/off: one server (batching on), requests with rerank none "
+        "against requests with --rerank and --candidates; target: p50 at 1 client <= 2x none",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = p.parse_args(argv)
 
@@ -263,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples": args.num_samples,
         "max_length": args.max_length,
         "decoding": "greedy",
+        "rerank": args.rerank,
+        "candidates": args.candidates,
     }
+    if args.compare_rerank and args.rerank == "none":
+        p.error("--compare-rerank needs a --rerank method to compare with none")
     with tempfile.TemporaryDirectory(prefix="bncvae-load-") as tmp:
         tmp = Path(tmp)
         if args.random_preset:
@@ -286,12 +316,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"request: {len(CONVERSATION)} turns, num_samples {args.num_samples}, max_length "
-            f"{args.max_length}, greedy (z sampled; a random model decodes all max_length steps)"
+            f"{args.max_length}, greedy (z sampled; a random model decodes all max_length steps), "
+            f"rerank {args.rerank}, candidates {args.candidates}"
         )
         threads = args.torch_threads or default_torch_threads()
         torch.set_num_threads(threads)
         bare = bare_decode_ms(checkpoint, args.device, args.decode_dtype, payload, repeats=20)
-        print(f"bare decode (in-process model.sample_responses): {bare:.1f} ms (median of 20)")
+        print(
+            f"bare decode (in-process model.reranking.distinct_responses): {bare:.1f} ms (median of 20)"
+        )
         most = max(args.clients)
         bare_many = bare_decode_ms(
             checkpoint, args.device, args.decode_dtype, payload, repeats=5, contexts=most
@@ -305,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         # interleaved, level by level, for --rounds rounds: slow drifts of a shared machine then
         # hit batching on and off alike. Latencies are pooled over the rounds; req/s is the
         # median of the rounds'.
+        # variant -> (server, payload): batching on and off (same requests), or rerank none
+        # and --rerank (one server, batching on).
         servers = {
             batching: Server(
                 checkpoint,
@@ -315,52 +350,77 @@ def main(argv: list[str] | None = None) -> int:
                 tmp,
                 shlex.split(args.server_args),
             )
-            for batching in (True, False)
+            for batching in ((True,) if args.compare_rerank else (True, False))
         }
-        runs: dict[tuple[bool, int], list[dict]] = {}
+        if args.compare_rerank:
+            variants = {
+                "none": (servers[True], {**payload, "rerank": "none"}),
+                args.rerank: (servers[True], payload),
+            }
+        else:
+            variants = {batching: (server, payload) for batching, server in servers.items()}
+        runs: dict[tuple[object, int], list[dict]] = {}
         try:
             for server in servers.values():
                 server.wait_ready()
-                asyncio.run(load(server.url, payload, 1, 5, 30))  # warm-up
+            for server, body in variants.values():
+                asyncio.run(load(server.url, body, 1, 5, 30))  # warm-up
             for _ in range(args.rounds):
                 for clients in args.clients:
-                    for batching, server in servers.items():
+                    for variant, (server, body) in variants.items():
                         requests = max(30, args.requests_per_client * clients)
-                        result = measure(server, payload, clients, requests, args.time_budget)
-                        runs.setdefault((batching, clients), []).append(result)
+                        result = measure(server, body, clients, requests, args.time_budget)
+                        runs.setdefault((variant, clients), []).append(result)
         finally:
             for server in servers.values():
                 server.stop()
         rows = [
-            {"batching": batching, "clients": clients, **combine(runs[batching, clients])}
-            for batching in servers
+            {"batching": variant, "clients": clients, **combine(runs[variant, clients])}
+            for variant in variants
             for clients in args.clients
         ]
 
+        column = "rerank" if args.compare_rerank else "batching"
         header = (
-            f"{'batching':>8} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} "
+            f"{column:>10} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} "
             f"{'p99 ms':>8} {'req/s':>7} {'mean batch':>10} {'server CPU':>10} {'client CPU':>10}"
         )
         print(header)
         print("-" * len(header))
         for r in rows:
             errors = sum(r["errors"].values())
+            name = r["batching"] if args.compare_rerank else "on" if r["batching"] else "off"
             print(
-                f"{'on' if r['batching'] else 'off':>8} {r['clients']:>7} {r['requests']:>8} "
+                f"{name:>10} {r['clients']:>7} {r['requests']:>8} "
                 f"{errors:>6} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['rps']:>7.1f} "
                 f"{r['mean_batch']:>10.2f} {r['server_cpu_ms']:>7.2f} ms {r['client_cpu_ms']:>7.2f} ms"
             )
             if r["errors"]:
                 print(f"{'':>17} errors: {r['errors']}")
 
-        def row(batching: bool, clients: int) -> dict | None:
+        def row(batching: object, clients: int) -> dict | None:
             return next(
                 (r for r in rows if r["batching"] == batching and r["clients"] == clients), None
             )
 
         ok = True
         print()
-        single = row(True, 1)
+        if args.compare_rerank:
+            plain, ranked = row("none", 1), row(args.rerank, 1)
+            if plain and ranked:
+                passed = ranked["p50"] <= 2 * plain["p50"]
+                ok &= passed
+                print(
+                    f"target: p50 at 1 client, rerank {args.rerank} {ranked['p50']:.1f} ms <= 2 x "
+                    f"none ({2 * plain['p50']:.1f} ms): {'PASS' if passed else 'MISS'}"
+                )
+            for variant in variants:
+                top = row(variant, max(args.clients))
+                if top:
+                    print(
+                        f"rerank {variant}: {top['rps']:.1f} req/s at {max(args.clients)} clients"
+                    )
+        single = None if args.compare_rerank else row(True, 1)
         if single:
             passed = single["p50"] <= 1.5 * bare
             ok &= passed
@@ -369,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({1.5 * bare:.1f} ms): {'PASS' if passed else 'MISS'}"
             )
         on, off = row(True, 16), row(False, 16)
-        if on and off:
+        if on and off and not args.compare_rerank:
             ratio = on["rps"] / off["rps"]
             passed = ratio >= 3
             ok &= passed

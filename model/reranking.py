@@ -38,6 +38,8 @@ from model.decoding import PLAIN, DecodingOptions
 from model.vocab import Vocabulary
 
 RERANK_METHODS = ("none", "likelihood", "posterior", "mmi")
+# Candidates per asked-for response when none are given: 2N (chosen on the valid split).
+CANDIDATES_PER_RESPONSE = 2
 # Draws per asked-for response when no budget is given: 4N, at least the candidates.
 DRAWS_PER_RESPONSE = 4
 
@@ -45,7 +47,7 @@ DRAWS_PER_RESPONSE = 4
 @dataclass(frozen=True)
 class RerankOptions:
     method: str = "none"  # one of RERANK_METHODS
-    # K: responses drawn per context at first (0: as many as asked for, N; ignored by none)
+    # K: responses drawn per context at first (0: CANDIDATES_PER_RESPONSE x N; none draws N)
     candidates: int = 0
     # draws per context at most, first ones included (0: DRAWS_PER_RESPONSE x N, at least K)
     max_draws: int = 0
@@ -64,15 +66,17 @@ class RerankOptions:
 
     def first_draws(self, n: int) -> int:
         """Draws per context at first: N without reranking (nothing to choose among)."""
-        return n if self.method == "none" else max(n, self.candidates)
+        if self.method == "none":
+            return n
+        return max(n, self.candidates or CANDIDATES_PER_RESPONSE * n)
 
     def budget(self, n: int) -> int:
         return max(self.max_draws or DRAWS_PER_RESPONSE * n, self.first_draws(n))
 
 
 NO_RERANKING = RerankOptions()
-# The service's default (docs/decoding.md): chosen on the valid split.
-RANKED = RerankOptions(method="mmi", candidates=20, mmi_weight=1.0, diversity=0.3)
+# The service's default, chosen on the valid split (docs/decoding.md).
+RANKED = RerankOptions(method="mmi", mmi_weight=0.75, diversity=0.3)
 
 
 @dataclass

@@ -75,9 +75,9 @@ class RerankFields(BaseModel):
         default=RANKED.candidates,
         ge=0,
         le=MAX_DRAWS,
-        description="Latent samples drawn at first, the candidates reranked (0, or fewer than "
-        "the responses asked for: as many as asked for; rerank=none draws as many as asked "
-        "for).",
+        description="Latent samples drawn at first, the candidates reranked (0: twice the "
+        "responses asked for; fewer than asked for: as many as asked for; rerank=none draws "
+        "as many as asked for).",
     )
     max_draws: Integer = Field(
         default=0,

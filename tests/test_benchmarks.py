@@ -30,7 +30,7 @@ def test_service_load_benchmark_prints_its_table_and_targets():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "bare decode (in-process model.sample_responses)" in out
+    assert "bare decode (in-process model.reranking.distinct_responses)" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["on"], ["off"])]
     assert [(r[0], r[1]) for r in rows] == [("on", "1"), ("on", "16"), ("off", "1"), ("off", "16")]
     for r in rows:  # requests answered (at least 30 per level), errors
@@ -54,3 +54,32 @@ def test_stress_suite_quick_form_meets_its_targets():
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     summary = proc.stdout.split("== summary ==")[1].split()
     assert summary == [word for run in RUNS for word in (run, "ok")]
+
+
+@pytest.mark.slow
+def test_service_load_benchmark_compares_reranking_with_none():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "service_load.py"),
+            *("--random-tiny", "--clients", "1", "16", "--requests-per-client", "2"),
+            *("--rounds", "1", "--time-budget", "20", "--torch-threads", "1"),
+            *("--compare-rerank", "--rerank", "likelihood", "--max-length", "8"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    rows = [
+        line.split() for line in out.splitlines() if line.split()[:1] in (["none"], ["likelihood"])
+    ]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("none", "1"), ("none", "16"), ("likelihood", "1"), ("likelihood", "16")
+    ]  # fmt: skip
+    for r in rows:
+        assert (int(r[2]), r[3]) == (max(30, 2 * int(r[1])), "0")
+    assert "target: p50 at 1 client, rerank likelihood" in out
+    assert "rerank likelihood: " in out and "req/s at 16 clients" in out
