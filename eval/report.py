@@ -146,7 +146,12 @@ def markdown_table(result: dict) -> str:
     reranked = result.get("responses", {}).get("reranked")
     if reranked:
         o = reranked["options"]
-        lines.append(row(f"**reranked ({o['method']}, K={o['candidates']})**", reranked["metrics"]))
+        lines.append(
+            row(
+                f"**reranked ({o['method']}, K={reranked.get('candidates', o['candidates'])})**",
+                reranked["metrics"],
+            )
+        )
         lines.append(row("baseline: shuffled_context (reranked)", reranked["shuffled_context"]))
     lines += ["", *responses_markdown(result)]
     if paper:
