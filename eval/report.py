@@ -218,7 +218,8 @@ def responses_markdown(result: dict) -> list[str]:
         )
     human = result.get("baselines", {}).get("random_responses", {}).get("one_token_rate")
     if human is not None:
-        lines += ["", f"One-token share of the human responses: {100 * human:.1f}%."]
+        lines += ["", f"One-token share of the random human responses (baseline row): "
+                  f"{100 * human:.1f}%."]  # fmt: skip
     return lines
 
 

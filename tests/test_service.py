@@ -331,18 +331,19 @@ def test_a_failed_load_is_reported(tmp_path):
 
 
 class Gate:
-    """Blocks the model's decoding in the worker thread until released."""
+    """Blocks the model's decoding (each draw of the engine's calls) in the worker thread until
+    released."""
 
     def __init__(self, model):
         self.entered, self.release = threading.Event(), threading.Event()
-        original = model.sample_responses
+        original = model.sample_given_context
 
         def blocked(*args, **kwargs):
             self.entered.set()
             assert self.release.wait(30)
             return original(*args, **kwargs)
 
-        model.sample_responses = blocked
+        model.sample_given_context = blocked
 
 
 def run_in_app(checkpoint, scenario, **config):
@@ -530,7 +531,7 @@ def test_timeout_gets_504_and_the_server_recovers(tiny_checkpoint):
 
 def test_a_failing_model_call_gets_500_and_the_server_keeps_serving(tiny_checkpoint):
     async def scenario(client, engine):
-        original = engine.model.sample_responses
+        original = engine.model.sample_given_context
         calls = []
 
         def flaky(*args, **kwargs):
@@ -539,7 +540,7 @@ def test_a_failing_model_call_gets_500_and_the_server_keeps_serving(tiny_checkpo
                 raise RuntimeError("boom")
             return original(*args, **kwargs)
 
-        engine.model.sample_responses = flaky
+        engine.model.sample_given_context = flaky
         failed = await client.post("/respond", json=body(num_samples=1))
         assert failed.status_code == 500 and "RuntimeError" in failed.json()["detail"]
         ok = await client.post("/respond", json=body(num_samples=1))
