@@ -430,7 +430,9 @@ def test_the_engine_waits_for_company_up_to_the_previous_batch_size(tiny_checkpo
 
 def test_batch_size_is_bounded_in_samples(tiny_checkpoint):
     async def scenario(client, engine):
-        four = body(num_samples=4)
+        # rerank none draws the 4 samples asked for (the default reranking draws 8, twice as
+        # many candidates, and a batch is bounded in draws)
+        four = body(num_samples=4, rerank="none")
         responses = await queue_behind_busy_model(client, engine, four, [four] * 6)
         assert all(r.status_code == 200 for r in responses)
         return engine.stats
