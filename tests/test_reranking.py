@@ -107,7 +107,7 @@ def test_response_elbo_is_the_training_objective_at_the_posterior_mean(model):
     words = torch.tensor([VOCAB.encode(["yes", "a", "dog"])])
     nll, kl, tokens = model.response_elbo(c, words, torch.tensor([3]))
     mu_q, logvar_q = model.posterior(batch, c=c)
-    mu_p, logvar_p = model.prior(c)
+    mu_p, logvar_p = model.prior_net(c)
     assert kl.item() == pytest.approx(gaussian_kl(mu_q, logvar_q, mu_p, logvar_p).item(), rel=1e-5)
     h0 = model.decoder.initial_state(c, mu_q)
     expected, _, _ = model.decoder.token_nll(
