@@ -217,8 +217,8 @@ def fit(cand: Candidate, rerank: RerankOptions) -> float:
 def choose(pool: list[Candidate], n: int, rerank: RerankOptions) -> list[Candidate]:
     """N of a context's distinct candidates: in the order drawn (no reranking), else by
     maximal marginal relevance."""
-    if rerank.method == "none":
-        return pool[:n]
+    if rerank.method == "none" or any(cand.fit is None for cand in pool):
+        return pool[:n]  # (not scored: a call stopped early, whose answer nobody reads)
     fits = [cand.fit for cand in pool]
     lo, hi = min(fits), max(fits)
     scaled = [(f - lo) / (hi - lo) if hi > lo else 1.0 for f in fits]
