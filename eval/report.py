@@ -180,6 +180,10 @@ def _margin(m: dict | None) -> str:
     return f"{m['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
 def _probe(p: dict | None) -> str:
     if not p:
         return "–"
@@ -212,8 +216,8 @@ def responses_markdown(result: dict) -> list[str]:
         lines.append(
             f"| {name} | {_margin(margins.get('zhao_bleu3_r vs shuffled_context'))} | "
             f"{_margin(margins.get('zhao_bleu3_r vs random_responses'))} | "
-            f"{m['inter_distinct1']:.3f} / {m['inter_distinct2']:.3f} | "
-            f"{100 * m['one_token_rate']:.1f}% | {100 * m['degenerate_rate']:.1f}% | "
+            f"{_fmt(m.get('inter_distinct1'), 3)} / {_fmt(m.get('inter_distinct2'), 3)} | "
+            f"{_share(m.get('one_token_rate'))} | {_share(m.get('degenerate_rate'))} | "
             f"{100 * distinct:.1f}% | {_probe(rec.get('context_dependence'))} |"
         )
     human = result.get("baselines", {}).get("random_responses", {}).get("one_token_rate")
