@@ -70,7 +70,9 @@ class _BatchBuilder:
         self.rows.extend(encode_utterance(self.vocab, toks, self.max_utt_len) for _, toks in turns)
         return [0, *range(start, start + len(turns))]
 
-    def add_example(self, rows: list[int], speakers: list[str | None], end: int, responder: str):
+    def add_example(
+        self, rows: list[int], speakers: Sequence[str | None], end: int, responder: str | None
+    ):
         """Context = rows[end - max_context : end] (position 0 is the marker, speaker None)."""
         lo = max(0, end - self.max_context)
         self.contexts.append(rows[lo:end])
@@ -159,6 +161,7 @@ def context_batch(
         # Only the last max_context - 1 turns can be in the window next to the marker.
         turns = list(turns)[-max_context:]
         rows = builder.add_rows(turns)
+        speakers: list[str | None]
         if len(turns) == max_context:
             rows = rows[1:]  # the marker has left the window
             speakers = [spk for spk, _ in turns]

@@ -695,10 +695,10 @@ class DialogCVAE(nn.Module):
         token = torch.full((b,), bos, dtype=torch.long, device=h.device)
         # <pad>, <s> and <d> are never a next word; <unk> is, as in training, unless the options
         # say otherwise.
-        banned = [Vocabulary.pad_id, bos, Vocabulary.bod_id]
+        banned_ids = [Vocabulary.pad_id, bos, Vocabulary.bod_id]
         if not options.allow_unk:
-            banned.append(Vocabulary.unk_id)
-        banned = torch.tensor(banned, device=h.device)
+            banned_ids.append(Vocabulary.unk_id)
+        banned = torch.tensor(banned_ids, device=h.device)
         for t in range(max_length):
             if stop is not None and stop():
                 break
