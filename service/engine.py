@@ -155,10 +155,10 @@ class DecodeCost:
     measured at warm-up; without it, a rate measured on small requests would price a large one
     many times too high. ``seconds_per_unit`` follows the load (batch sizes, early stops, other
     processes on the machine): a work-weighted average over the calls that forgets (each call
-    weighs FORGET times less than the next), set by the large calls a backlog is made of; or the
-    latest call's rate when that is higher: a machine that just got busier (another process,
-    a flood of requests to refuse) prices the work queued from then on at once, not after
-    several calls, by which time what was admitted on the old rate is late.
+    weighs FORGET times less than the next), set by the large calls a backlog is made of. (The
+    latest call's rate, when higher, was tried as a quicker reaction to a machine that just got
+    busier; one slow tiny call then priced a backlog of small requests at 15 s and refused
+    them. What the estimate misses is shed when its model call starts: ``_shed_late``.)
     """
 
     FORGET = 0.9
@@ -167,7 +167,6 @@ class DecodeCost:
         # whole units: the engine's backlog adds and subtracts them, and must come back to 0
         self.overhead = round(overhead)
         self._seconds, self._units = seconds_per_unit, 1.0
-        self._latest = 0.0
 
     @classmethod
     def from_timings(cls, small: tuple[int, float], large: tuple[int, float]) -> DecodeCost:
@@ -185,11 +184,10 @@ class DecodeCost:
     def observe(self, seconds: float, work: int) -> None:
         self._seconds = self._seconds * self.FORGET + seconds
         self._units = self._units * self.FORGET + self.units(work)
-        self._latest = seconds / self.units(work)
 
     @property
     def seconds_per_unit(self) -> float:
-        return max(self._seconds / self._units, self._latest)
+        return self._seconds / self._units
 
 
 # Admitted work must fit in this share of timeout_s: the margin for the cost estimate's errors.
