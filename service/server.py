@@ -62,7 +62,8 @@ def build_server(config: ServiceConfig, app) -> uvicorn.Server:
         "by_age": {},  # this server's open connections, oldest first
     }
     return DrainingServer(
-        app.state.engine,
+        # the engine of an app from create_app; any other ASGI app (tests) is not drained
+        getattr(getattr(app, "state", None), "engine", None),
         uvicorn.Config(
             app,
             host=config.host,
@@ -87,7 +88,7 @@ class DrainingServer(uvicorn.Server):
         self._drained: asyncio.Task | None = None
 
     def handle_exit(self, sig: int, frame) -> None:
-        if self.draining or sig not in (signal.SIGTERM, signal.SIGINT):
+        if self.engine is None or self.draining or sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)  # the second signal: uvicorn's own (immediate) exit
             return
         # Not recorded as uvicorn's captured signal: it would raise it again once shut down,
