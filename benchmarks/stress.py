@@ -8,17 +8,22 @@ Starts ``python -m service`` (the shipped checkpoint by default) on a free loopb
   several content types, wrong types, NaN/Infinity, out-of-range and unrepresentable seeds,
   invalid and deeply nested JSON, bodies over and just under the size limit (declared and
   chunked), garbage at the HTTP level; with a few valid requests mixed in;
-* overload: more clients than the queue admits, each sending the heaviest request the API
-  allows (32 samples x 60 words) and honouring Retry-After;
+* undisturbed: 4 clients sending the heaviest request the API allows (32 samples x 60 words):
+  the throughput the floods are compared with;
+* overload / rude: 600 clients sending it, honouring Retry-After / retrying at once after a 503;
+* mix: 600 clients, a third each sending 1, 5 and 32 samples; stream: streamed chat
+  completions, n=32; abandon: 40 streamed requests whose clients leave after 0.5 s;
 * slow: many sockets that stall: idle, partial headers, partial bodies, headers and bodies
-  dripped a byte at a time, idle keep-alive connections.
+  dripped a byte at a time, idle keep-alive connections; exhaust: more connections than the
+  server's open-file limit, each stalled in a request body.
 
-Per run it prints the requests sent, status counts, the 5xx count (must be 0), /health latency
-during the run (a fresh connection every 100 ms) and the server's RSS before / peak / after.
+Per run it prints the requests sent, status counts, goodput (answered/s), 504s and other 5xx,
+the engine's counters, /health and /ready latency during the run (a fresh connection every
+100 ms) and the server's RSS and CPU time; --check exits 1 when a target is missed (summary).
 Every run is bounded in requests and time and stops by itself; all traffic goes to 127.0.0.1.
 
-    python benchmarks/stress.py            # full size, about 4 minutes
-    python benchmarks/stress.py --quick    # smaller, about 1.5 minutes
+    python benchmarks/stress.py --check    # full size, about 6 minutes
+    python benchmarks/stress.py --quick    # smaller, about 4 minutes
     python benchmarks/stress.py --runs flood --flood-requests 500
 """
 
