@@ -114,3 +114,11 @@ def test_swda_lines_and_sentences_through_the_reader(tmp_path):
     ]
     assert (stats.dropped_empty_utterances, stats.joined_segments) == (1, 2)
     assert parse_swda_line("B|a|b|c|", "x") == ("B", "a|b|c", None)
+
+
+def test_a_joiner_or_hyphen_at_the_end():
+    """The last token has no next one to glue (the fixture's token lists never end so)."""
+    assert detokenize(["the", "kids", "'"]) == "the kids'"
+    assert detokenize(["it", "'"]) == "it'"
+    assert detokenize(["well", "-"]) == "well-"
+    assert detokenize(["-"]) == "-"
