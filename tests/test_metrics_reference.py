@@ -259,7 +259,7 @@ def test_metric_names_and_the_keys_of_a_contexts_scores():
     assert names[8:] == ["zhao_bleu3_p", "zhao_bleu3_r", "zhao_bleu4_p", "zhao_bleu4_r",
                          "a_bow_p", "a_bow_r", "e_bow_p", "e_bow_r", "g_bow_p", "g_bow_r",
                          "intra_distinct1", "intra_distinct2", "inter_distinct1",
-                         "inter_distinct2", "degenerate_rate"]  # fmt: skip
+                         "inter_distinct2", "degenerate_rate", "one_token_rate"]  # fmt: skip
     scores = ResponseMetrics(EmbeddingScorer(load_glove(VECTORS))).add([split("i")], split("i"))
     assert set(scores) == {n for n in names if not n.startswith("inter_")}
 
