@@ -1,21 +1,31 @@
-"""Training throughput on real Switchboard batches: dialog-level vs per-window encoding.
+"""Training throughput on real Switchboard batches: the backend settings, and dialog-level vs
+per-window encoding.
 
-    python benchmarks/train_throughput.py [--data runs/data/switchboard] [--steps 12]
+    python benchmarks/train_throughput.py [--data runs/data/switchboard] [--steps 30]
 
-For the ``paper`` and ``cpu`` dimensions, times full training steps (forward, backward, Adam)
-on the same real batches with
+Prints the CPU (model name and the flags that decide the fast kernels) and what the training
+loop's start-up check chooses on it (training/backend.py). Then, for the ``paper`` and ``cpu``
+dimensions, times full training steps (forward, backward, clipping, Adam) on the same real
+batches with
 
-* the dialog-level path: each utterance of a batch encoded once, windows gathered; and
+* ``fp32 default``: the training step as it was before the backend settings: float32 with
+  torch's default kernels and the for-each Adam;
+* ``fast default``: what ``python -m training.switchboard`` now uses by default: fused Adam,
+  and float32 matmuls through oneDNN where the start-up check takes them;
+* ``bf16 autocast``: the fast default plus ``--precision bf16-autocast`` (opt-in);
 * the per-window path: every context window's utterances re-encoded, as a straightforward
-  implementation does;
+  implementation does (with the fp32 default settings);
 
 and the CVAE+BOW and BN-CVAE steps against the CVAE step (the paper's Table 2 reports
 1.02-1.04 for BN-VAE). Steps of the configurations being compared are interleaved and the median
-step time is used, so that other load on the machine affects them alike. The last three lines are
+step time is used, so that other load on the machine affects them alike. The last lines are
+(for the first of --presets, paper dims by default):
 
-    bow_over_cvae_step_time: Z.ZZ (the first of --presets, paper dims by default; dialog-level)
-    speedup_vs_per_window: X.XX   (the same dims)
-    bn_over_cvae_step_time: Y.YY  (the same dims, dialog-level path)
+    fast_over_fp32_default: F.FF   (cvae, bn-cvae and cvae-bow steps together)
+    bf16_over_fp32_default: B.BB
+    bow_over_cvae_step_time: Z.ZZ  (fast default)
+    speedup_vs_per_window: X.XX    (fp32 default)
+    bn_over_cvae_step_time: Y.YY   (fast default)
 """
 
 from __future__ import annotations
@@ -34,9 +44,18 @@ sys.path.insert(0, str(ROOT))
 
 from model.config import ModelConfig  # noqa: E402
 from model.cvae import DialogCVAE  # noqa: E402
+from training.backend import (  # noqa: E402
+    autocast,
+    cpu_description,
+    make_adam,
+    onednn_fp32_matmul,
+    probe_onednn_matmul,
+)
 from training.batching import SegmentBatches  # noqa: E402
 from training.prepare import PrepareConfig, load_prepared, prepare  # noqa: E402
 from training.switchboard import TrainConfig  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
 def load_corpus(path: str | None):
@@ -49,24 +68,38 @@ def load_corpus(path: str | None):
 
 
 class Stepper:
-    """One model + optimizer; ``step(batch)`` runs a training step and returns its duration."""
+    """One model + optimizer with its backend settings; ``step(batch)`` runs a training step and
+    records its duration.
 
-    def __init__(self, preset: str, variant: str, vocab_size: int, per_window: bool):
+    ``settings``: "fp32" (torch's default kernels, for-each Adam), "fast" (fused Adam, oneDNN
+    fp32 matmuls when ``onednn``) or "bf16" (fast + bf16 autocast)."""
+
+    def __init__(
+        self, preset: str, variant: str, vocab_size: int, per_window: bool = False,
+        settings: str = "fp32", onednn: bool = False,
+    ):  # fmt: skip
         torch.manual_seed(0)
         self.model = DialogCVAE(ModelConfig.preset(preset, variant=variant, vocab_size=vocab_size))
-        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], 1e-3)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fast = settings in ("fast", "bf16")
+        self.opt = make_adam(params, 1e-3, CPU) if fast else torch.optim.Adam(params, 1e-3)
+        self.onednn = fast and onednn
+        self.precision = "bf16-autocast" if settings == "bf16" else "fp32"
         self.per_window = per_window
         self.times: list[float] = []
 
     def step(self, batch, record: bool = True) -> None:
-        t = time.perf_counter()
-        out = self.model(batch, kl_weight=0.5, per_window=self.per_window)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-        self.opt.step()
+        with onednn_fp32_matmul(self.onednn):
+            t = time.perf_counter()
+            with autocast(self.precision, CPU):
+                out = self.model(batch, kl_weight=0.5, per_window=self.per_window)
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+            self.opt.step()
+            elapsed = time.perf_counter() - t
         if record:
-            self.times.append(time.perf_counter() - t)
+            self.times.append(elapsed)
 
 
 def compare(steppers: dict[str, Stepper], batches, warmup: int = 2) -> dict[str, float]:
@@ -105,37 +138,51 @@ def main() -> None:
         len({sb.segments[j].dialog for j in order[i * k : (i + 1) * k]})
         for i in range(len(batches))
     )
+    probe = probe_onednn_matmul()
+    print(f"CPU: {cpu_description()}")
+    print(f"oneDNN fp32 matmul check: relative error {probe.relative_error:.1e} "
+          f"(float32-exact: {probe.fp32_exact}), {probe.speedup:.2f}x MKL -> "
+          f"{'on' if probe.use else 'off'} in the fast default; fused Adam: on")  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{len(batches)} real batches of {args.batch_segments} segments of "
           f"{args.segment_size} responses: {examples:.1f} examples from {dialogs_per_batch:.1f} "
           f"dialogs and {encodes:.1f} distinct utterances per batch")  # fmt: skip
     print()
-    print("| dims  | variant  | path         | step ms | examples/s |")
-    print("|-------|----------|--------------|---------|------------|")
+    print("| dims  | variant  | settings      | path       | step ms | examples/s |")
+    print("|-------|----------|---------------|------------|---------|------------|")
 
     results = {}
+    labels = {"fp32": "fp32 default", "fast": "fast default", "bf16": "bf16 autocast"}
     for preset in args.presets:
         v = len(corpus.vocab)
         steppers = {
-            ("cvae", "dialog"): Stepper(preset, "cvae", v, per_window=False),
-            ("cvae", "per-window"): Stepper(preset, "cvae", v, per_window=True),
-            ("cvae-bow", "dialog"): Stepper(preset, "cvae-bow", v, per_window=False),
-            ("bn-cvae", "dialog"): Stepper(preset, "bn-cvae", v, per_window=False),
+            (variant, settings, "dialog"): Stepper(
+                preset, variant, v, settings=settings, onednn=probe.use
+            )  # fmt: skip
+            for variant in ("cvae", "cvae-bow", "bn-cvae")
+            for settings in ("fp32", "fast", "bf16")
         }
+        steppers[("cvae", "fp32", "per-window")] = Stepper(preset, "cvae", v, per_window=True)
         times = compare(steppers, batches)
-        for (variant, path), t in times.items():
-            results[(preset, variant, path)] = t
-            print(
-                f"| {preset:5s} | {variant:8s} | {path:12s} | {t * 1e3:7.1f} | {examples / t:10.1f} |"
-            )
+        for (variant, settings, path), t in times.items():
+            results[(preset, variant, settings, path)] = t
+            print(f"| {preset:5s} | {variant:8s} | {labels[settings]:13s} | {path:10s} "
+                  f"| {t * 1e3:7.1f} | {examples / t:10.1f} |")  # fmt: skip
     p = args.presets[0]
-    speedup = results[(p, "cvae", "per-window")] / results[(p, "cvae", "dialog")]
-    ratio = results[(p, "bn-cvae", "dialog")] / results[(p, "cvae", "dialog")]
-    bow_ratio = results[(p, "cvae-bow", "dialog")] / results[(p, "cvae", "dialog")]
+
+    def total(settings: str) -> float:
+        return sum(results[(p, v, settings, "dialog")] for v in ("cvae", "cvae-bow", "bn-cvae"))
+
+    def fast(variant: str) -> float:
+        return results[(p, variant, "fast", "dialog")]
+
+    speedup = results[(p, "cvae", "fp32", "per-window")] / results[(p, "cvae", "fp32", "dialog")]
     print()
-    print(f"bow_over_cvae_step_time: {bow_ratio:.2f}")
+    print(f"fast_over_fp32_default: {total('fp32') / total('fast'):.2f}")
+    print(f"bf16_over_fp32_default: {total('fp32') / total('bf16'):.2f}")
+    print(f"bow_over_cvae_step_time: {fast('cvae-bow') / fast('cvae'):.2f}")
     print(f"speedup_vs_per_window: {speedup:.2f}")
-    print(f"bn_over_cvae_step_time: {ratio:.2f}")
+    print(f"bn_over_cvae_step_time: {fast('bn-cvae') / fast('cvae'):.2f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ each of the up to 11 windows it appears in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -31,18 +31,42 @@ class DialogBatch:
     context_lengths: torch.Tensor  # [E]
     context_floor: torch.Tensor  # [E, W] 1 if that utterance is by the responding speaker
     response_index: torch.Tensor | None = None  # [E] row holding the response; None at inference
+    # CPU copies of the lengths and response rows, kept when the batch moves to a GPU:
+    # pack_padded_sequence needs lengths on the host, and reading them back would stall.
+    host: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    HOST_FIELDS = ("utt_lengths", "context_lengths", "response_index")
 
     @property
     def num_examples(self) -> int:
         return self.context_index.shape[0]
 
-    def to(self, device: torch.device | str) -> DialogBatch:
+    def on_host(self, name: str) -> torch.Tensor:
+        """Field ``name`` (one of HOST_FIELDS) on the CPU, without a device sync when the batch
+        was built there."""
+        kept = self.host.get(name)
+        return kept if kept is not None else getattr(self, name).cpu()
+
+    def _moved(self, move) -> DialogBatch:
+        host = dict(self.host)
+        for name in self.HOST_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value.device.type == "cpu":
+                host.setdefault(name, value)
         moved = {
-            f.name: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            f.name: (move(v) if isinstance(v, torch.Tensor) else v)
             for f in fields(self)
+            if f.name != "host"
             for v in [getattr(self, f.name)]
         }
-        return DialogBatch(**moved)
+        return DialogBatch(**moved, host=host)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> DialogBatch:
+        return self._moved(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> DialogBatch:
+        """The batch in page-locked memory, for an asynchronous copy to a GPU."""
+        return self._moved(lambda t: t.pin_memory())
 
     def responses(self) -> torch.Tensor:
         """The response utterances [E, L] (<s> w1..wn </s>, 0-padded)."""

@@ -426,13 +426,13 @@ class DialogCVAE(nn.Module):
 
     def encode_utterances(self, batch: DialogBatch) -> torch.Tensor:
         """Every distinct utterance of the batch, encoded once: [U, 2 * utt_hidden]."""
-        return self.utt_encoder(batch.utterances, batch.utt_lengths)
+        return self.utt_encoder(batch.utterances, batch.on_host("utt_lengths"))
 
     def _context_from(self, utt_vecs: torch.Tensor, batch: DialogBatch) -> torch.Tensor:
         # Gather each example's window from the shared encodings (padding rows point at row 0
         # and are masked out by the packed context GRU).
         windows = utt_vecs[batch.context_index.clamp(min=0)]  # [E, W, D]
-        return self.ctx_encoder(windows, batch.context_floor, batch.context_lengths)
+        return self.ctx_encoder(windows, batch.context_floor, batch.on_host("context_lengths"))
 
     def encode_context(self, batch: DialogBatch, utt_vecs: torch.Tensor | None = None):
         if utt_vecs is None:
@@ -493,8 +493,9 @@ class DialogCVAE(nn.Module):
         responses = batch.responses()
         lengths = batch.utt_lengths[batch.response_index]
         h0 = self.decoder.initial_state(c, z)
+        host_lengths = batch.on_host("utt_lengths")[batch.on_host("response_index")]
         token_nll, token_ul, owner = self.decoder.token_nll(
-            h0, responses, lengths, unlikelihood=cfg.unlikelihood_weight > 0
+            h0, responses, host_lengths, unlikelihood=cfg.unlikelihood_weight > 0
         )
         n = responses.shape[0]
         nll = token_nll.new_zeros(n).index_add_(0, owner, token_nll)

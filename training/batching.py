@@ -9,6 +9,8 @@ re-encoding every context window would cost, while a batch still mixes several c
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -153,3 +155,61 @@ def eval_batches(
         chunk = [d for d in dialogs[i : i + dialogs_per_batch] if len(d)]
         if chunk:
             yield dialog_batch(chunk, vocab, max_context, max_utt_len)
+
+
+class Prefetcher:
+    """Iterates ``batches`` with the next ``depth`` built (and moved to ``device``) on a background
+    thread while the current one trains: building a batch takes milliseconds of Python that the
+    training step would otherwise wait for. The order is unchanged. Use as a context manager, so
+    that the thread stops when the loop leaves early.
+
+    On a CUDA device the batch is copied from pinned memory without blocking the host.
+    """
+
+    _END = object()
+
+    def __init__(self, batches: Iterable[DialogBatch], device: torch.device, depth: int = 2):
+        self._batches, self._device = batches, torch.device(device)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="batch-prefetch")
+
+    def _fill(self) -> None:
+        try:
+            for batch in self._batches:
+                if self._device.type == "cuda":
+                    batch = batch.pin_memory().to(self._device, non_blocking=True)
+                elif self._device.type != "cpu":
+                    batch = batch.to(self._device)
+                if not self._put(batch):
+                    return
+        except BaseException as e:  # raised again in the consuming thread
+            self._put(e)
+            return
+        self._put(self._END)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __enter__(self) -> Iterator[DialogBatch]:
+        self._thread.start()
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[DialogBatch]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

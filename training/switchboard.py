@@ -45,10 +45,19 @@ from model.files import (
     read_bytes,
     remove_temporaries,
 )
-from training.batching import SegmentBatches, eval_batches
+from training.backend import (
+    ONEDNN_CHOICES,
+    PRECISIONS,
+    autocast,
+    make_adam,
+    onednn_fp32_matmul,
+    resolve_onednn,
+)
+from training.batching import Prefetcher, SegmentBatches, eval_batches
 from training.corpus import CorpusError
 from training.curves import plot_curves
 from training.prepare import load_prepared
+from training.sync_bn import synchronize_batch_norm
 
 log = logging.getLogger("training")
 
@@ -59,9 +68,10 @@ METRICS_FILE = "metrics.jsonl"
 RUN_FILES = ("best", "last", STATE_FILE, METRICS_FILE, "config.json", "summary.json", "curves.png")
 # Flags that may differ when a run is resumed: they do not change what is computed, only where
 # (epochs, max_steps: to extend a run), how fast it runs, and when it stops (the stopping rule
-# is replayed over the run's validations: Run.replay_stopping).
+# is replayed over the run's validations: Run.replay_stopping). onednn_matmul changes only
+# float32 rounding: the kernels differ, the arithmetic does not.
 RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps", "patience",
-                     "kl_settle_window", "kl_settle_tolerance")  # fmt: skip
+                     "kl_settle_window", "kl_settle_tolerance", "onednn_matmul")  # fmt: skip
 # Model options that shape only the training objective: a run started from a checkpoint
 # (--init-from) may set them anew; every other model field must be the checkpoint's.
 TRAINING_ONLY = (
@@ -193,6 +203,28 @@ class TrainConfig:
     device: str = field(
         default="auto",
         metadata=_help("auto: the GPU when present", choices=("auto", "cpu", "cuda")),
+    )
+    precision: str = field(
+        default="fp32",
+        metadata=_help(
+            "fp32, or bf16-autocast: the forward pass in bfloat16 where torch.autocast allows "
+            "(weights, optimizer and loss sums stay float32; changes the numbers, opt-in)",
+            choices=PRECISIONS,
+        ),
+    )
+    onednn_matmul: str = field(
+        default="auto",
+        metadata=_help(
+            "CPU float32 matmuls through oneDNN; auto: when a start-up check finds it "
+            "float32-exact and faster on this CPU (logged; the run's config keeps the answer)",
+            choices=ONEDNN_CHOICES,
+        ),
+    )
+    sync_bn: bool = field(
+        default=False,
+        metadata=_help(
+            "several processes: batch-norm statistics over the whole batch, not each share"
+        ),
     )
     resume: bool = field(
         default=False,
@@ -347,25 +379,40 @@ class Progress:
 class TrainingWindow:
     """Sums over the steps since the last train record (one record every ``log_every`` steps).
 
+    The sums stay on the training device (float64, added in the order the steps come, as
+    Python floats would be) and are read once per record: a step never waits for the device.
     Saved with the training state, so that a resumed run logs what the uninterrupted one would.
     """
 
-    def __init__(self, sums: dict[str, float] | None = None):
-        self.sums = dict(sums or {})
+    def __init__(self, sums: dict[str, float] | None = None, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self._sums = {k: self._scalar(v) for k, v in (sums or {}).items()}
+
+    def _scalar(self, value) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(self.device, torch.float64)
+        return torch.tensor(float(value), dtype=torch.float64, device=self.device)
 
     def add(self, out, examples: int) -> None:
-        values = {"loss": out.loss.item(), "nll": out.nll.sum().item(),
-                  "kl": out.kl.sum().item(), "tokens": out.tokens.sum().item(),
-                  "examples": float(examples)}  # fmt: skip
+        values = {"loss": out.loss, "nll": out.nll.sum(), "kl": out.kl.sum(),
+                  "tokens": out.tokens.sum(), "examples": examples}  # fmt: skip
         if "repeating" in out.extras:  # sequence-level unlikelihood: its loss, and how many
-            values["sequence_ul"] = out.sequence_unlikelihood.sum().item()  # greedy responses
-            values["repeating"] = out.extras["repeating"].sum().item()  # loop
+            values["sequence_ul"] = out.sequence_unlikelihood.sum()  # greedy responses
+            values["repeating"] = out.extras["repeating"].sum()  # loop
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
+            value = self._scalar(value)
+            self._sums[key] = value if key not in self._sums else self._sums[key] + value
+
+    def sums(self) -> dict[str, float]:
+        """The sums as floats (one read from the device)."""
+        if not self._sums:
+            return {}
+        return dict(zip(self._sums, torch.stack(list(self._sums.values())).tolist(), strict=True))
 
     def record(self, progress: Progress, kl_weight: float, steps: int, elapsed: float) -> dict:
         """The train record of the last ``steps`` steps; the window starts again."""
-        s, n = self.sums, self.sums["examples"]
+        s = self.sums()
+        n = s["examples"]
         entry = {
             "step": progress.step, "split": "train", "epoch": progress.epoch,
             "kl_weight": kl_weight, "train_loss": (s["nll"] + s["kl"]) / n,
@@ -375,7 +422,7 @@ class TrainingWindow:
         if "repeating" in s:
             entry["train_sequence_ul"] = s["sequence_ul"] / n
             entry["train_repeating"] = s["repeating"] / n  # share of greedy responses that loop
-        self.sums.clear()
+        self._sums.clear()
         return entry
 
 
@@ -402,6 +449,8 @@ class Run:
         # thread, some CPU kernels' defaults accumulate in a varying order (two 2-thread runs of
         # the cpu preset differed by 0.006 in a weight after 30 steps; with this, not at all).
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Resolved once, and written into config.json as on/off, so a resumed run keeps it.
+        cfg.onednn_matmul = "on" if resolve_onednn(cfg.onednn_matmul, device) else "off"
         self.out = Path(cfg.out)
         self.state_path = self.out / STATE_FILE
         if self.state_path.exists() and not cfg.resume:
@@ -429,8 +478,10 @@ class Run:
         self.model = DialogCVAE(mcfg).to(device)
         if cfg.train_only == "decoder":
             self.model.freeze_all_but_decoder()
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr
+        if cfg.sync_bn and self.world > 1:
+            synchronize_batch_norm(self.model)
+        self.optimizer = make_adam(
+            (p for p in self.model.parameters() if p.requires_grad), cfg.lr, device
         )
         self.batches = SegmentBatches(
             train_dialogs, vocab, cfg.segment_size, cfg.batch_segments,
@@ -439,7 +490,7 @@ class Run:
         self.valid = list(eval_batches(valid_dialogs, vocab, 4, mcfg.max_context, mcfg.max_utt_len))
         self.num_train_dialogs = len(train_dialogs)
         self.progress = Progress()
-        self.window = TrainingWindow()
+        self.window = TrainingWindow(device=device)
         self.history: list[dict] = []
         self.metrics_path = self.out / METRICS_FILE
         self._clock_started = time.perf_counter()
@@ -486,7 +537,7 @@ class Run:
             except (RuntimeError, ValueError, KeyError) as e:
                 raise RunError(f"{self.state_path}: does not fit this model: {e}") from e
             self.progress = Progress(**state["progress"])
-            self.window = TrainingWindow(state.get("running"))
+            self.window = TrainingWindow(state.get("running"), device=self.device)
             rng = state["rng"]
             torch.set_rng_state(rng[self.rank] if self.rank < len(rng) else rng[0])
             log.info("resumed from %s at step %d", self.state_path, self.progress.step)
@@ -538,7 +589,10 @@ class Run:
         prior_kl_weight = self.model_config.prior_kl_weight * (
             kl_weight if cfg.anneal_prior_kl else 1.0
         )
-        out = self.ddp(batch.to(self.device), kl_weight=kl_weight, prior_kl_weight=prior_kl_weight)
+        with autocast(cfg.precision, self.device):
+            out = self.ddp(
+                batch.to(self.device), kl_weight=kl_weight, prior_kl_weight=prior_kl_weight
+            )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -620,7 +674,7 @@ class Run:
                 "progress": dataclasses.asdict(self.progress),
                 "rng": rng,
                 "model_config": self.model_config.to_dict(),
-                "running": dict(self.window.sums),
+                "running": self.window.sums(),
             }
             # Serialized in memory first: torch.save into a file on a full disk fails with an
             # error that does not say so ("unexpected pos"); a plain write says ENOSPC.
@@ -676,7 +730,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     run.ddp.train()
     run.start_clock()
     done = progress.stopped_early or progress.step >= total
-    with StopOnSignal() as stop:
+    with StopOnSignal() as stop, onednn_fp32_matmul(cfg.onednn_matmul == "on"):
         try:
             while not done and progress.epoch < cfg.epochs:
                 done = _train_epoch(run, total, bar, stop)
@@ -693,29 +747,30 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
 def _train_epoch(run: Run, total: int, bar: tqdm, stop: StopOnSignal) -> bool:
     """The rest of the current epoch; True when the run is done (or raises Interrupted)."""
     cfg, progress = run.cfg, run.progress
-    epoch = run.batches.epoch(progress.epoch, progress.batch_in_epoch, run.rank, run.world)
-    for batch in epoch:
-        entry = run.step(batch)
-        bar.update(1)
-        if entry is not None:
-            bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
-                            ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
-        step = progress.step
-        if step % cfg.eval_every == 0 and run.validate_and_checkpoint():
-            progress.stopped_early = True
-            log.info("early stopping at step %d (best step %d)", step, progress.best_step)
-        if step % cfg.save_every == 0 or progress.stopped_early or step >= total:
-            run.save_state()
-        if progress.stopped_early or step >= total:
-            return True
-        if run.stop_requested(stop):
-            run.save_state()
-            name = signal.Signals(stop.signum).name
-            raise Interrupted(
-                f"{name}: stopped at step {step} with the training state saved in "
-                f"{run.state_path}; --resume --out {run.out} continues the run",
-                stop.signum,
-            )
+    batches = run.batches.epoch(progress.epoch, progress.batch_in_epoch, run.rank, run.world)
+    with Prefetcher(batches, run.device) as epoch:  # the next batches built on a thread
+        for batch in epoch:
+            entry = run.step(batch)
+            bar.update(1)
+            if entry is not None:
+                bar.set_postfix(loss=f"{entry['train_loss']:.2f}", kl=f"{entry['train_kl']:.2f}",
+                                ppl=f"{entry['train_ppl']:.1f}")  # fmt: skip
+            step = progress.step
+            if step % cfg.eval_every == 0 and run.validate_and_checkpoint():
+                progress.stopped_early = True
+                log.info("early stopping at step %d (best step %d)", step, progress.best_step)
+            if step % cfg.save_every == 0 or progress.stopped_early or step >= total:
+                run.save_state()
+            if progress.stopped_early or step >= total:
+                return True
+            if run.stop_requested(stop):
+                run.save_state()
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(
+                    f"{name}: stopped at step {step} with the training state saved in "
+                    f"{run.state_path}; --resume --out {run.out} continues the run",
+                    stop.signum,
+                )
     progress.epoch += 1
     progress.batch_in_epoch = 0
     return False

@@ -1,0 +1,160 @@
+"""How a training step runs on this machine: the optimizer kernel, the fp32 matmul library and
+the arithmetic precision. None of the defaults changes the maths beyond float32 rounding.
+
+* Fused Adam: one kernel per step instead of a loop of small ones (``torch.optim.Adam(fused=True)``,
+  on CPUs since torch 2.4, on CUDA). Same update rule; results differ from the for-each kernel
+  only in the last bits of float32.
+* oneDNN for fp32 matmuls (``torch.backends.mkldnn.matmul.fp32_precision``): on some CPUs
+  oneDNN's float32 kernels are ~2x MKL's on the vocabulary projection's shapes. Torch exposes
+  the switch as a *precision*: "bf16" lets oneDNN use bfloat16 arithmetic where the hardware has
+  it (AMX), and run float32 kernels elsewhere. So the switch is only taken after a check at
+  start-up (:func:`probe_onednn_matmul`) shows both that the product stays float32-exact on this
+  CPU and that it is faster; the result is logged and kept in the run's config, so a resumed run
+  computes as it did.
+* ``--precision bf16-autocast``: the forward pass under ``torch.autocast`` in bfloat16 (master
+  weights, optimizer and loss reductions stay float32). Opt-in: it changes the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger("training")
+
+PRECISIONS = ("fp32", "bf16-autocast")
+ONEDNN_CHOICES = ("auto", "on", "off")
+
+# The decoder's vocabulary projection at the paper preset: ~870 response tokens per batch
+# (62 responses of ~14 tokens) onto 10,005 words from a 400-d state. It is the largest matmul
+# of a step (28% of a bn-cvae step, benchmarks/train_throughput.py).
+PROBE_SHAPE = (870, 400, 10005)
+# float32 rounding of a 400-term dot product stays well below this relative error; bfloat16
+# arithmetic (8 mantissa bits) is ~1e-3.
+FP32_TOLERANCE = 1e-5
+# oneDNN is taken only when it is at least this much faster (timing noise is a few percent).
+MIN_SPEEDUP = 1.05
+
+
+@dataclass(frozen=True)
+class OneDNNProbe:
+    relative_error: float  # max |oneDNN - float64| / max |float64| on PROBE_SHAPE
+    speedup: float  # MKL time / oneDNN time on PROBE_SHAPE
+    fp32_exact: bool
+    faster: bool
+
+    @property
+    def use(self) -> bool:
+        return self.fp32_exact and self.faster
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` runs on ``device`` with this torch."""
+    probe = torch.zeros(1, device=device, requires_grad=True)
+    try:
+        opt = torch.optim.Adam([probe], fused=True)
+        probe.grad = torch.zeros_like(probe)
+        opt.step()
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused where this torch supports it on ``device``."""
+    params = list(params)
+    if fused_adam_supported(device):
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr)
+
+
+@contextlib.contextmanager
+def onednn_fp32_matmul(enabled: bool):
+    """Route float32 matmuls through oneDNN inside the block (restores the setting after)."""
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "bf16" if enabled else "none"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def probe_onednn_matmul(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 5) -> OneDNNProbe:
+    """Time and check a float32 product of ``shape`` with and without oneDNN routing.
+
+    The error is measured against float64 on fixed inputs, so "fp32_exact" is decided by the
+    hardware's arithmetic, not by chance; the speed is the median of interleaved repeats."""
+    rows, inner, cols = shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, inner, generator=g)
+    w = torch.randn(cols, inner, generator=g) / inner**0.5
+    reference = a.double() @ w.double().T
+    with onednn_fp32_matmul(True):
+        routed = torch.nn.functional.linear(a, w)
+    error = ((routed.double() - reference).abs().max() / reference.abs().max()).item()
+    mkl, onednn = [], []
+    for _ in range(repeats):
+        with onednn_fp32_matmul(False):
+            mkl.append(_median_seconds(lambda: torch.nn.functional.linear(a, w), 1))
+        with onednn_fp32_matmul(True):
+            onednn.append(_median_seconds(lambda: torch.nn.functional.linear(a, w), 1))
+    speedup = sorted(mkl)[repeats // 2] / sorted(onednn)[repeats // 2]
+    return OneDNNProbe(error, speedup, error < FP32_TOLERANCE, speedup >= MIN_SPEEDUP)
+
+
+def resolve_onednn(choice: str, device: torch.device) -> bool:
+    """``auto``: oneDNN for fp32 matmuls when :func:`probe_onednn_matmul` says it is float32-exact
+    and faster here (logged); ``on``/``off`` as given. Only CPUs have the choice."""
+    if choice not in ONEDNN_CHOICES:
+        raise ValueError(f"onednn_matmul must be one of {ONEDNN_CHOICES}, not {choice!r}")
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if choice != "auto":
+        return choice == "on"
+    probe = probe_onednn_matmul()
+    log.info(
+        "oneDNN fp32 matmul probe %s: relative error %.1e (float32-exact: %s), %.2fx MKL's speed "
+        "-> %s", "x".join(map(str, PROBE_SHAPE)), probe.relative_error, probe.fp32_exact,
+        probe.speedup, "on" if probe.use else "off",
+    )  # fmt: skip
+    return probe.use
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a forward pass runs in for ``precision``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16-autocast":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide the fast kernels (for benchmark logs)."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown CPU":
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    present = [f for f in wanted if f in flags]
+    return f"{name} ({', '.join(present) or 'no AVX2'}; torch {torch.__version__})"
