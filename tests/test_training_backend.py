@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from model.batch import dialog_batch
+from model.cvae import RecognitionNetwork
 from training.backend import (
     OneDNNProbe,
     autocast,
@@ -123,29 +124,34 @@ def test_bf16_autocast_runs_linear_layers_in_bfloat16():
         autocast("fp16", torch.device("cpu"))
 
 
-def _synced_share(rank: int, world: int, init: str, x: torch.Tensor, w: torch.Tensor, result):
+def _posterior_bn(mode: str, features: int) -> nn.BatchNorm1d:
+    """BN-CVAE's batch norm on the posterior mean, as model/cvae.py builds it for ``mode``."""
+    net = RecognitionNetwork(4, 4, features, bn_gamma=0.3, gamma_mode=mode)
+    assert net.mu_bn is not None
+    if mode == "learned":  # per-dimension gammas that differ
+        with torch.no_grad():
+            net.mu_bn.weight.copy_(torch.linspace(0.1, 0.9, features))
+    return net.mu_bn
+
+
+def _synced_share(rank, world, init, mode, x, w, result):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    torch.manual_seed(0)
-    bn = synchronize_batch_norm(nn.Sequential(nn.BatchNorm1d(x.shape[1])))[0]
+    bn = synchronize_batch_norm(nn.Sequential(_posterior_bn(mode, x.shape[1])))[0]
     assert isinstance(bn, SyncedBatchNorm1d)
-    with torch.no_grad():
-        bn.weight.fill_(0.3)
-    bn.weight.requires_grad_(False)  # BN-CVAE's frozen gamma stays frozen
     share = x[rank::world].clone().requires_grad_(True)
     out = bn(share)
     (out * w[rank::world]).sum().backward()
-    result[rank] = (out.detach(), share.grad, bn.bias.grad, bn.running_mean, bn.running_var)
+    result[rank] = (out.detach(), share.grad, bn.bias.grad, bn.running_mean, bn.running_var,
+                    bn.weight.grad)  # fmt: skip
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_synced_batch_norm_over_two_gloo_processes_equals_one_process():
+@pytest.mark.parametrize("mode", ["fixed", "learned"])
+def test_synced_batch_norm_over_two_gloo_processes_equals_one_process(mode):
     g = torch.Generator().manual_seed(1)
     x, w = torch.randn(10, 6, generator=g) * 3 + 1, torch.randn(10, 6, generator=g)
-    reference = nn.BatchNorm1d(6)
-    with torch.no_grad():
-        reference.weight.fill_(0.3)
-    reference.weight.requires_grad_(False)
+    reference = _posterior_bn(mode, 6)
     whole = x.clone().requires_grad_(True)
     out = reference(whole)
     (out * w).sum().backward()
@@ -155,10 +161,10 @@ def test_synced_batch_norm_over_two_gloo_processes_equals_one_process():
         result = manager.dict()
         init = "file://" + os.path.join(tmp, "rendezvous")
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        mp.spawn(_synced_share, args=(2, init, x, w, result), nprocs=2, join=True)
+        mp.spawn(_synced_share, args=(2, init, mode, x, w, result), nprocs=2, join=True)
         shares = dict(result)
     for rank in (0, 1):
-        y, grad, bias_grad, running_mean, running_var = shares[rank]
+        y, grad, _, running_mean, running_var, _ = shares[rank]
         torch.testing.assert_close(y, out.detach()[rank::2], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grad, whole.grad[rank::2], rtol=1e-4, atol=1e-5)
         # each process holds the whole batch's statistics, as the one process does
@@ -166,3 +172,7 @@ def test_synced_batch_norm_over_two_gloo_processes_equals_one_process():
         torch.testing.assert_close(running_var, reference.running_var, rtol=1e-5, atol=1e-6)
     # the bias gradient is each share's part; DDP adds them up across the processes
     torch.testing.assert_close(shares[0][2] + shares[1][2], reference.bias.grad)
+    if mode == "fixed":  # the frozen gamma stays frozen
+        assert shares[0][5] is None and shares[1][5] is None
+    else:
+        torch.testing.assert_close(shares[0][5] + shares[1][5], reference.weight.grad)
