@@ -140,8 +140,9 @@ def main() -> None:
     )
     probe = probe_onednn_matmul()
     print(f"CPU: {cpu_description()}")
-    print(f"oneDNN fp32 matmul check: relative error {probe.relative_error:.1e} "
-          f"(float32-exact: {probe.fp32_exact}), {probe.speedup:.2f}x MKL -> "
+    print(f"oneDNN fp32 matmuls: relative error {probe.relative_error:.1e} "
+          f"(float32-exact: {probe.fp32_exact}), capability {probe.capability}, "
+          f"{probe.speedup:.2f}x MKL on the vocabulary projection -> "
           f"{'on' if probe.use else 'off'} in the fast default; fused Adam: on")  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{len(batches)} real batches of {args.batch_segments} segments of "

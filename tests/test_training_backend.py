@@ -97,12 +97,15 @@ def test_fused_adam_takes_the_same_steps_as_the_for_each_kernel():
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6)
 
 
-def test_onednn_probe_decides_by_exactness_and_speed():
+def test_onednn_probe_decides_by_exactness_and_cpu():
     probe = probe_onednn_matmul(shape=(64, 32, 128), repeats=3)
     assert probe.relative_error < 1e-3  # bf16 arithmetic or float32: never worse than that
-    assert OneDNNProbe(1e-7, 1.2, True, True).use
-    assert not OneDNNProbe(4e-3, 2.0, False, True).use  # AMX: real bfloat16 arithmetic
-    assert not OneDNNProbe(1e-7, 0.9, True, False).use  # exact but slower
+    assert probe.speedup is not None and probe.speedup > 0
+    assert probe.capability == torch.backends.cpu.get_cpu_capability()
+    assert probe_onednn_matmul(shape=(64, 32, 128), repeats=0).speedup is None
+    assert OneDNNProbe(1e-7, None, True, "AVX512").use
+    assert not OneDNNProbe(4e-3, None, False, "AVX512").use  # AMX: real bfloat16 arithmetic
+    assert not OneDNNProbe(1e-7, None, True, "AVX2").use  # not measured faster there
     assert resolve_onednn("on", torch.device("cpu")) is True
     assert resolve_onednn("off", torch.device("cpu")) is False
     with pytest.raises(ValueError, match="onednn_matmul"):
