@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def doc(obj) -> str:
 def public(module) -> list[tuple[str, object]]:
     names = []
     for name, obj in vars(module).items():
-        if name.startswith("_"):
+        if name.startswith("_") or inspect.ismodule(obj):  # (e.g. "import ... as F")
             continue
         if inspect.isclass(obj) or inspect.isfunction(obj):
             if getattr(obj, "__module__", None) != module.__name__:
@@ -118,11 +119,13 @@ def render() -> str:
                     lines += [doc(obj), ""]
             else:
                 # sets in sorted order: their repr follows the string hash, which varies per run
-                value = (
-                    f"{{{', '.join(map(repr, sorted(obj)))}}}"
-                    if isinstance(obj, (set, frozenset))
-                    else repr(obj)
-                )
+                # and paths relative to the checkout, which differs from one clone to the next
+                if isinstance(obj, (set, frozenset)):
+                    value = f"{{{', '.join(map(repr, sorted(obj)))}}}"
+                elif isinstance(obj, Path):
+                    value = f"Path({os.path.relpath(obj, ROOT)!r}) (in the checkout)"
+                else:
+                    value = repr(obj)
                 if len(value) > 120:
                     value = value[:117] + "..."
                 lines += [f"- `{name} = {value}`", ""]
