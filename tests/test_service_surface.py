@@ -5,6 +5,7 @@ connection reserve."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
 import threading
@@ -261,7 +262,7 @@ def test_an_overloaded_engine_refuses_without_parsing_the_body():
             engine._backlog_units = 0
             await engine.stop()
 
-    asyncio.run(main())
+    asyncio.run(asyncio.wait_for(main(), 120))  # a wait above that never ends fails, not hangs
 
 
 def test_refusals_are_held_for_clients_that_ignore_retry_after(monkeypatch):
@@ -334,15 +335,17 @@ class Gate:
     def __init__(self, model):
         self.entered, self.release = threading.Event(), threading.Event()
         self.calls = []
-        original = model.sample_responses
+        # the engine's model calls draw through sample_given_context (model/reranking.py)
+        original = model.sample_given_context
+        names = inspect.signature(original).parameters
 
         def held(*args, **kwargs):
-            self.calls.append(kwargs)
+            self.calls.append({**dict(zip(names, args)), **kwargs})
             self.entered.set()
             assert self.release.wait(30)
             return original(*args, **kwargs)
 
-        model.sample_responses = held
+        model.sample_given_context = held
 
 
 class Client:
@@ -405,4 +408,4 @@ def test_requests_whose_clients_left_are_not_decoded_or_stop_decoding():
         finally:
             await engine.stop()
 
-    asyncio.run(main())
+    asyncio.run(asyncio.wait_for(main(), 120))  # a wait above that never ends fails, not hangs
