@@ -340,7 +340,7 @@ class Gate:
         names = inspect.signature(original).parameters
 
         def held(*args, **kwargs):
-            self.calls.append({**dict(zip(names, args)), **kwargs})
+            self.calls.append({**dict(zip(names, args, strict=False)), **kwargs})
             self.entered.set()
             assert self.release.wait(30)
             return original(*args, **kwargs)
