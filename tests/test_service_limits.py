@@ -172,7 +172,8 @@ def test_admission_bounds_the_queued_work_with_a_retry_after_of_the_backlog(
     tiny_checkpoint,  # noqa: F811
     monkeypatch,
 ):
-    one_second = body(num_samples=5, max_length=40)  # 200 units of work, 250 with the overhead
+    # 200 units of work, 250 with the overhead (5 draws: no oversampling for a reranker)
+    one_second = body(num_samples=5, max_length=40, rerank="none")
     # every request comes from the same client here: its refusals are not held for ignoring
     # the Retry-After (tests/test_service_surface.py tests that)
     monkeypatch.setattr(overload, "MAX_HOLD_S", 0)
