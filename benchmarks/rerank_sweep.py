@@ -32,9 +32,8 @@ from eval.config import EvalConfig  # noqa: E402
 from eval.data import load_dialogs  # noqa: E402
 from eval.embeddings import load_embeddings  # noqa: E402
 from eval.metrics import EmbeddingScorer, ResponseMetrics  # noqa: E402
-from eval.responses import reranked_samples, words_of  # noqa: E402
+from eval.responses import planned_batch, reranked_samples, words_of  # noqa: E402
 from eval.switchboard import sample_batch  # noqa: E402
-from model.batch import dialog_batch  # noqa: E402
 from model.checkpoint import load_pretrained  # noqa: E402
 from model.decoding import READABLE  # noqa: E402
 from model.reranking import RerankOptions, choose, fit  # noqa: E402
@@ -80,12 +79,8 @@ def main(argv=None) -> int:
     batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
     references, pools, plain_rows = [], [], []
     for spans in tqdm(batches, desc="draw and score", unit="batch"):
-        batch = dialog_batch(
-            [turns[i] for i, _, _ in spans],
-            vocab,
-            max_context=model.config.max_context,
-            max_utt_len=model.config.max_utt_len,
-            spans=[(s, e) for _, s, e in spans],
+        batch = planned_batch(
+            turns, spans, vocab, model.config.max_context, model.config.max_utt_len
         )
         position = len(references)
         _, chosen = reranked_samples(model, vocab, batch, config, position)

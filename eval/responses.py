@@ -21,6 +21,17 @@ from model.vocab import SPECIALS, Vocabulary
 from training.batching import plan_batches
 
 
+def planned_batch(turns, spans, vocab: Vocabulary, max_context: int, max_utt_len: int):
+    """The examples of one planned batch (``spans``: (dialog, start, end) from ``plan_batches``)."""
+    return dialog_batch(
+        [turns[i] for i, _, _ in spans],
+        vocab,
+        max_context=max_context,
+        max_utt_len=max_utt_len,
+        spans=[(s, e) for _, s, e in spans],
+    )
+
+
 def words_of(vocab: Vocabulary, ids: Sequence[int]) -> list[str]:
     """A sample's tokens as the evaluation scores them: special tokens (<unk> too) removed."""
     return [w for w in vocab.decode(ids) if w not in SPECIALS]
@@ -86,12 +97,8 @@ def context_dependence(
     batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, contexts)
     replies: list[list[str]] = []  # per context, its `noises` replies (" "-joined)
     for spans in batches:
-        batch = dialog_batch(
-            [turns[i] for i, _, _ in spans],
-            vocab,
-            max_context=model.config.max_context,
-            max_utt_len=model.config.max_utt_len,
-            spans=[(s, e) for _, s, e in spans],
+        batch = planned_batch(
+            turns, spans, vocab, model.config.max_context, model.config.max_utt_len
         ).to(next(model.parameters()).device)
         e = batch.num_examples
         if rerank is None:

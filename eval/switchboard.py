@@ -52,7 +52,7 @@ from eval.protocol import (
     paper_differences_markdown,
 )
 from eval.report import markdown_table
-from eval.responses import context_dependence, rerank_options, reranked_samples
+from eval.responses import context_dependence, planned_batch, rerank_options, reranked_samples
 from eval.samples import SamplesFile, example_noise
 from eval.significance import (
     BOOTSTRAP_RESAMPLES,
@@ -60,7 +60,6 @@ from eval.significance import (
     paired_bootstrap,
     write_contexts,
 )
-from model.batch import dialog_batch
 from model.checkpoint import load_config, load_pretrained
 from model.cli import parse_args
 from model.cvae import LikelihoodTotals, decode_dtype, gaussian_kl, resolve_device
@@ -266,13 +265,7 @@ def run_examples(
     device = next(model.parameters()).device
     with tqdm(total=total, unit="ex", desc="eval", disable=not config.progress) as bar:
         for spans in batches:
-            batch = dialog_batch(
-                [turns[i] for i, _, _ in spans],
-                vocab,
-                max_context=max_context,
-                max_utt_len=max_utt_len,
-                spans=[(s, e) for _, s, e in spans],
-            ).to(device)
+            batch = planned_batch(turns, spans, vocab, max_context, max_utt_len).to(device)
             likelihood_pass(model, batch, gathered)
             sampled = sample_batch(model, batch, config, gathered.examples)
             reranked, found = [], []
