@@ -54,10 +54,14 @@ def add_turn(page, speaker: str, text: str) -> None:
 
 
 def ask_for_responses(page, number: int, decoding: str = "greedy") -> list[str]:
+    from playwright.sync_api import expect
+
     page.fill("#num-samples", str(number))
     page.select_option("#decoding", decoding)
     page.click("#respond")
-    page.wait_for_function(f"document.querySelectorAll('#responses .response').length === {number}")
+    # A locator assertion, not wait_for_function: the page's Content-Security-Policy forbids
+    # eval, which Playwright's string predicates need.
+    expect(page.locator("#responses .response")).to_have_count(number, timeout=60_000)
     return page.locator("#responses .response .text").all_inner_texts()
 
 
