@@ -295,15 +295,9 @@ class Decoder(nn.Module):
 
         (float32 throughout: in bfloat16 these small products are no faster, measured.)
         """
-        rnn = self.rnn
-        return torch.gru_cell(
-            self.embedding(token),
-            h,
-            rnn.weight_ih_l0,
-            rnn.weight_hh_l0,
-            rnn.bias_ih_l0,
-            rnn.bias_hh_l0,
-        )
+        # the one layer's weight_ih, weight_hh, bias_ih, bias_hh: gru_cell's order
+        w_ih, w_hh, b_ih, b_hh = self.rnn.all_weights[0]
+        return torch.gru_cell(self.embedding(token), h, w_ih, w_hh, b_ih, b_hh)
 
 
 @dataclass

@@ -208,8 +208,10 @@ def fit(cand: Candidate, rerank: RerankOptions) -> float:
     if rerank.method == "likelihood":
         return cand.log_prob / (cand.length + 1)
     if rerank.method == "posterior":
+        assert cand.kl is not None, "score() sets kl before a posterior fit"
         return -cand.kl
     if rerank.method == "mmi":  # Li et al.: log p(x|c) - λ log p(x), both as ELBOs
+        assert cand.elbo is not None and cand.elbo_empty is not None, "score() sets them for mmi"
         return cand.elbo - rerank.mmi_weight * cand.elbo_empty
     raise ValueError(f"no fit for rerank {rerank.method!r}")
 
@@ -217,9 +219,9 @@ def fit(cand: Candidate, rerank: RerankOptions) -> float:
 def choose(pool: list[Candidate], n: int, rerank: RerankOptions) -> list[Candidate]:
     """N of a context's distinct candidates: in the order drawn (no reranking), else by
     maximal marginal relevance."""
-    if rerank.method == "none" or any(cand.fit is None for cand in pool):
+    fits = [cand.fit for cand in pool if cand.fit is not None]
+    if rerank.method == "none" or len(fits) < len(pool):
         return pool[:n]  # (not scored: a call stopped early, whose answer nobody reads)
-    fits = [cand.fit for cand in pool]
     lo, hi = min(fits), max(fits)
     scaled = [(f - lo) / (hi - lo) if hi > lo else 1.0 for f in fits]
     words = [set(cand.ids) for cand in pool]
