@@ -37,6 +37,7 @@ import os
 import re
 import sys
 import typing
+from argparse import ArgumentParser
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
@@ -94,11 +95,15 @@ def _constrained(f: dataclasses.Field, kind: Any) -> Any:
     return inner | None if type(None) in typing.get_args(kind) else inner
 
 
-def _fields(cls: type, defaults: Mapping[str, Any], optional: bool, cli_only: bool) -> dict:
+def _fields(
+    cls: type, defaults: Mapping[str, Any], optional: bool, cli_only: bool
+) -> dict[str, Any]:
     """pydantic field definitions for the dataclass ``cls`` (``optional``: every default None,
     so that only the options given are set; the help still names the true default)."""
     hints = typing.get_type_hints(cls)
-    out = {}
+    # name: (type, FieldInfo); the value typed Any, as create_model's **field_definitions take
+    # it (mypy checks a ** dict's value type against create_model's own keywords too)
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if cli_only and f.metadata.get("cli") is False:
             continue
@@ -127,7 +132,7 @@ def _fields(cls: type, defaults: Mapping[str, Any], optional: bool, cli_only: bo
 def _validator(cls: type) -> type[BaseModel]:
     """A pydantic model of every field of the dataclass ``cls``, each may be left out (a file
     holds some), none may be None unless its type says so, and no other key."""
-    fields = {
+    fields: dict[str, Any] = {  # (as in _fields)
         name: (kind, Field(None)) for name, (kind, _) in _fields(cls, {}, False, False).items()
     }
     return create_model(
@@ -167,7 +172,7 @@ def _shown(value: Any) -> str:
 def check(instance: Any) -> None:
     """Raise :class:`ConfigValueError` naming the first field of the dataclass ``instance``
     whose value is outside its declared range (``metadata``), with that range."""
-    cls = type(instance)
+    cls: type = type(instance)
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls)}
     try:
         _validator(cls).model_validate(values)
@@ -182,10 +187,11 @@ class CommandLine:
 
     def __init__(self, settings: BaseSettings, prog: str, cli: dict, given: dict):
         self.prog = prog
-        self.values = settings.model_dump(exclude={"config", "print_config"})
+        # (the settings class is made at run time: its fields are known from its dump alone)
+        self.values = settings.model_dump(exclude={"config"})
+        self.print_config = bool(self.values.pop("print_config"))
         self.given = given
         self.from_command_line = set(cli)
-        self.print_config = bool(settings.print_config)
 
     def error(self, message: str) -> NoReturn:
         """Exit with code 2 and the one line ``prog: error: message``."""
@@ -340,7 +346,7 @@ def parse_args(
         return parser.add_argument(*names, **kwargs)
 
     try:
-        source = CliSettingsSource(
+        source: CliSettingsSource[ArgumentParser] = CliSettingsSource(
             settings_cls,
             cli_prog_name=prog,
             cli_parse_args=list(sys.argv[1:] if argv is None else argv),
@@ -418,6 +424,7 @@ def _dig(values: Mapping[str, Any], loc: Sequence[str]) -> Any:
 
 def _only_cli_fields(values: dict, cls: type, nested: Mapping[str, tuple[type, str]]) -> dict:
     """A file's settings without the fields no flag sets (``metadata["cli"] is False``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     out = {}
     for k, v in values.items():
         if k in nested:
@@ -425,7 +432,7 @@ def _only_cli_fields(values: dict, cls: type, nested: Mapping[str, tuple[type, s
                 f.name for f in dataclasses.fields(nested[k][0]) if f.metadata.get("cli") is False
             }
             out[k] = {n: x for n, x in v.items() if n not in hidden}
-        elif cls.__dataclass_fields__[k].metadata.get("cli") is not False:
+        elif fields[k].metadata.get("cli") is not False:
             out[k] = v
     return out
 
