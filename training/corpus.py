@@ -385,9 +385,9 @@ def swda_files(path: str | Path, subdirs: Sequence[str] = SWDA_SUBDIRS) -> list[
     path = Path(path)
     if not path.is_dir():
         raise CorpusError(f"{path}: SwDA directory not found")
-    subdirs = [path / s for s in subdirs if (path / s).is_dir()]
-    files = []
-    for d in subdirs or [path]:
+    present = [path / s for s in subdirs if (path / s).is_dir()]
+    files: list[Path] = []
+    for d in present or [path]:
         convs = [f for f in d.glob("*.txt") if f.stem.isdigit() and f.is_file()]
         files.extend(sorted(convs, key=lambda f: (int(f.stem), f.name)))
     if not files:
@@ -410,7 +410,8 @@ def read_swda(
 
     stats = stats if stats is not None else ReadStats()
     files = swda_files(path, subdirs)
-    dialogs, seen = [], {}
+    dialogs: list[Dialog] = []
+    seen: dict[str, Path] = {}  # conversation number: the file it was read from
     for f in tqdm(files, desc="read swda", unit="conv", disable=not progress):
         if f.stem in seen:
             raise CorpusError(f"{f}: conversation {f.stem} already read from {seen[f.stem]}")

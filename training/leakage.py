@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeGuard
 
 from training.corpus import Dialog
 
@@ -126,7 +127,7 @@ class LeakReport:
         }
 
 
-def is_leak(match: LeakMatch | None, threshold: float, min_shared: int) -> bool:
+def is_leak(match: LeakMatch | None, threshold: float, min_shared: int) -> TypeGuard[LeakMatch]:
     return match is not None and match.score >= threshold and match.shared >= min_shared
 
 
@@ -147,7 +148,9 @@ def filter_leaks(
 
     index = references if isinstance(references, NgramIndex) else NgramIndex(references, n)
     candidates = list(candidates)
-    kept, excluded, max_kept = [], [], None
+    kept: list[Dialog] = []
+    excluded: list[LeakMatch] = []
+    max_kept: LeakMatch | None = None
     per_split: Counter[str] = Counter()
     for d in tqdm(candidates, desc="leakage", unit="dialog", disable=not progress):
         best = index.best(d)

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,7 +136,8 @@ class PrepareConfig:
             raise CorpusError(f"--tokenizer must be one of {list(TOKENIZERS)}")
         if self.segmentation not in SEGMENTATIONS:
             raise CorpusError(f"--segmentation must be one of {list(SEGMENTATIONS)}")
-        zhao, swda = self.zhao, self.swda
+        zhao: str | Path | None = self.zhao
+        swda: str | Path | None = self.swda
         if zhao is None:
             if not (DEFAULT_DATA / "zhao").exists():
                 raise CorpusError(
@@ -202,7 +203,7 @@ def _token_counts(dialogs: Sequence[Dialog]) -> Counter:
 
 
 def vocabulary_stats(
-    train: Sequence[Dialog], evals: dict[str, Sequence[Dialog]], vocab: Vocabulary
+    train: Sequence[Dialog], evals: Mapping[str, Sequence[Dialog]], vocab: Vocabulary
 ) -> dict:
     """OOV rates of the evaluation splits against the vocabulary and against all train types."""
     train_counts = _token_counts(train)
@@ -223,7 +224,7 @@ def vocabulary_stats(
 
 
 def unnormalized_baseline(
-    swda_dir: str, keep_ids: set[str], evals: dict[str, Sequence[Dialog]], max_words: int
+    swda_dir: str, keep_ids: set[str], evals: Mapping[str, Sequence[Dialog]], max_words: int
 ) -> dict:
     """The same statistics with SwDA text only split on whitespace (no normalization): what
     normalization buys. Empty lines only are skipped; the kept conversations are ``keep_ids``."""
@@ -273,6 +274,7 @@ def prepare(config: PrepareConfig) -> dict:
     """Build the prepared corpus in ``config.out``; returns the manifest (also written)."""
     t0 = time.perf_counter()
     cfg = config.resolved()
+    assert cfg.zhao is not None, "resolved() fills in the Zhao input or raises"
     out = Path(cfg.out)  # made only once everything is read (a failed prepare leaves nothing)
 
     zhao_stats = ReadStats()
@@ -331,8 +333,10 @@ def prepare(config: PrepareConfig) -> dict:
     splits = {"train": train, **evals}
     normalization = vocabulary_stats(train, evals, vocab)
     normalization["mean_utt_len"] = {s: split_counts(d)["mean_utt_len"] for s, d in splits.items()}
-    segmentation = {"rule": cfg.segmentation, "splits": {}}
+    segmented: dict[str, dict] = {}  # split_counts of each split under the segmentation rules
+    segmentation: dict[str, object] = {"rule": cfg.segmentation, "splits": segmented}
     if train_source == "swda":
+        assert cfg.swda is not None, "the SwDA training candidates were read from it"
         normalization["without_normalization"] = unnormalized_baseline(
             cfg.swda, {d.id for d in train}, evals, cfg.max_words
         )
@@ -343,10 +347,14 @@ def prepare(config: PrepareConfig) -> dict:
             if rule != cfg.segmentation:
                 again = read_swda(cfg.swda, None, False, cfg.tokenizer, rule, SWDA_TRAIN)
                 kept = [d for d in again if d.id in train_ids]
-            segmentation["splits"][f"train ({rule})"] = split_counts(kept)
+            segmented[f"train ({rule})"] = split_counts(kept)
     for split, dialogs in evals.items():
-        segmentation["splits"][split] = split_counts(dialogs)
+        segmented[split] = split_counts(dialogs)
 
+    split_stats = {
+        s: {"source": train_source if s == "train" else "zhao", **split_counts(d)}
+        for s, d in splits.items()
+    }
     log.info("writing %s", out)
     # Written into a staging directory beside out, then moved into place: a prepare that fails
     # while writing (a full disk) leaves no half-made corpus.
@@ -366,10 +374,7 @@ def prepare(config: PrepareConfig) -> dict:
             "tokenizer": cfg.tokenizer,
             "segmentation": segmentation,
             "config": config_dict,
-            "splits": {
-                s: {"source": train_source if s == "train" else "zhao", **split_counts(d)}
-                for s, d in splits.items()
-            },
+            "splits": split_stats,
             "dropped_empty_utterances": {
                 "zhao": zhao_stats.dropped_empty_utterances,
                 "swda": swda_stats.dropped_empty_utterances,
@@ -395,8 +400,7 @@ def prepare(config: PrepareConfig) -> dict:
         "done in %.1fs: %s",
         manifest["run_time_seconds"],
         ", ".join(
-            f"{s} {c['dialogs']} dialogs/{c['examples']} examples"
-            for s, c in manifest["splits"].items()
+            f"{s} {c['dialogs']} dialogs/{c['examples']} examples" for s, c in split_stats.items()
         ),
     )
     return manifest
