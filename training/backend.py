@@ -23,8 +23,10 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+from torch.backends.mkldnn import MkldnnModule
 
 log = logging.getLogger("training")
 
@@ -78,7 +80,9 @@ def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
 @contextlib.contextmanager
 def onednn_fp32_matmul(enabled: bool):
     """Route float32 matmuls through oneDNN inside the block (restores the setting after)."""
-    matmul = torch.backends.mkldnn.matmul
+    # torch replaces the module by an MkldnnModule when imported; mypy sees the module's file,
+    # whose declarations leave matmul out
+    matmul = cast(MkldnnModule, torch.backends.mkldnn).matmul
     before = matmul.fp32_precision
     matmul.fp32_precision = "bf16" if enabled else "none"
     try:
@@ -151,7 +155,8 @@ def autocast(precision: str, device: torch.device):
 
 def cpu_description() -> str:
     """The CPU's model name and the flags that decide the fast kernels (for benchmark logs)."""
-    name, flags = "unknown CPU", set()
+    name = "unknown CPU"
+    flags: set[str] = set()
     try:
         for line in open("/proc/cpuinfo"):
             key, _, value = line.partition(":")

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -548,7 +549,7 @@ class Run:
                 self.load_weights(Path(cfg.init_from))
             torch.manual_seed(cfg.seed + self.rank)
 
-        self.ddp = self.model
+        self.ddp: torch.nn.Module = self.model  # what a step calls: DDP's wrapper across processes
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.history = _read_metrics(self.metrics_path, self.progress.step)
@@ -622,8 +623,9 @@ class Run:
             title = f"{self.model_config.variant} ({cfg.preset})"
             plot_curves(self.history, self.out / "curves.png", title=title)
         if self.world > 1:
-            shared = [stop, progress.best, progress.bad_rounds, progress.best_step,
-                      progress.kl_settled_step]  # fmt: skip
+            # (Any: broadcast_object_list replaces the items with rank 0's objects)
+            shared: list[Any] = [stop, progress.best, progress.bad_rounds, progress.best_step,
+                                 progress.kl_settled_step]  # fmt: skip
             dist.broadcast_object_list(shared, src=0)
             stop, progress.best, progress.bad_rounds, progress.best_step = shared[:4]
             progress.kl_settled_step = shared[4]
@@ -664,7 +666,7 @@ class Run:
         self.start_clock()
         rng = [torch.get_rng_state()]
         if self.world > 1:
-            gathered = [None] * self.world
+            gathered: list[Any] = [None] * self.world  # all_gather_object puts each rank's in
             dist.all_gather_object(gathered, torch.get_rng_state())
             rng = gathered
         if self.rank == 0:
@@ -764,6 +766,7 @@ def _train_epoch(run: Run, total: int, bar: tqdm, stop: StopOnSignal) -> bool:
             if progress.stopped_early or step >= total:
                 return True
             if run.stop_requested(stop):
+                assert stop.signum is not None, "stop_requested: a signal's number is set"
                 run.save_state()
                 name = signal.Signals(stop.signum).name
                 raise Interrupted(
@@ -827,9 +830,14 @@ def settings_for_resume(
     return train_settings, model_settings
 
 
+class ConfigFileLayout(TypedDict):  # read_config_file's keywords
+    section: str
+    ignore: tuple[str, ...]
+
+
 # A run's config.json, and a recipe (recipes/*.json): {"train": TrainConfig, "model": ModelConfig}.
 CONFIG_LAYOUT = {"model": ModelConfig}
-CONFIG_FILE_LAYOUT = {"section": "train", "ignore": ("world_size",)}
+CONFIG_FILE_LAYOUT: ConfigFileLayout = {"section": "train", "ignore": ("world_size",)}
 
 
 def resolved_settings(args: CommandLine) -> dict:

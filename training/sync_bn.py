@@ -38,11 +38,12 @@ class SyncedBatchNorm1d(nn.BatchNorm1d):
         if self.track_running_stats:
             with torch.no_grad():
                 assert self.running_mean is not None and self.running_var is not None
+                assert self.num_batches_tracked is not None  # (buffers of track_running_stats)
                 momentum = 0.1 if self.momentum is None else self.momentum
                 self.running_mean.mul_(1 - momentum).add_(momentum * mean)
                 # unbiased, as BatchNorm1d keeps it
                 self.running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1))
-                self.num_batches_tracked.add_(1)  # type: ignore[operator]
+                self.num_batches_tracked.add_(1)
         out = (x - mean) / torch.sqrt(var + self.eps)
         if self.affine:
             gamma = getattr(self, "gamma", None)
