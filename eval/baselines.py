@@ -31,10 +31,8 @@ def score_baselines(
         # A random derangement: example order[j] gets the samples of example order[j + 1].
         order = list(range(n))
         rng.shuffle(order)
-        shuffled = [None] * n
-        for j, i in enumerate(order):
-            shuffled[i] = samples[order[(j + 1) % n]]
-        candidates["shuffled_context"] = shuffled
+        successor = {i: order[(j + 1) % n] for j, i in enumerate(order)}
+        candidates["shuffled_context"] = [samples[successor[i]] for i in range(n)]
     out = {}
     for name in BASELINES:
         if name not in candidates:

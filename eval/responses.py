@@ -95,7 +95,8 @@ def context_dependence(
     budget = rerank.budget(noises) if rerank else noises
     fixed = torch.randn(budget, d, generator=g)
     batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, contexts)
-    replies: list[list[str]] = []  # per context, its `noises` replies (" "-joined)
+    # per context, its `noises` replies (" "-joined; None where the reranked draws ran out)
+    replies: list[list[str | None]] = []
     for spans in batches:
         batch = planned_batch(
             turns, spans, vocab, model.config.max_context, model.config.max_utt_len

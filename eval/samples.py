@@ -38,6 +38,7 @@ class SamplesFile:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            assert self.path is not None, "a file is open only with a path"
             with naming(self.path):
                 self._file.close()
 
@@ -46,6 +47,7 @@ class SamplesFile:
         (speaker, tokens) pairs), its ``samples`` and their ``scores``."""
         if self._file is None:
             return
+        assert self.path is not None, "a file is open only with a path"
         make = self._record if self.jsonl else self._text
         with naming(self.path):  # a full disk's error names the file
             self._file.write(make(dialog_id, turn, position, turns, samples, scores))

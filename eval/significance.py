@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,9 @@ def contexts_path(result_path: str | Path) -> Path:
     return path.with_name(path.stem + ".contexts.json")
 
 
-def write_contexts(path: Path, keys: Sequence[str], columns: dict[str, Sequence[float]]) -> None:
+def write_contexts(
+    path: Path, keys: Sequence[str], columns: Mapping[str, Sequence[float | None]]
+) -> None:
     """The per-context scores: ``{"keys": [dialog:turn, ...], "scores": {metric: [...]}}``,
     compact (one line), floats to 6 significant digits."""
     for name, values in columns.items():

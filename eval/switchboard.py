@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,7 @@ class Gathered:
 def evaluate(config: EvalConfig) -> dict:
     """Run the evaluation; returns the result dict written by ``--out``."""
     config.validate()
+    assert config.samples is not None, "EvalConfig.__post_init__ fills in the protocol's"
     prepared_corpus.cache_clear()  # files may have changed since an earlier evaluation
     start_time = time.perf_counter()
     torch.set_num_threads(config.threads)
@@ -139,6 +140,7 @@ def evaluate(config: EvalConfig) -> dict:
 
     kv = load_embeddings(config.glove)
     scorer = EmbeddingScorer(kv, split_oov=config.split_oov)
+    new_metrics: Callable[[], ResponseMetrics | PaperResponseMetrics]
     if paper:
         paper_scorer = PaperBowScorer(kv)
         new_metrics = lambda: PaperResponseMetrics(paper_scorer)  # noqa: E731
@@ -220,7 +222,10 @@ def evaluate(config: EvalConfig) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", out)
-        columns = {**gathered.likelihood, **gathered.per_context}
+        columns: dict[str, Sequence[float | None]] = {
+            **gathered.likelihood,
+            **gathered.per_context,
+        }
         write_contexts(contexts_path(out), gathered.context_keys, columns)
         log.info("wrote %s", contexts_path(out))
     if samples_path is not None:
@@ -385,6 +390,7 @@ def likelihood_pass(model, batch, gathered: Gathered) -> None:
 def sample_batch(model, batch, config: EvalConfig, position: int):
     """``config.samples`` responses per example of ``batch`` (whose first example is example
     ``position``), each with its own z ~ p(z|c) from :func:`eval.samples.example_noise`."""
+    assert config.samples is not None, "EvalConfig.__post_init__ fills in the protocol's"
     device = next(model.parameters()).device
     noise = torch.stack(
         [
@@ -435,7 +441,7 @@ def protocol_record(
     decoding, word vectors and their coverage, BLEU settings, the model)."""
     mcfg = model.config
     paper = config.protocol == "paper"
-    protocol = dict(PAPER_PROTOCOL if paper else PROTOCOL)
+    protocol: dict[str, object] = dict(PAPER_PROTOCOL if paper else PROTOCOL)
     protocol["data"] = source
     protocol["paper_differences"] = (
         paper_differences_markdown() if paper else differences_markdown()
