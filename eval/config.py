@@ -12,7 +12,7 @@ from model.cli import ConfigValueError, check
 from model.cvae import DECODE_DTYPES
 from model.decoding import MAX_REPETITION_PENALTY, DecodingOptions
 from model.files import repo_relative
-from model.reranking import RERANK_METHODS, RerankOptions
+from model.reranking import RERANK_METHODS, RerankMethod, RerankOptions
 from training.prepare import DEFAULT_DATA
 
 DEFAULT_PREPARED = "runs/data/switchboard"
@@ -135,7 +135,7 @@ class EvalConfig:
         return DecodingOptions.of(self)
 
     # Reranking (model/reranking.py), reported beside the plain samples; none: not run.
-    rerank: str = field(
+    rerank: RerankMethod = field(
         default="none",
         metadata={
             "help": "also choose --samples distinct responses among --candidates by this fit",

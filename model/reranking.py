@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -37,7 +38,8 @@ from model.cvae import DialogCVAE, SampledResponses
 from model.decoding import PLAIN, DecodingOptions
 from model.vocab import Vocabulary
 
-RERANK_METHODS = ("none", "likelihood", "posterior", "mmi")
+RerankMethod = Literal["none", "likelihood", "posterior", "mmi"]
+RERANK_METHODS: tuple[RerankMethod, ...] = get_args(RerankMethod)
 # Candidates per asked-for response when none are given: 2N (chosen on the valid split).
 CANDIDATES_PER_RESPONSE = 2
 # Draws per asked-for response when no budget is given: 4N, at least the candidates.
@@ -46,7 +48,7 @@ DRAWS_PER_RESPONSE = 4
 
 @dataclass(frozen=True)
 class RerankOptions:
-    method: str = "none"  # one of RERANK_METHODS
+    method: RerankMethod = "none"  # (__post_init__ checks it: a file or a flag gives any str)
     # K: responses drawn per context at first (0: CANDIDATES_PER_RESPONSE x N; none draws N)
     candidates: int = 0
     # draws per context at most, first ones included (0: DRAWS_PER_RESPONSE x N, at least K)

@@ -8,7 +8,9 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,19 +44,23 @@ QUOTE_CHARS = 200
 QUOTE_ITEMS = 20
 QUOTE_DEPTH = 4
 MAX_ERRORS = 10
-# Request bodies whose integer bounds the OpenAPI document publishes (see _openapi).
+# Request bodies whose integer bounds the OpenAPI document publishes (see ServiceApp.openapi).
 REQUEST_MODELS = (RespondRequest, ChatCompletionRequest)
 
 
 def create_app(engine: InferenceEngine) -> FastAPI:
     """The app around ``engine`` (in ``app.state``), which it starts and stops with its lifespan."""
-    app = FastAPI(
+    app = ServiceApp(
         title="BN-CVAE dialogue responses",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # service.docs serves them without a CDN
         redoc_url=None,
+        exception_handlers={
+            RequestValidationError: validation_error,
+            StarletteHTTPException: http_error,
+        },
     )
     app.state.engine = engine
     app.state.metrics = metrics.ServiceMetrics(engine)
@@ -85,9 +91,6 @@ def create_app(engine: InferenceEngine) -> FastAPI:
     app.add_middleware(
         metrics.MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes
     )
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.openapi = _openapi(app)
     return app
 
 
@@ -134,7 +137,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 
 def error_response(
-    status: int, detail, headers: dict | None = None, path: str = ""
+    status: int, detail, headers: Mapping[str, str] | None = None, path: str = ""
 ) -> JSONResponse:
     """Every error the service answers: ``{"detail": detail}``, made quotable; on the
     OpenAI-compatible API (``path`` under /v1), OpenAI's ``{"error": {...}}``."""
@@ -189,17 +192,16 @@ def _is_utf8(data: bytes) -> bool:
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 
 
-def _openapi(app: FastAPI):
-    """``app.openapi`` publishing integer bounds as the integers they are.
+class ServiceApp(FastAPI):
+    """The service's FastAPI app: its OpenAPI document publishes integer bounds as the
+    integers they are."""
 
-    FastAPI's OpenAPI model types the bounds as float: it would publish 32 as 32.0 and MAX_SEED
-    (2**63 - 1) as 9.223372036854776e18, which is 2**63, a seed the API refuses. The bounds of
-    pydantic's own schema of the request models are exact; they are copied over.
-    """
-    fastapi_openapi = app.openapi
-
-    def openapi() -> dict:
-        document = fastapi_openapi()  # FastAPI caches it; copying the bounds again is harmless
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's OpenAPI model types the bounds as float: it would publish 32 as 32.0 and
+        MAX_SEED (2**63 - 1) as 9.223372036854776e18, which is 2**63, a seed the API refuses.
+        The bounds of pydantic's own schema of the request models are exact; they are copied
+        over."""
+        document = super().openapi()  # FastAPI caches it; copying the bounds again is harmless
         _, exact = models_json_schema(
             [(model, "validation") for model in REQUEST_MODELS],
             ref_template="#/components/schemas/{model}",
@@ -213,8 +215,6 @@ def _openapi(app: FastAPI):
             if name in published:
                 _copy_integer_bounds(schema, published[name])
         return document
-
-    return openapi
 
 
 def _copy_integer_bounds(exact, published) -> None:

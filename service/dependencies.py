@@ -69,7 +69,7 @@ async def respond_to(
 
     ``engine`` is one that :func:`get_ready_engine` let through (:data:`ReadyEngine`).
     """
-    reading = read_conversation(turns, responder, engine.model, engine.vocab)
+    reading = read_conversation(turns, responder, *engine.loaded())
     request = GenerationRequest(turns=reading.turns, responder=reading.responder, **sampling)
     try:
         result = await engine.generate(request)

@@ -56,7 +56,7 @@ async def redoc(request: Request) -> HTMLResponse:
     )
     # ReDoc's sidebar shows Redocly's logo from cdn.redoc.ly; images from elsewhere than this
     # server are refused by the page itself, and ReDoc drops an image that fails to load.
-    body = page.body.decode().replace("<head>", f"<head>\n    {REDOC_IMAGES_POLICY}", 1)
+    body = bytes(page.body).decode().replace("<head>", f"<head>\n    {REDOC_IMAGES_POLICY}", 1)
     return HTMLResponse(body)
 
 

@@ -346,6 +346,11 @@ class InferenceEngine:
             raise EngineNotReady("the service is shutting down; retry (on another replica)")
         raise EngineNotReady(f"the model is not available ({self.state}): {self.error}")
 
+    def loaded(self) -> tuple[DialogCVAE, Vocabulary]:
+        """The model and vocabulary of an engine that has loaded them (a ready one's)."""
+        assert self.model is not None and self.vocab is not None, "no model loaded yet"
+        return self.model, self.vocab
+
     async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while self.state == "loading" and time.monotonic() < deadline:
@@ -631,8 +636,7 @@ class InferenceEngine:
             # Read across threads: a future's state is one attribute, set by the event loop.
             return all(p.future.done() for p in group)
 
-        model, vocab = self.model, self.vocab
-        assert model is not None and vocab is not None
+        model, vocab = self.loaded()
         req = group[0].request
         if req.seed is None:
             generator = self._generator

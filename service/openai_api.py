@@ -34,6 +34,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 
 from fastapi import APIRouter, HTTPException
@@ -101,7 +102,7 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 def error_response(
-    status: int, message: str, headers: dict | None = None, *, param=None, code=None
+    status: int, message: str, headers: Mapping[str, str] | None = None, *, param=None, code=None
 ) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, code), status, headers=headers)
 

@@ -62,8 +62,7 @@ def info_of(engine: InferenceEngine) -> Info:
     """What /info shows of a ready engine: its model, device and checkpoint (its name: no path
     of the server's disk), the request limits and, as ``--info-detail`` says, the checkpoint's
     scalar metadata or all of it with the engine's settings, queue and counters."""
-    model, vocab = engine.model, engine.vocab
-    assert model is not None and vocab is not None
+    model, vocab = engine.loaded()
     cfg, c = model.config, engine.config
     full = c.info_detail == "full"
     metadata = engine.metadata if isinstance(engine.metadata, dict) else {}
@@ -153,6 +152,6 @@ async def respond(body: RespondRequest, engine: ReadyEngine):
         sampling=sampling_report(result, body.num_samples, rerank.method),
         input=report,
         model=ModelSummary(
-            name=engine.name, variant=engine.model.config.variant, device=str(engine.device)
+            name=engine.name, variant=engine.loaded()[0].config.variant, device=str(engine.device)
         ),
     )

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from model.decoding import MAX_REPETITION_PENALTY, READABLE, DecodingOptions
-from model.reranking import RANKED, RerankOptions
+from model.reranking import RANKED, RerankMethod, RerankOptions
 
 MAX_TURN_CHARS = 1000
 MAX_SPEAKER_CHARS = 32
@@ -62,7 +62,7 @@ class RerankFields(BaseModel):
     """How the responses are chosen among the latent samples drawn (model/reranking.py); the
     same fields on /respond and, as extra body fields, on /v1/chat/completions."""
 
-    rerank: Literal["none", "likelihood", "posterior", "mmi"] = Field(
+    rerank: RerankMethod = Field(
         default=RANKED.method,
         description="How the candidates are ranked by fit to the conversation. none: the first "
         "distinct responses drawn; likelihood: the decoder's log-probability per token; "

@@ -73,7 +73,8 @@ def build_server(config: ServiceConfig, app) -> uvicorn.Server:
             ws="none",  # no websocket routes; every connection is a LimitedHttpToolsProtocol
             # The protocol limits connections itself, with a reserve for the probes.
             limit_concurrency=None,
-            timeout_keep_alive=config.keep_alive_s,
+            # uvicorn types it int; it only hands it to loop.call_later, which takes a float
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]
         ),
     )
 
