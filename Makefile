@@ -40,9 +40,10 @@ serve: $(SERVE_STAMP)  ## the service with the default checkpoint on http://$(HO
 test: lint  ## lint + the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-lint: $(DEV_STAMP)  ## ruff check and ruff format --check
+lint: $(DEV_STAMP)  ## ruff check, ruff format --check and mypy (pyproject.toml: [tool.mypy])
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 test-fast: $(DEV_STAMP)  ## the suite without the tests marked slow (end-to-end servers, browser, multi-process)
 	$(PY) -m pytest -q -m "not slow"

@@ -317,8 +317,9 @@ def compare(
     bootstrap CI over the contexts all of A's and B's results scored (when every result has
     its per-context scores)."""
     runs_a = runs_b = None
-    if all(c is not None for c in (*contexts_a, *contexts_b)):
-        columns = aligned([*contexts_a, *contexts_b])  # type: ignore[list-item]
+    scored = [c for c in (*contexts_a, *contexts_b) if c is not None]
+    if len(scored) == len(contexts_a) + len(contexts_b):  # every result has them
+        columns = aligned(scored)
         runs_a, runs_b = columns[: len(a)], columns[len(a) :]
     out = []
     for key in SEED_KEYS:

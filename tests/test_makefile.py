@@ -1,4 +1,4 @@
-"""The Makefile's targets: `make help` lists each, `make lint` runs ruff (as a dry run)."""
+"""The Makefile's targets: `make help` lists each, `make lint` runs ruff and mypy (as a dry run)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_help_lists_every_phony_target():
     assert sorted(listed) == sorted(phony)
 
 
-def test_lint_runs_ruff_check_and_format_check():
+def test_lint_runs_ruff_check_format_check_and_mypy():
     # -n: the commands it would run; -o: without the set-up a fresh clone would do first
     out = make("-n", "-o", ".venv/.installed-dev", "lint")
     assert "-m ruff check ." in out and "-m ruff format --check ." in out
+    assert re.search(r"-m mypy$", out, re.M)  # the files are pyproject.toml's [tool.mypy]
