@@ -138,6 +138,7 @@ async def respond(body: RespondRequest, engine: ReadyEngine):
         options=body.decoding_options(),
         rerank=rerank,
     )
+    model, _ = engine.loaded()
     return RespondResponse(
         responses=[
             SampledResponse(
@@ -152,6 +153,6 @@ async def respond(body: RespondRequest, engine: ReadyEngine):
         sampling=sampling_report(result, body.num_samples, rerank.method),
         input=report,
         model=ModelSummary(
-            name=engine.name, variant=engine.loaded()[0].config.variant, device=str(engine.device)
+            name=engine.name, variant=model.config.variant, device=str(engine.device)
         ),
     )
