@@ -2,8 +2,8 @@
 
 Requests wait in a bounded asyncio queue. Admission bounds the queued *work*, not just the
 number of requests: a request is admitted only if the decoding already queued plus its own
-(``draws x max_length`` units, the candidates drawn at first, and a model call's fixed part, at
-the seconds per unit measured on recent model calls: :class:`DecodeCost`) fits in half its time
+(``max_length x (draws + a step's fixed part)`` units, the candidates drawn at first, at the
+seconds per unit measured on recent model calls: :class:`DecodeCost`) fits in half its time
 limit, so that what is admitted can be answered in time; otherwise (or when the queue is full)
 :class:`EngineOverloaded`, the app's 503, with a Retry-After of the queued seconds.
 
@@ -102,11 +102,6 @@ class GenerationRequest:
         """Latent samples drawn at first: the candidates (further ones only for repeats)."""
         return self.rerank.first_draws(self.num_samples)
 
-    @property
-    def work(self) -> int:
-        """The decoding it takes unless it repeats itself: rows x steps."""
-        return self.draws * self.max_length
-
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one ``distinct_responses`` call."""
         temperature = self.temperature if self.decoding == "sample" else None
@@ -145,45 +140,55 @@ class _Pending:
     enqueued: float = field(default_factory=time.perf_counter)
     units: int = 0  # its cost (DecodeCost.units) in the engine's backlog; 0 once out of it
     decoding: bool = False  # its model call has started
+    ahead_s: float = 0.0  # the estimated model time queued before it when it was admitted
+    started: float | None = None  # when its model call started (perf_counter)
 
 
 class DecodeCost:
-    """Estimated model seconds: ``seconds_per_unit * (work + overhead)`` for a model call that
-    decodes ``work`` units (``GenerationRequest.work``, summed over the call's requests).
+    """Estimated model seconds of a call that decodes ``rows`` latent draws (the draws of its
+    requests, ``GenerationRequest.draws``) for up to ``steps`` words (their ``max_length``):
+    ``seconds_per_unit * units(rows, steps)``, with ``units = steps * (rows + step_overhead)``.
 
-    ``overhead`` is a call's fixed part in work units (encoding the contexts, the step loop),
-    measured at warm-up; without it, a rate measured on small requests would price a large one
-    many times too high. ``seconds_per_unit`` follows the load (batch sizes, early stops, other
-    processes on the machine): a work-weighted average over the calls that forgets (each call
-    weighs FORGET times less than the next), set by the large calls a backlog is made of. (The
-    latest call's rate, when higher, was tried as a quicker reaction to a machine that just got
-    busier; one slow tiny call then priced a backlog of small requests at 15 s and refused
-    them. What the estimate misses is shed when its model call starts: ``_shed_late``.)
+    ``step_overhead`` is a decoding step's fixed part, in rows (the step loop and its kernel
+    calls cost as much for one row as for several), measured at warm-up. Without it, narrow
+    requests were priced far too low: on 1 thread of an AMD EPYC a step costs about seven rows'
+    worth before its first row, so a request for 1 response (2 candidate rows) costs 4-5 times
+    its rows x steps, and a mix of small requests was admitted into 504s. ``seconds_per_unit``
+    follows the load (batch sizes, early stops, other processes on the machine): a
+    unit-weighted average over the calls that forgets (each call weighs FORGET times less than
+    the next), set by the large calls a backlog is made of. (The latest call's rate, when
+    higher, was tried as a quicker reaction to a machine that just got busier; one slow tiny
+    call then priced a backlog of small requests at 15 s and refused them. What the estimate
+    misses is shed when its model call starts: ``_shed_late``.)
     """
 
     FORGET = 0.9
 
-    def __init__(self, seconds_per_unit: float, overhead: float = 0):
-        # whole units: the engine's backlog adds and subtracts them, and must come back to 0
-        self.overhead = round(overhead)
+    def __init__(self, seconds_per_unit: float, step_overhead: float = 0.0):
+        self.step_overhead = step_overhead
         self._seconds, self._units = seconds_per_unit, 1.0
 
     @classmethod
-    def from_timings(cls, small: tuple[int, float], large: tuple[int, float]) -> DecodeCost:
-        """From the (work, seconds) of two calls: the slope, and the intercept as overhead."""
-        (w1, t1), (w2, t2) = small, large
-        if not t2 > t1:  # too noisy to tell the fixed part apart
-            return cls(t2 / w2)
-        per_unit = (t2 - t1) / (w2 - w1)
-        return cls(per_unit, overhead=max(0.0, t1 / per_unit - w1))
+    def from_timings(
+        cls, narrow: tuple[int, int, float], wide: tuple[int, int, float]
+    ) -> DecodeCost:
+        """From the (rows, steps, seconds) of two calls, each decoding all its steps: the cost
+        of a row-step (the slope of a step's time over its rows) and a step's fixed part."""
+        (r1, s1, t1), (r2, s2, t2) = narrow, wide
+        per_step_1, per_step_2 = t1 / s1, t2 / s2
+        if not per_step_2 > per_step_1:  # too noisy to tell the fixed part apart
+            return cls(per_step_2 / r2)
+        per_row_step = (per_step_2 - per_step_1) / (r2 - r1)
+        return cls(per_row_step, step_overhead=max(0.0, per_step_1 / per_row_step - r1))
 
-    def units(self, work: int) -> int:
-        """What a call (or a request, counted as if alone) of ``work`` costs, in units."""
-        return work + self.overhead
+    def units(self, rows: int, steps: int) -> int:
+        """What a call (or a request, counted as if alone) of ``rows`` x ``steps`` costs, in
+        whole units: the engine's backlog adds and subtracts them, and must come back to 0."""
+        return round(steps * (rows + self.step_overhead))
 
-    def observe(self, seconds: float, work: int) -> None:
+    def observe(self, seconds: float, rows: int, steps: int) -> None:
         self._seconds = self._seconds * self.FORGET + seconds
-        self._units = self._units * self.FORGET + self.units(work)
+        self._units = self._units * self.FORGET + self.units(rows, steps)
 
     @property
     def seconds_per_unit(self) -> float:
@@ -192,6 +197,9 @@ class DecodeCost:
 
 # Admitted work must fit in this share of timeout_s: the margin for the cost estimate's errors.
 ADMIT_SHARE = 0.5
+# Softmax temperature of the warm-up's timed decodes: near-uniform over ~10k words, so the end
+# of a reply is drawn about once in 10k steps and every row runs to max_length.
+FULL_LENGTH_TEMPERATURE = 1000.0
 
 
 @dataclass
@@ -390,19 +398,30 @@ class InferenceEngine:
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(secrets.randbits(63))
         # One tiny decode, so the first real request does not pay for lazy initialisation; then
-        # a narrow and a wide one timed, for the cost estimate.
+        # a narrow and a wide one timed, for the cost estimate (DecodeCost) that admits requests
+        # until the first model call is measured. Those two are sampled at a temperature so high
+        # that no row ends early, so that every step is timed: greedy replies to the empty
+        # context end after two or three words, and timing them priced a request at a tenth of
+        # its cost (a cold server then admitted a flood that it answered with 504s).
         batch = context_batch([[]], vocab).to(self.device)
         model.sample_responses(batch, 1, max_length=2, generator=self._generator)
 
-        def timed(samples: int, steps: int) -> tuple[int, float]:
+        def timed(samples: int, steps: int) -> tuple[int, int, float]:
             seconds = []
             for _ in range(2):  # the faster: the first may still be slowed by allocations
                 started = time.perf_counter()
-                model.sample_responses(batch, samples, max_length=steps, generator=self._generator)
+                model.sample_responses(
+                    batch,
+                    samples,
+                    max_length=steps,
+                    decoding="sample",
+                    temperature=FULL_LENGTH_TEMPERATURE,
+                    generator=self._generator,
+                )
                 seconds.append(time.perf_counter() - started)
-            return samples * steps, min(seconds)
+            return samples, steps, min(seconds)
 
-        self.cost = DecodeCost.from_timings(timed(1, 10), timed(16, 40))
+        self.cost = DecodeCost.from_timings(timed(1, 10), timed(8, 20))
         return model, vocab
 
     # --- requests ---------------------------------------------------------------------------
@@ -429,7 +448,11 @@ class InferenceEngine:
         units = self._admit(request)
         self.stats.admitted += 1
         pending = _Pending(
-            request, responder, asyncio.get_running_loop().create_future(), units=units
+            request,
+            responder,
+            asyncio.get_running_loop().create_future(),
+            units=units,
+            ahead_s=self.backlog_seconds(),
         )
         self._queue.put_nowait(pending)
         self._backlog_units += units
@@ -443,6 +466,19 @@ class InferenceEngine:
         except asyncio.TimeoutError:
             self.stats.timeouts += 1
             self._forget(pending)
+            waited = (
+                "not started"
+                if pending.started is None
+                else (f"started after {pending.started - pending.enqueued:.2f} s")
+            )
+            log.warning(
+                "no response within %g s: admitted with %.2f s estimated ahead of it and %.2f s "
+                "its own; its model call %s",
+                self.config.timeout_s,
+                pending.ahead_s,
+                units * self.cost.seconds_per_unit,
+                waited,
+            )
             raise EngineTimeout(
                 f"no response within {self.config.timeout_s:g} s (the service is busy)"
             ) from None
@@ -469,13 +505,13 @@ class InferenceEngine:
         request's body is read (service.overload.EarlyRefusalMiddleware)."""
         if self.state != "ready" or self._queue is None:
             return None
-        return self._overloaded(self.cost.units(1))
+        return self._overloaded(self.cost.units(1, 1))
 
     def _admit(self, request: GenerationRequest) -> int:
         """The request's cost in units, if the queue has room and, with what is queued, it can
         be decoded within ADMIT_SHARE of timeout_s (a lone request always can: nothing better
         will come of refusing it); else raise EngineOverloaded."""
-        units = self.cost.units(request.work)
+        units = self.cost.units(request.draws, request.max_length)
         refused = self._overloaded(units)
         if refused is not None:
             self.stats.rejected += 1
@@ -565,11 +601,11 @@ class InferenceEngine:
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        work = sum(p.request.work for p in group)
+        rows, steps = _call_size(group)
         units = sum(p.units for p in group)
-        estimate = self.cost.units(work) * self.cost.seconds_per_unit
+        estimate = self.cost.units(rows, steps) * self.cost.seconds_per_unit
         for p in group:
-            p.decoding = True
+            p.decoding, p.started = True, started
         try:
             results = await loop.run_in_executor(self._executor, self._decode, group)
         except Exception as e:
@@ -590,7 +626,7 @@ class InferenceEngine:
         if results is None:  # stopped early: nobody waited for it any more
             s.stopped_calls += 1
             return
-        self.cost.observe(elapsed, work)
+        self.cost.observe(elapsed, rows, steps)
         s.tokens += sum(len(g.tokens) for result in results for g in result.responses)
         for p, result in zip(group, results, strict=True):
             if not p.future.done():
@@ -615,7 +651,7 @@ class InferenceEngine:
         now = time.perf_counter()
 
         def seconds(items: list[_Pending]) -> float:
-            return self.cost.units(sum(p.request.work for p in items)) * self.cost.seconds_per_unit
+            return self.cost.units(*_call_size(items)) * self.cost.seconds_per_unit
 
         while len(kept) > 1 and kept[0].enqueued + self.config.timeout_s < now + seconds(kept):
             p = kept.pop(0)
@@ -683,6 +719,11 @@ class InferenceEngine:
     @property
     def name(self) -> str:
         return Path(self.checkpoint).name if self.checkpoint else "in-memory"
+
+
+def _call_size(group: list[_Pending]) -> tuple[int, int]:
+    """The rows (latent draws) and steps (words at most) of one model call for ``group``."""
+    return sum(p.request.draws for p in group), max(p.request.max_length for p in group)
 
 
 def _groups(items: list[_Pending]) -> list[list[_Pending]]:

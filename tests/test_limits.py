@@ -211,7 +211,7 @@ def test_port_bounds(tiny_checkpoint, port, ok):  # noqa: F811
 
 def admission(tiny_checkpoint, queued: int, backlog_units: int, queue_size=4, timeout_s=10.0):  # noqa: F811
     """An engine whose queue holds ``queued`` requests and whose backlog is ``backlog_units``
-    (1 ms each, no overhead)."""
+    (1 ms each, no fixed part per step)."""
     engine = make_engine(tiny_checkpoint, queue_size=queue_size, timeout_s=timeout_s)
     engine.cost = DecodeCost(seconds_per_unit=1e-3)
     engine._queue = asyncio.Queue(queue_size)
@@ -255,11 +255,15 @@ def test_a_request_alone_is_admitted_whatever_its_cost(tiny_checkpoint):  # noqa
 
 
 def test_the_decode_cost_from_two_timed_calls():
-    cost = DecodeCost.from_timings((10, 0.011), (640, 0.074))  # 0.1 ms a unit + 10 ms a call
+    # 0.1 ms a row-step, and a step's fixed part worth 7 rows: 1 row x 10 steps takes 8 ms,
+    # 8 rows x 20 steps 30 ms
+    cost = DecodeCost.from_timings((1, 10, 0.008), (8, 20, 0.030))
     assert cost.seconds_per_unit == pytest.approx(1e-4)
-    assert cost.overhead == 100 and cost.units(1920) == 2020
-    noisy = DecodeCost.from_timings((10, 0.02), (640, 0.02))  # no slope to tell: no overhead
-    assert (noisy.overhead, noisy.seconds_per_unit) == (0, pytest.approx(0.02 / 640))
+    assert cost.step_overhead == pytest.approx(7.0)
+    assert cost.units(2, 60) == 540  # a request for 1 response (2 candidates): 4.5 x 2 x 60
+    assert cost.units(256, 60) == 15_780
+    noisy = DecodeCost.from_timings((1, 10, 0.02), (8, 20, 0.02))  # no slope: no fixed part
+    assert (noisy.step_overhead, noisy.seconds_per_unit) == (0, pytest.approx(0.001 / 8))
 
 
 @pytest.mark.parametrize(

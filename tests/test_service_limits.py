@@ -172,14 +172,14 @@ def test_admission_bounds_the_queued_work_with_a_retry_after_of_the_backlog(
     tiny_checkpoint,  # noqa: F811
     monkeypatch,
 ):
-    # 200 units of work, 250 with the overhead (5 draws: no oversampling for a reranker)
+    # 40 steps x (5 rows + 1.25 for a step's fixed part) = 250 units (5 draws: no reranking)
     one_second = body(num_samples=5, max_length=40, rerank="none")
     # every request comes from the same client here: its refusals are not held for ignoring
     # the Retry-After (tests/test_service_surface.py tests that)
     monkeypatch.setattr(overload, "MAX_HOLD_S", 0)
 
     async def scenario(client, engine):
-        engine.cost = DecodeCost(seconds_per_unit=1 / 250, overhead=50)
+        engine.cost = DecodeCost(seconds_per_unit=1 / 250, step_overhead=1.25)
         gate = Gate(engine.model)
         running = asyncio.create_task(client.post("/respond", json=one_second))
         await asyncio.to_thread(gate.entered.wait, 10)
@@ -192,13 +192,13 @@ def test_admission_bounds_the_queued_work_with_a_retry_after_of_the_backlog(
         assert refused.headers["retry-after"] == "5"
         assert "about 5.0 s of decoding queued" in refused.json()["detail"]
         tiny = await client.post("/respond", json=body(num_samples=1, max_length=1))
-        assert tiny.status_code == 503  # even 0.005 s more does not fit
+        assert tiny.status_code == 503  # even 0.008 s more (2 units) does not fit
         gate.release.set()
         for r in await asyncio.gather(running, *queued):
             assert r.status_code == 200, r.text
         assert engine.backlog_seconds() == 0  # exactly: nothing left over to refuse with
         assert engine.cost.seconds_per_unit != 1 / 250  # now from the measured model calls
-        engine.cost = DecodeCost(seconds_per_unit=1.0, overhead=0.4)  # 200 s: alone, admitted
+        engine.cost = DecodeCost(seconds_per_unit=1.0)  # 200 s: alone, admitted
         assert (await client.post("/respond", json=one_second)).status_code == 200
         return engine.stats
 
@@ -215,11 +215,12 @@ def test_a_lone_request_is_admitted_whatever_its_cost(tiny_checkpoint):  # noqa:
     run_in_app(tiny_checkpoint, scenario, timeout_s=10)
 
 
-def test_decode_cost_separates_a_calls_fixed_part_and_follows_the_measured_calls():
-    cost = DecodeCost.from_timings((10, 0.011), (640, 0.074))  # 0.1 ms per unit + 10 ms a call
+def test_decode_cost_separates_a_steps_fixed_part_and_follows_the_measured_calls():
+    # 0.1 ms a row-step, and a step's fixed part worth 7 rows
+    cost = DecodeCost.from_timings((1, 10, 0.008), (8, 20, 0.030))
     assert cost.seconds_per_unit == pytest.approx(1e-4)
-    assert cost.overhead == 100 and cost.units(1920) == 2020  # whole units
-    assert DecodeCost.from_timings((10, 0.02), (640, 0.01)).overhead == 0  # too noisy to tell
+    assert cost.units(5, 40) == 480  # whole units
+    assert DecodeCost.from_timings((1, 10, 0.02), (8, 20, 0.01)).step_overhead == 0  # noisy
     for _ in range(50):  # the machine got 3 times slower
-        cost.observe(3e-4 * cost.units(500), 500)
+        cost.observe(3e-4 * cost.units(5, 40), 5, 40)
     assert cost.seconds_per_unit == pytest.approx(3e-4, rel=0.01)
