@@ -7,8 +7,8 @@ then stall must not be able to hold them all. uvicorn's own settings cover part 
 * ``timeout_keep_alive`` (``keep_alive_s``): an idle connection between requests is closed.
 
 What uvicorn lacks, :class:`LimitedHttpToolsProtocol` adds: a connection that does not send a
-request's headers within ``header_timeout_s`` (an idle new connection, headers sent a byte at a
-time) is closed; headers over ``max_header_bytes`` get 431 (httptools, unlike h11 with its
+request's headers within ``header_timeout_s`` (up to a tenth more, at random:
+``service.app.spread``; an idle new connection, headers sent a byte at a time) is closed; headers over ``max_header_bytes`` get 431 (httptools, unlike h11 with its
 ``h11_max_incomplete_event_size``, buffers headers of any size); and when ``max_connections``
 are open, a new connection closes the oldest one that is not being answered: idle, still sending
 its headers, or still sending its body (the slow clients), so that they cannot lock out real
@@ -42,7 +42,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.app import RateLimitedLog, error_response
+from service.app import RateLimitedLog, error_response, spread
 from service.config import ServiceConfig, default_max_connections
 
 log = logging.getLogger("service.server")
@@ -188,7 +188,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_header_timer(self) -> None:
         if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+            delay = spread(self.header_timeout_s)  # not all at once: see service.app.spread
+            self._header_timer = self.loop.call_later(delay, self._headers_late)
 
     def _stop_header_timer(self) -> None:
         if self._header_timer is not None:

@@ -172,37 +172,39 @@ def test_admission_bounds_the_queued_work_with_a_retry_after_of_the_backlog(
     tiny_checkpoint,  # noqa: F811
     monkeypatch,
 ):
-    # 40 steps x (5 rows + 1.25 for a step's fixed part) = 250 units (5 draws: no reranking)
-    one_second = body(num_samples=5, max_length=40, rerank="none")
+    # 40 steps x (5 rows + 1.25 for a step's fixed part) = 250 units (5 draws: no reranking),
+    # 6 s at the cost set below; the time limit is 60 s, so that a busy machine's slower test
+    # steps do not make the queued requests late
+    six_seconds = body(num_samples=5, max_length=40, rerank="none")
     # every request comes from the same client here: its refusals are not held for ignoring
     # the Retry-After (tests/test_service_surface.py tests that)
     monkeypatch.setattr(overload, "MAX_HOLD_S", 0)
 
     async def scenario(client, engine):
-        engine.cost = DecodeCost(seconds_per_unit=1 / 250, step_overhead=1.25)
+        engine.cost = DecodeCost(seconds_per_unit=6 / 250, step_overhead=1.25)
         gate = Gate(engine.model)
-        running = asyncio.create_task(client.post("/respond", json=one_second))
+        running = asyncio.create_task(client.post("/respond", json=six_seconds))
         await asyncio.to_thread(gate.entered.wait, 10)
-        # timeout_s 10: admitted work must fit in 5 s; 1 s is being decoded, 4 more fit
-        queued = [asyncio.create_task(client.post("/respond", json=one_second)) for _ in range(4)]
+        # timeout_s 60: admitted work must fit in 30 s; 6 s is being decoded, 4 more fit
+        queued = [asyncio.create_task(client.post("/respond", json=six_seconds)) for _ in range(4)]
         await wait_until(lambda: engine.queue_depth() == 4)
-        assert engine.backlog_seconds() == pytest.approx(5.0)
-        refused = await client.post("/respond", json=one_second)
+        assert engine.backlog_seconds() == pytest.approx(30.0)
+        refused = await client.post("/respond", json=six_seconds)
         assert refused.status_code == 503, refused.text
-        assert refused.headers["retry-after"] == "5"
-        assert "about 5.0 s of decoding queued" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "30"
+        assert "about 30.0 s of decoding queued" in refused.json()["detail"]
         tiny = await client.post("/respond", json=body(num_samples=1, max_length=1))
-        assert tiny.status_code == 503  # even 0.008 s more (2 units) does not fit
+        assert tiny.status_code == 503  # even 0.048 s more (2 units) does not fit
         gate.release.set()
         for r in await asyncio.gather(running, *queued):
             assert r.status_code == 200, r.text
         assert engine.backlog_seconds() == 0  # exactly: nothing left over to refuse with
-        assert engine.cost.seconds_per_unit != 1 / 250  # now from the measured model calls
+        assert engine.cost.seconds_per_unit != 6 / 250  # now from the measured model calls
         engine.cost = DecodeCost(seconds_per_unit=1.0)  # 200 s: alone, admitted
-        assert (await client.post("/respond", json=one_second)).status_code == 200
+        assert (await client.post("/respond", json=six_seconds)).status_code == 200
         return engine.stats
 
-    stats = run_in_app(tiny_checkpoint, scenario, timeout_s=10, queue_size=256)
+    stats = run_in_app(tiny_checkpoint, scenario, timeout_s=60, queue_size=256)
     assert stats.rejected == 2 and stats.requests == 6
 
 
