@@ -42,6 +42,7 @@ from model.files import (
     replace_directory,
 )
 from model.text import LEGACY_TOKENIZER
+from model.timing import Phases
 from model.vocab import Vocabulary
 
 FORMAT, VERSION = "bncvae-checkpoint", 1
@@ -206,11 +207,17 @@ def _read_file(path: Path, what: str) -> bytes:
 
 
 def load_pretrained(
-    directory: str | Path, device: str | torch.device = "cpu", verify: bool = True
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    phases: Phases | None = None,
 ) -> tuple[DialogCVAE, Vocabulary]:
     """Load a checkpoint directory; the model is returned in eval mode on ``device``.
 
-    ``verify``: check each file against the SHA-256 that config.json records."""
+    ``verify``: check each file against the SHA-256 that config.json records. ``phases``, if
+    given, gets the seconds of each step: ``read`` (the files), ``verify`` (their hashes),
+    ``build`` (the model's modules), ``weights`` (parsed, checked and put into the model)."""
+    phases = phases or Phases()
     directory = existing_directory(Path(directory))
     kind = file_kind(directory)
     if kind == "missing":
@@ -225,7 +232,9 @@ def load_pretrained(
                     directory / CONFIG_FILE)  # fmt: skip
     vocab_path = directory / VOCAB_FILE
     vocab_bytes = _read_file(vocab_path, "the vocabulary")
+    phases.lap("read")
     _check_hash(vocab_path, vocab_bytes, hashes)
+    phases.lap("verify")
     try:
         vocab = Vocabulary.from_json(vocab_bytes, vocab_path)
     except ValueError as e:
@@ -237,12 +246,16 @@ def load_pretrained(
         )
     weights = directory / WEIGHTS_FILE
     data = _read_file(weights, "weights")
+    phases.lap("read")
     _check_hash(weights, data, hashes)
+    phases.lap("verify")
     try:
         state = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{weights}: cannot read weights: {e}") from e
+    phases.lap("weights")
     model = DialogCVAE(config)
+    phases.lap("build")
     expected = model.state_dict()
     shared = set(expected) - _canonical_keys(model)
     missing = sorted(set(expected) - set(state) - shared)
@@ -259,6 +272,14 @@ def load_pretrained(
             )
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{weights}: {k} has non-finite values")
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    model.load_state_dict(state, strict=False)
-    return model.to(device).eval(), vocab
+    # One copy of each tensor (the parsed ones view the file's bytes), float16 made float32 on
+    # the way, which load_state_dict(assign=True) makes the model's own: no second copy into
+    # the initial parameters. The shared embedding, one module, gets its one tensor.
+    state = {
+        k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+        for k, v in state.items()
+    }
+    model.load_state_dict(state, strict=False, assign=True)
+    model = model.to(device).eval()
+    phases.lap("weights")
+    return model, vocab
