@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
+from model.timing import Phases, process_seconds
 from service.config import ConfigError, ServiceConfig
 
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
@@ -15,15 +17,24 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The start-up's phases, from the process's start (its interpreter's, with this module's
+    # imports) where the system tells it: the `startup:` log line.
+    since_start = process_seconds()
+    phases = Phases(None if since_start is None else time.perf_counter() - since_start)
+    if since_start is not None:
+        phases.lap("python")
     try:
         config = ServiceConfig.from_args(argv)
     except ConfigError as e:
         print(f"python -m service: error: {e}", file=sys.stderr)
         return 2
+    phases.lap("options")  # with torch's import, to resolve --device
 
     from service.app import create_app
     from service.engine import InferenceEngine
     from service.server import build_server
+
+    phases.lap("imports")
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,14 +57,33 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("service").info("accepting the Host names %s", config.allowed_hosts)
     engine = InferenceEngine.from_checkpoint(config)
     server = build_server(config, create_app(engine))
+    phases.lap("app")
     # A checkpoint that failed to load will not load later: stop, and exit non-zero, rather
     # than answer 503 until someone notices.
     engine.on_load_failure = lambda: setattr(server, "should_exit", True)
+    engine.on_ready = lambda: log_startup(phases, server, engine)
     server.run()
     if engine.error is not None:
         print(f"python -m service: error: {engine.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def log_startup(phases: Phases, server, engine) -> None:
+    """The `startup:` line: seconds from the process's start to the engine being ready, in the
+    main thread's phases (``serve``: the server's start, then waiting for the model); when the
+    server began to listen (/health answers); and the model's phases, in the engine's thread
+    from the server's start on."""
+    phases.lap("serve")
+    listening = "?" if server.started_at is None else f"{server.started_at - phases.start:.2f}"
+    logging.getLogger("service").info(
+        "startup: ready=%.2fs after the %s: %s; listening=%ss; the model: %s",
+        sum(phases.seconds.values()),
+        "process started" if "python" in phases.seconds else "service's code started",
+        phases,
+        listening,
+        engine.load_phases,
+    )
 
 
 if __name__ == "__main__":

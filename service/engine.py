@@ -55,6 +55,7 @@ from model.cvae import DialogCVAE, decode_dtype, num_parameters, resolve_device
 from model.decoding import PLAIN, DecodingOptions
 from model.reranking import NO_RERANKING, RerankOptions, distinct_responses
 from model.text import detokenize
+from model.timing import Phases
 from model.vocab import Vocabulary
 from service.config import ServiceConfig, default_torch_threads
 
@@ -247,7 +248,9 @@ class InferenceEngine:
         )
         self.error: str | None = None  # why the model failed to load
         self.load_seconds: float | None = None  # loading and warming up the model
+        self.load_phases = Phases()  # where load_seconds went (model/timing.py)
         self.on_load_failure: Callable[[], None] | None = None  # called when it has
+        self.on_ready: Callable[[], None] | None = None  # called once the model is ready
         self.stats = EngineStats()
         self.torch_threads = config.torch_threads or default_torch_threads()
         self.decode_dtype = decode_dtype(config.decode_dtype, self.device)
@@ -278,11 +281,15 @@ class InferenceEngine:
         metadata = {}
         with contextlib.suppress(ValueError):  # a bad config.json is reported by the load itself
             metadata = load_config(directory)[1]
-        return cls(
-            lambda: load_pretrained(directory, device=device, verify=config.verify),
+        engine = cls(
+            # (``engine`` is bound by the time the loader runs: when the engine starts)
+            lambda: load_pretrained(
+                directory, device=device, verify=config.verify, phases=engine.load_phases
+            ),
             config,
             metadata=metadata,
         )
+        return engine
 
     @classmethod
     def from_model(
@@ -382,19 +389,25 @@ class InferenceEngine:
         if self.state == "loading":  # not if drain() came first
             self.state = "ready"
         log.info(
-            "model ready on %s in %.1fs: %s, %d words, %d parameters",
+            "model ready on %s in %.2fs (%s): %s, %d words, %d parameters",
             self.device,
             self.load_seconds,
+            self.load_phases,
             model.config.variant,
             len(vocab),
             num_parameters(model),
         )
+        if self.on_ready is not None:
+            self.on_ready()
 
     def _load_and_warm_up(self) -> tuple[DialogCVAE, Vocabulary]:
         # Set in this (the worker) thread, which makes every model call.
         torch.set_num_threads(self.torch_threads)
+        phases = self.load_phases = Phases()
         model, vocab = self._loader()
         model.eval().set_decode_dtype(self.decode_dtype)
+        # the decode dtype set (and all of the loading, for a loader that does not time it)
+        phases.lap("dtype")
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(secrets.randbits(63))
         # One tiny decode, so the first real request does not pay for lazy initialisation; then
@@ -405,6 +418,7 @@ class InferenceEngine:
         # its cost (a cold server then admitted a flood that it answered with 504s).
         batch = context_batch([[]], vocab).to(self.device)
         model.sample_responses(batch, 1, max_length=2, generator=self._generator)
+        phases.lap("warm_up")
 
         def timed(samples: int, steps: int) -> tuple[int, int, float]:
             seconds = []
@@ -422,6 +436,7 @@ class InferenceEngine:
             return samples, steps, min(seconds)
 
         self.cost = DecodeCost.from_timings(timed(1, 10), timed(8, 20))
+        phases.lap("calibrate")
         return model, vocab
 
     # --- requests ---------------------------------------------------------------------------

@@ -87,6 +87,11 @@ class DrainingServer(uvicorn.Server):
         self.engine = engine
         self.draining = False
         self._drained: asyncio.Task | None = None
+        self.started_at: float | None = None  # time.perf_counter() once it listens
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        self.started_at = time.perf_counter()
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.engine is None or self.draining or sig not in (signal.SIGTERM, signal.SIGINT):
