@@ -1,5 +1,5 @@
-"""Smoke run of the service load benchmark (its numbers are not asserted), and the reliability
-suite's quick form with its targets checked (``make stress``)."""
+"""Smoke runs of the service load and start-up benchmarks (their numbers are not asserted), and
+the reliability suite's quick form with its targets checked (``make stress``)."""
 
 from __future__ import annotations
 
@@ -83,3 +83,27 @@ def test_service_load_benchmark_compares_reranking_with_none():
         assert (int(r[2]), r[3]) == (max(30, 2 * int(r[1])), "0")
     assert "target: p50 at 1 client, rerank likelihood" in out
     assert "rerank likelihood: " in out and "req/s at 16 clients" in out
+
+
+@pytest.mark.slow
+def test_service_startup_benchmark_prints_the_times_and_the_servers_phases():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "service_startup.py"), "--runs", "2"]
+        + ["--", "--torch-threads", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("CPU: ")
+    header = next(line.split() for line in lines if line.startswith("run "))
+    assert header[:3] == ["run", "health", "ready"]
+    assert {"python", "options", "imports", "serve", "verify", "calibrate"} <= set(header)
+    rows = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"], ["median"])]
+    assert [r[0] for r in rows] == ["1", "2", "median"]
+    for row in rows:
+        assert len(row) == len(header)
+        health, ready = float(row[1]), float(row[2])
+        assert 0 < health <= ready
