@@ -433,6 +433,10 @@ def check_container(container: str, image: str) -> dict:
     )
     figures["ready_s"] = timestamp(ready_line.split()[0]) - started
     expect(True, f"/ready: 200; the model was ready {figures['ready_s']:.1f} s after the start")
+    # where the process's part of it went (docs/deployment.md, "Where the start-up time goes")
+    for line in (logs.stdout + logs.stderr).splitlines():
+        if "startup: " in line:
+            log(line.split("startup: ", 1)[1])
 
     turn = {"speaker": "A", "text": "do you have any pets"}
     status, text = probe(container, "/respond", {"conversation": [turn], "num_samples": 3})
