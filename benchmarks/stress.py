@@ -225,27 +225,31 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Probes:
-    """One probe path's results: (status or exception name, seconds) of each probe."""
+    """One probe path's results: (status or exception name, seconds, sent at: seconds since
+    the prober started) of each probe."""
 
-    results: list[tuple[int | str, float]] = field(default_factory=list)
+    results: list[tuple[int | str, float, float]] = field(default_factory=list)
 
     def ok_within(self, seconds: float) -> int:
         """Probes answered 200 within ``seconds``."""
-        return sum(s == 200 and t <= seconds for s, t in self.results)
+        return sum(s == 200 and t <= seconds for s, t, _ in self.results)
 
     def answered_within(self, seconds: float) -> int:
         """Probes answered (any HTTP status) within ``seconds``."""
-        return sum(isinstance(s, int) and t <= seconds for s, t in self.results)
+        return sum(isinstance(s, int) and t <= seconds for s, t, _ in self.results)
 
     def line(self, path: str) -> str:
         n = len(self.results)
-        times = [t for s, t in self.results if isinstance(s, int)]
-        statuses = Counter(s for s, _ in self.results)
+        times = [t for s, t, _ in self.results if isinstance(s, int)]
+        statuses = Counter(s for s, _, _ in self.results)
+        # When the slowest probe was sent tells which phase of a run stalled the server.
+        slowest = max(self.results, key=lambda r: r[1], default=None)
+        when = f" (sent {slowest[2]:.1f} s into the run)" if slowest else ""
         return (
             f"{path} during the run: {n} probes, 200 within 1 s: {self.ok_within(1.0)}/{n}, "
             f"answered within 1 s: {self.answered_within(1.0)}/{n} ({status_line(statuses)}); "
             f"p50 {percentile(times, 0.5) * 1e3:.1f} ms, p99 {percentile(times, 0.99) * 1e3:.1f}"
-            f" ms, max {max(times, default=float('nan')) * 1e3:.1f} ms"
+            f" ms, max {max(times, default=float('nan')) * 1e3:.1f} ms{when}"
         )
 
 
@@ -323,7 +327,9 @@ class Monitor:
 
 def probe_until_stopped(url: str, paths: list[str], interval: float, started, stop, sender):
     """The prober process: GET each of ``paths`` every ``interval`` s on a fresh connection
-    until ``stop`` is set; then sends {path: [(status or exception name, seconds), ...]}."""
+    until ``stop`` is set; then sends {path: [(status or exception name, seconds, sent at), ...]}
+    (sent at: seconds since the probing started)."""
+    began = time.perf_counter()
 
     async def probe(http: aiohttp.ClientSession, path: str, results: list) -> None:
         while not stop.is_set():
@@ -334,7 +340,7 @@ def probe_until_stopped(url: str, paths: list[str], interval: float, started, st
                     status: int | str = r.status
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 status = type(e).__name__
-            results.append((status, time.perf_counter() - start))
+            results.append((status, time.perf_counter() - start, start - began))
             await asyncio.sleep(interval)
 
     async def run() -> dict[str, list]:
@@ -343,6 +349,8 @@ def probe_until_stopped(url: str, paths: list[str], interval: float, started, st
         connector = aiohttp.TCPConnector(force_close=True)  # a new connection each time
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             started.set()
+            nonlocal began
+            began = time.perf_counter()
             await asyncio.gather(*(probe(http, path, results[path]) for path in paths))
         return results
 

@@ -270,19 +270,21 @@ def spread(seconds: float) -> float:
     return seconds * (1 + TIMEOUT_SPREAD * random.random())
 
 
-class _BodyRefused(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` (413) or slower than ``timeout_s`` (408).
 
     A declared Content-Length over the limit is refused without reading anything; a body without
-    one (chunked) is counted while the application receives it, and refused at the first chunk
-    that crosses the limit. A body must be received in full within ``timeout_s`` of the request's
-    start (its headers; up to TIMEOUT_SPREAD more, at random): a client that stalls part-way would otherwise hold its connection and
-    what it has sent for ever. Whatever the application was about to answer to a refused body
-    is discarded; the connection is closed, as the rest of the body is not read.
+    one (chunked) is counted as it arrives, and refused at the first chunk that crosses the
+    limit. A body must be received in full within ``timeout_s`` of the request's start (its
+    headers; up to TIMEOUT_SPREAD more, at random): a client that stalls part-way would
+    otherwise hold its connection and what it has sent for ever. A refused body's connection is
+    closed, as the rest of it is not read.
+
+    The body is read here, whole, before the application sees the request, which then receives
+    it as one message: a stalled body costs a task waiting here, not a request that the inner
+    middleware and the route have started. A thousand connections opened at once, each
+    stalled in its body, kept /health waiting 1.1-1.7 s while each went through them
+    (benchmarks/stress.py: exhaust).
     """
 
     def __init__(self, app, max_bytes: int, timeout_s: float):
@@ -305,50 +307,44 @@ class BodyLimitMiddleware:
                     await self._reply(scope, receive, send, 413, self._too_large())
                     return
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + spread(self.timeout_s)
-        received = 0
-        body_done = False
-        refused: tuple[int, str] | None = None
-        started = False
-
-        async def limited_receive():
-            nonlocal received, body_done, refused
-            if body_done:  # e.g. waiting for http.disconnect
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), deadline - loop.time())
-            except asyncio.TimeoutError:
-                refused = (408, f"request body not received within {self.timeout_s:g} s")
-                host, port = scope.get("client") or ("?", 0)
-                slow_body_log.warning(
-                    "closed the connection from %s:%s: %s", host, port, refused[1]
-                )
-                raise _BodyRefused from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    refused = (413, self._too_large())
-                    raise _BodyRefused
-            return message
-
-        async def guarded_send(message):
-            nonlocal started
-            if refused:
-                return  # the app's answer to a truncated body; ours is the 413 or 408
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        chunks: list[bytes] = []
         try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not refused:
-                raise
-        if refused and not started:
-            await self._reply(scope, receive, send, *refused)
+            last = await asyncio.wait_for(self._read_body(receive, chunks), spread(self.timeout_s))
+        except asyncio.TimeoutError:
+            detail = f"request body not received within {self.timeout_s:g} s"
+            host, port = scope.get("client") or ("?", 0)
+            slow_body_log.warning("closed the connection from %s:%s: %s", host, port, detail)
+            await self._reply(scope, receive, send, 408, detail)
+            return
+        if last is None:
+            await self._reply(scope, receive, send, 413, self._too_large())
+            return
+        # What the client sent, as it would have reached the app: the body in one message (or
+        # what arrived of it, then the disconnect); after that, the connection's own messages.
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        if last["type"] != "http.request":
+            replay = [{**replay[0], "more_body": True}, last]
+
+        async def replayed_receive():
+            return replay.pop(0) if replay else await receive()
+
+        await self.app(scope, replayed_receive, send)
+
+    async def _read_body(self, receive, chunks: list[bytes]) -> dict | None:
+        """Append the body's chunks to ``chunks`` until it ends; return the last message (not
+        an http.request one if the client left), or None once it is over ``max_bytes``."""
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message  # http.disconnect: the client left
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return message
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
