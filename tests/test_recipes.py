@@ -46,8 +46,12 @@ def test_every_published_run_has_the_recipe_of_its_settings(config, capsys):
     # the fields the run recorded (older runs predate some; those take the defaults)
     for section in ("train", "model"):
         for key, value in run[section].items():
-            if key not in ("resume", "variant", "vocab_size", "tokenizer"):
-                assert written[section][key] == value, f"{recipe.name}: {section}.{key}"
+            if key in ("resume", "variant", "vocab_size", "tokenizer"):
+                continue
+            if (section, key, written[section][key]) == ("train", "onednn_matmul", "auto"):
+                assert value in ("on", "off"), recipe.name  # what auto chose on that CPU
+                continue
+            assert written[section][key] == value, f"{recipe.name}: {section}.{key}"
 
 
 def test_flags_override_the_recipe(capsys):
@@ -61,6 +65,13 @@ def test_flags_override_the_recipe(capsys):
 def test_the_planned_seed_runs_differ_from_seed_0_by_seed_and_directory_only():
     for base in ("bn-cvae-g0.3", "cvae", "cvae-bow"):
         zero = json.loads((ROOT / "recipes" / f"{base}.json").read_text())
+        if base == "cvae":
+            # The CVAE's seeds, seed 0 again among them, stop only once its valid KL has
+            # settled (issue 22): recipes/cvae.json is the earlier run, which stopped before.
+            zero = json.loads((ROOT / "recipes" / "cvae-s0.json").read_text())
+            assert zero["train"].pop("seed") == 0
+            assert zero["train"]["kl_settle_window"] == 3
+            zero["train"]["out"] = zero["train"]["out"].removesuffix("-s0")
         for seed in (1, 2):
             other = json.loads((ROOT / "recipes" / f"{base}-s{seed}.json").read_text())
             assert other["train"].pop("seed") == seed
