@@ -242,8 +242,9 @@ class Probes:
         n = len(self.results)
         times = [t for s, t, _ in self.results if isinstance(s, int)]
         statuses = Counter(s for s, _, _ in self.results)
-        # When the slowest probe was sent tells which phase of a run stalled the server.
-        slowest = max(self.results, key=lambda r: r[1], default=None)
+        # When the slowest answered probe was sent tells which phase of a run stalled the server.
+        answered = [r for r in self.results if isinstance(r[0], int)]
+        slowest = max(answered, key=lambda r: r[1], default=None)
         when = f" (sent {slowest[2]:.1f} s into the run)" if slowest else ""
         return (
             f"{path} during the run: {n} probes, 200 within 1 s: {self.ok_within(1.0)}/{n}, "
@@ -329,9 +330,8 @@ def probe_until_stopped(url: str, paths: list[str], interval: float, started, st
     """The prober process: GET each of ``paths`` every ``interval`` s on a fresh connection
     until ``stop`` is set; then sends {path: [(status or exception name, seconds, sent at), ...]}
     (sent at: seconds since the probing started)."""
-    began = time.perf_counter()
 
-    async def probe(http: aiohttp.ClientSession, path: str, results: list) -> None:
+    async def probe(http: aiohttp.ClientSession, path: str, results: list, began: float) -> None:
         while not stop.is_set():
             start = time.perf_counter()
             try:
@@ -349,9 +349,8 @@ def probe_until_stopped(url: str, paths: list[str], interval: float, started, st
         connector = aiohttp.TCPConnector(force_close=True)  # a new connection each time
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             started.set()
-            nonlocal began
             began = time.perf_counter()
-            await asyncio.gather(*(probe(http, path, results[path]) for path in paths))
+            await asyncio.gather(*(probe(http, path, results[path], began) for path in paths))
         return results
 
     sender.send(asyncio.run(run()))

@@ -296,8 +296,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        has_body = False
         for name, value in scope["headers"]:
+            if name == b"transfer-encoding":
+                has_body = True
             if name == b"content-length":
+                has_body = True
                 try:
                     declared = int(value)
                 except ValueError:
@@ -306,22 +310,25 @@ class BodyLimitMiddleware:
                 if declared > self.max_bytes:
                     await self._reply(scope, receive, send, 413, self._too_large())
                     return
+        if not has_body:  # HTTP/1.1: no Content-Length, no Transfer-Encoding, no body (/health)
+            await self.app(scope, receive, send)
+            return
 
-        chunks: list[bytes] = []
         try:
-            last = await asyncio.wait_for(self._read_body(receive, chunks), spread(self.timeout_s))
+            read = await asyncio.wait_for(self._read_body(receive), spread(self.timeout_s))
         except asyncio.TimeoutError:
             detail = f"request body not received within {self.timeout_s:g} s"
             host, port = scope.get("client") or ("?", 0)
             slow_body_log.warning("closed the connection from %s:%s: %s", host, port, detail)
             await self._reply(scope, receive, send, 408, detail)
             return
-        if last is None:
+        if read is None:
             await self._reply(scope, receive, send, 413, self._too_large())
             return
+        last, body = read
         # What the client sent, as it would have reached the app: the body in one message (or
         # what arrived of it, then the disconnect); after that, the connection's own messages.
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
         if last["type"] != "http.request":
             replay = [{**replay[0], "more_body": True}, last]
 
@@ -330,21 +337,22 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replayed_receive, send)
 
-    async def _read_body(self, receive, chunks: list[bytes]) -> dict | None:
-        """Append the body's chunks to ``chunks`` until it ends; return the last message (not
-        an http.request one if the client left), or None once it is over ``max_bytes``."""
+    async def _read_body(self, receive) -> tuple[dict, bytes] | None:
+        """The body's chunks until it ends: the last message (not an http.request one if the
+        client left) and the bytes received; None once they are over ``max_bytes``."""
+        chunks: list[bytes] = []
         received = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return message  # http.disconnect: the client left
+                return message, b"".join(chunks)  # http.disconnect: the client left
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_bytes:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return message
+                return message, b"".join(chunks)
 
     def _too_large(self) -> str:
         return f"request body larger than {self.max_bytes} bytes"
