@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import pickle
 import sys
 import time
 from dataclasses import asdict, replace
@@ -50,12 +51,23 @@ def main(argv=None) -> int:
     parser.add_argument("--candidates", default="10,20,40", help="K values (comma-separated)")
     parser.add_argument("--mmi-weights", default="0.25,0.5,0.75,1.0")
     parser.add_argument("--diversities", default="0,0.3,0.6")
+    parser.add_argument(
+        "--short-reply-tokens",
+        default="0",
+        help="values of RerankOptions.short_reply_tokens for mmi (comma-separated)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--readable",
         action="store_true",
         help="decode as the service does (model.decoding.READABLE) instead of the plain protocol",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="keep the drawn and scored candidates in this file and reuse them when it exists "
+        "(for the same checkpoint, --limit, --samples, --max-candidates, --seed and --readable)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -77,7 +89,17 @@ def main(argv=None) -> int:
     dialogs, _, _ = load_dialogs(config, model.config.tokenizer)
     turns = [d.turns() for d in dialogs]
     batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
-    references, pools, plain_rows = [], [], []
+    n = args.samples
+    drawn_with = [args.checkpoint, args.limit, n, args.max_candidates]
+    drawn_with += [args.seed, args.readable]
+    if args.cache is not None and args.cache.exists():
+        with args.cache.open("rb") as f:
+            cached_with, (references, pools, plain_rows) = pickle.load(f)
+        if cached_with != drawn_with:
+            parser.error(f"{args.cache} holds draws made with {cached_with}, not {drawn_with}")
+        batches = []
+    else:
+        references, pools, plain_rows = [], [], []
     for spans in tqdm(batches, desc="draw and score", unit="batch"):
         batch = planned_batch(
             turns, spans, vocab, model.config.max_context, model.config.max_utt_len
@@ -88,28 +110,37 @@ def main(argv=None) -> int:
         plain = sample_batch(model, batch, config, position)
         plain_rows += [[words_of(vocab, ids) for ids in row] for row in plain.token_ids.tolist()]
         references += [turns[i][t][1] for i, s, e in spans for t in range(s, e)]
+    if args.cache is not None and batches:
+        with args.cache.open("wb") as f:
+            pickle.dump((drawn_with, (references, pools, plain_rows)), f)
 
     scorer = EmbeddingScorer(load_embeddings(None))
-    n = args.samples
     ks = [int(k) for k in args.candidates.split(",")]
     settings = [("plain (first draws, duplicates kept)", None, 0)]
     settings.append(("none (distinct)", RerankOptions(), n))
     for k in ks:
         settings.append(("likelihood", RerankOptions("likelihood", k), k))
         settings.append(("posterior", RerankOptions("posterior", k), k))
-        for lam, div in itertools.product(
-            map(float, args.mmi_weights.split(",")), map(float, args.diversities.split(","))
+        for lam, div, short in itertools.product(
+            map(float, args.mmi_weights.split(",")),
+            map(float, args.diversities.split(",")),
+            map(int, args.short_reply_tokens.split(",")),
         ):
-            settings.append(("mmi", RerankOptions("mmi", k, mmi_weight=lam, diversity=div), k))
+            if short and not div:
+                continue  # alike only counts with a diversity weight
+            options = RerankOptions(
+                "mmi", k, mmi_weight=lam, diversity=div, short_reply_tokens=short
+            )
+            settings.append(("mmi", options, k))
     print(
         f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}, "
         f"{'READABLE' if args.readable else 'plain'} greedy decoding; {args.checkpoint}\n"
     )
     print(
-        "| rerank | K | λ | diversity | Zhao BLEU-3 R | − shuffled | A-bow R | one-token "
+        "| rerank | K | λ | diversity | short alike | Zhao BLEU-3 R | − shuffled | A-bow R | one-token "
         "| distinct-2 | all distinct |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, options, k in settings:
         chosen = []
         for pool, row in zip(pools, plain_rows, strict=True):
@@ -126,13 +157,16 @@ def main(argv=None) -> int:
         for samples, reference in zip(chosen, references, strict=True):
             metrics.add(samples, reference)
         m = metrics.result()
-        base = score_baselines(references, chosen, None, scorer, n, args.seed)
+        base = score_baselines(
+            references, chosen, None, lambda: ResponseMetrics(scorer), n, args.seed
+        )
         shuffled = base["shuffled_context"]["zhao_bleu3_r"]
         distinct = sum(len({tuple(s) for s in row}) == n for row in chosen) / len(chosen)
         lam = f"{options.mmi_weight:g}" if options and options.method == "mmi" else "–"
         div = f"{options.diversity:g}" if options and options.method != "none" else "–"
+        short = f"≤ {options.short_reply_tokens}" if options and options.short_reply_tokens else "–"
         print(
-            f"| {name} | {k or n} | {lam} | {div} | {m['zhao_bleu3_r']:.2f} | "
+            f"| {name} | {k or n} | {lam} | {div} | {short} | {m['zhao_bleu3_r']:.2f} | "
             f"{m['zhao_bleu3_r'] - shuffled:+.2f} | {m['a_bow_r']:.2f} | "
             f"{100 * m['one_token_rate']:.1f}% | {m['inter_distinct2']:.3f} | "
             f"{100 * distinct:.0f}% |",

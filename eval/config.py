@@ -155,6 +155,13 @@ class EvalConfig:
         default=RerankOptions.diversity,
         metadata={"help": "maximal marginal relevance's weight on dissimilarity (0: fit only)"},
     )
+    short_reply_tokens: int = field(
+        default=RerankOptions.short_reply_tokens,
+        metadata={
+            "help": "replies of at most this many tokens count as alike for --diversity "
+            "(0: word overlap alone)"
+        },
+    )
     probe_contexts: int = field(
         default=200,
         metadata={"help": "context-dependence probe: the first N examples (0: no probe)"},
@@ -217,7 +224,12 @@ class EvalConfig:
             raise EvalError("--probe-contexts must be >= 0 and --probe-noises >= 1")
         try:
             RerankOptions(
-                self.rerank, self.candidates, self.max_draws, self.mmi_weight, self.diversity
+                self.rerank,
+                self.candidates,
+                self.max_draws,
+                self.mmi_weight,
+                self.diversity,
+                self.short_reply_tokens,
             )
         except ValueError as e:
             raise EvalError(f"reranking options: {e}") from e

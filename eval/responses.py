@@ -45,6 +45,7 @@ def rerank_options(config) -> RerankOptions:
         max_draws=config.max_draws,
         mmi_weight=config.mmi_weight,
         diversity=config.diversity,
+        short_reply_tokens=config.short_reply_tokens,
     )
 
 

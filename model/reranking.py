@@ -22,7 +22,11 @@ The fit scores (:data:`RERANK_METHODS`; higher fits better):
 Maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998): pick, one at a time, the
 candidate with the largest ``(1 - diversity) * fit - diversity * max similarity to the picked``,
 with the fit min-max scaled to [0, 1] within the context and the similarity the Jaccard overlap
-of the two responses' word sets.
+of the two responses' word sets. With ``short_reply_tokens`` S > 0, two replies of at most S
+tokens count as alike (similarity 1) whatever their words: "yeah", "oh" and "okay" are one kind
+of reply, an acknowledgement, and N responses that are N of them differ in words but not in
+what they say. (Tokens, not words as shown: counted as one word, "uh-huh", three tokens, would
+be held back too, which lost on the valid split; docs/decoding.md.)
 """
 
 from __future__ import annotations
@@ -55,12 +59,16 @@ class RerankOptions:
     max_draws: int = 0
     mmi_weight: float = 0.5  # λ of mmi
     diversity: float = 0.0  # weight of the similarity penalty of maximal marginal relevance
+    # replies of at most this many tokens count as alike in that penalty (0: word overlap alone)
+    short_reply_tokens: int = 0
 
     def __post_init__(self):
         if self.method not in RERANK_METHODS:
             raise ValueError(f"rerank must be one of {RERANK_METHODS}, got {self.method!r}")
         if self.candidates < 0 or self.max_draws < 0:
             raise ValueError("candidates and max_draws must be >= 0 (0: the default)")
+        if self.short_reply_tokens < 0:
+            raise ValueError("short_reply_tokens must be >= 0 (0: word overlap alone)")
         if not 0.0 <= self.diversity <= 1.0:
             raise ValueError("diversity must be in [0, 1]")
         if not 0.0 <= self.mmi_weight <= 1.0:
@@ -78,7 +86,7 @@ class RerankOptions:
 
 NO_RERANKING = RerankOptions()
 # The service's default, chosen on the valid split (docs/decoding.md).
-RANKED = RerankOptions(method="mmi", mmi_weight=0.75, diversity=0.3)
+RANKED = RerankOptions(method="mmi", mmi_weight=1.0, diversity=0.7, short_reply_tokens=1)
 
 
 @dataclass
@@ -169,16 +177,16 @@ def _add(out: SampledResponses, rows, pools, drawn, key) -> None:
     lengths = out.lengths.tolist()
     log_probs = out.log_probs.tolist()
     for j, i in enumerate(rows):
-        for k, ids in enumerate(token_ids[j]):
-            words = ids[: lengths[j][k]]
+        for k, row in enumerate(token_ids[j]):
+            ids = row[: lengths[j][k]]
             candidate = Candidate(
-                ids=words,
-                length=len(words),
+                ids=ids,
+                length=len(ids),
                 log_prob=log_probs[j][k],
-                finished=Vocabulary.eos_id in ids,
+                finished=Vocabulary.eos_id in row,
                 draw=drawn[i] + k,
             )
-            pools[i].setdefault(key(words), candidate)
+            pools[i].setdefault(key(ids), candidate)
         drawn[i] += len(token_ids[j])
 
 
@@ -227,6 +235,7 @@ def choose(pool: list[Candidate], n: int, rerank: RerankOptions) -> list[Candida
     lo, hi = min(fits), max(fits)
     scaled = [(f - lo) / (hi - lo) if hi > lo else 1.0 for f in fits]
     words = [set(cand.ids) for cand in pool]
+    short = [0 < cand.length <= rerank.short_reply_tokens for cand in pool]
     chosen: list[int] = []
     closest = [0.0] * len(pool)  # each candidate's largest similarity to the chosen
     left = set(range(len(pool)))
@@ -236,7 +245,8 @@ def choose(pool: list[Candidate], n: int, rerank: RerankOptions) -> list[Candida
         chosen.append(best)
         left.discard(best)
         for j in left:
-            closest[j] = max(closest[j], jaccard(words[j], words[best]))
+            alike = 1.0 if short[j] and short[best] else jaccard(words[j], words[best])
+            closest[j] = max(closest[j], alike)
     return [pool[j] for j in chosen]
 
 

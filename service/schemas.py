@@ -103,6 +103,15 @@ class RerankFields(BaseModel):
         description="Maximal marginal relevance: how much a response's word overlap with the "
         "ones chosen before it counts against it (0: by fit alone).",
     )
+    short_reply_tokens: Integer = Field(
+        default=RANKED.short_reply_tokens,
+        ge=0,
+        le=MAX_LENGTH,
+        description="For `diversity`: responses of at most this many tokens count as alike "
+        'whatever their words ("yeah", "oh" and "okay" are one kind of reply), so a second '
+        'short one is held back like a near copy (0: word overlap alone). "uh-huh" is 3 '
+        "tokens (uh - huh), \"don't\" 3 (don ' t).",
+    )
 
     def rerank_options(self) -> RerankOptions:
         return RerankOptions(
@@ -111,6 +120,7 @@ class RerankFields(BaseModel):
             max_draws=self.max_draws,
             mmi_weight=self.mmi_weight,
             diversity=self.diversity,
+            short_reply_tokens=self.short_reply_tokens,
         )
 
 

@@ -79,6 +79,17 @@ def test_defaults_are_the_papers_model():
     assert config.bn_gamma_mode == "fixed" and config.posterior_var_dropout == 0.0
 
 
+def test_bn_gamma_of_each_variant(vocab):
+    for variant in ("cvae", "cvae-bow"):
+        config = ModelConfig.preset("tiny", variant=variant, vocab_size=len(vocab))
+        assert DialogCVAE(config).recognition.bn_gamma() is None
+    assert torch.equal(
+        make_model(vocab, bn_gamma=0.3).recognition.bn_gamma(), torch.full((8,), 0.3)
+    )
+    learned = make_model(vocab, bn_gamma=0.3, bn_gamma_mode="learned").recognition
+    assert torch.equal(learned.bn_gamma(), learned.mu_bn.gamma())
+
+
 # --- learned: gamma per dimension at RMS bn_gamma -----------------------------------------
 
 
@@ -125,6 +136,26 @@ def test_learned_gamma_starts_as_the_fixed_model(vocab):
     torch.manual_seed(1)
     b = fixed(batch)
     torch.testing.assert_close(a.extras["mu_q"], b.extras["mu_q"], rtol=1e-6, atol=1e-6)
+
+
+def test_learned_gamma_keeps_running_statistics_as_batch_norm_does(vocab):
+    """RMSScaledBatchNorm is nn.BatchNorm1d with gamma() as its scale: the same running mean
+    and variance (momentum 0.1, unbiased variance), batches counted, and in eval mode the
+    normalization by the running statistics."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 8) * 3 + 1
+    ours, reference = RMSScaledBatchNorm(8, 0.3), torch.nn.BatchNorm1d(8)
+    with torch.no_grad():
+        ours.weight.copy_(torch.linspace(0.1, 0.8, 8))
+        reference.weight.copy_(ours.gamma())
+    for _ in range(3):
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-6)
+    assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked) == 3
+    mean = x.mean(0)
+    torch.testing.assert_close(ours.running_mean, mean * (1 - 0.9**3), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.running_var, reference.running_var, rtol=0, atol=0)
+    ours.eval(), reference.eval()
+    torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-6)
 
 
 def test_eq6_bound_from_the_learned_gamma(vocab):
@@ -241,6 +272,9 @@ def test_posterior_variance_dropout_as_du_vae_defines_it(vocab):
     torch.manual_seed(5)
     expected = torch.log(plain(batch).extras["logvar_q"].exp() + VAR_FLOOR)
     torch.testing.assert_close(evaluated, expected, rtol=1e-6, atol=1e-6)
+    # so does the posterior the evaluation and the reranking read (no KL weight given)
+    _, logvar = dropped.posterior(batch)
+    torch.testing.assert_close(logvar, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_training_cli_takes_both_options_and_resume_keeps_them(synthetic_prepared, tmp_path):

@@ -16,6 +16,7 @@ from model.cvae import (
     decode_dtype,
     fast_decode_dtype,
     gaussian_kl,
+    num_parameters,
 )
 from model.vocab import Vocabulary
 
@@ -174,7 +175,7 @@ def test_dropout_acts_in_training_only(vocab):
 def test_unlikelihood_loss_matches_welleck_et_al(vocab):
     """Token-level unlikelihood (Welleck et al. 2020), against a plain loop over the steps: at
     step t, -sum log(1 - p(c)) over the distinct earlier tokens c of the response other than x_t."""
-    model = make_model(vocab, unlikelihood_weight=1.0).eval()
+    model = make_model(vocab, unlikelihood_weight=0.5).eval()  # any weight in (0, 1) counts
     w = [vocab.bos_id, *vocab.encode(["w1", "w2", "w1", "w1", "w3"])]
     responses = torch.tensor([w + [vocab.eos_id], w[:3] + [vocab.eos_id, 0, 0, 0]])
     lengths = torch.tensor([7, 4])
@@ -202,7 +203,8 @@ def test_unlikelihood_loss_matches_welleck_et_al(vocab):
     batch = dialog_batch(random_dialogs(), vocab)
     torch.manual_seed(2)
     o = model(batch)
-    torch.testing.assert_close(o.loss, (o.nll + o.kl + o.prior_kl + o.unlikelihood).mean())
+    assert o.unlikelihood.sum() > 0
+    torch.testing.assert_close(o.loss, (o.nll + o.kl + o.prior_kl + 0.5 * o.unlikelihood).mean())
     plain_model = make_model(vocab).eval()  # the same weights
     torch.manual_seed(2)
     plain = plain_model(batch)
@@ -403,6 +405,50 @@ def test_unknown_preset_and_variant():
         ModelConfig.preset("huge")
     with pytest.raises(ValueError, match="variant"):
         ModelConfig(variant="vae")
+
+
+def gru_parameters(inputs: int, hidden: int) -> int:
+    return 3 * (hidden * inputs + hidden * hidden + 2 * hidden)  # 3 gates: W_i, W_h, b_i, b_h
+
+
+def linear_parameters(inputs: int, outputs: int) -> int:
+    return outputs * inputs + outputs
+
+
+def test_paper_preset_has_the_papers_layer_sizes():
+    """Zhao et al.'s dimensions (embedding 200, utterance BiGRU 300, context GRU 600 over the
+    utterance vectors and the floor bit, decoder GRU 400, latent 200; the prior an MLP with
+    a hidden layer of 2 x latent), counted layer by layer for a vocabulary of 10,000."""
+    v, emb, utt, ctx, dec, z = 10_000, 200, 300, 600, 400, 200
+    expected = {
+        "embedding": v * emb,  # shared by the encoder and the decoder
+        "utt_encoder": v * emb + 2 * gru_parameters(emb, utt),
+        "ctx_encoder": gru_parameters(2 * utt + 1, ctx),
+        "recognition": linear_parameters(ctx + 2 * utt, 2 * z),
+        "prior_net": linear_parameters(ctx, 2 * z) + linear_parameters(2 * z, 2 * z),
+        "decoder": v * emb
+        + linear_parameters(ctx + z, dec)
+        + gru_parameters(emb, dec)
+        + linear_parameters(dec, v),
+    }
+    for variant in ("cvae", "cvae-bow", "bn-cvae"):
+        model = DialogCVAE(ModelConfig.preset("paper", variant=variant, vocab_size=v))
+        sizes = {name: num_parameters(child) for name, child in model.named_children()}
+        want = dict(expected)
+        if variant == "cvae-bow":
+            want["bow_head"] = linear_parameters(ctx + z, dec) + linear_parameters(dec, v)
+        if variant == "bn-cvae":
+            want["recognition"] += 2 * z  # the BN's gamma and beta
+        assert sizes == want, variant
+        assert num_parameters(model) == sum(want.values()) - 2 * v * emb  # counted once
+
+
+def test_forward_refuses_a_batch_without_responses(vocab):
+    batch = context_batch([[("A", ["w1", "w2"])]], vocab)
+    with pytest.raises(
+        ValueError, match="^forward needs a batch with responses; use sample_responses$"
+    ):
+        make_model(vocab)(batch)
 
 
 def test_checkpoint_files_are_world_readable(vocab, tmp_path):

@@ -286,18 +286,20 @@ def test_eval_reports_the_eq6_bound_of_the_model(vocab, batch):
 # --- perplexities ---------------------------------------------------------------------------
 
 
-def output(nll, kl, tokens) -> CVAEOutput:
+def output(nll, kl, tokens, prior_kl=None) -> CVAEOutput:
     t = torch.tensor
     zeros = torch.zeros(len(nll))
-    return CVAEOutput(loss=t(0.0), nll=t(nll), tokens=t(tokens), kl=t(kl), prior_kl=zeros,
+    prior = zeros if prior_kl is None else t(prior_kl)
+    return CVAEOutput(loss=t(0.0), nll=t(nll), tokens=t(tokens), kl=t(kl), prior_kl=prior,
                       bow=zeros, unlikelihood=zeros, sequence_unlikelihood=zeros)  # fmt: skip
 
 
 def test_ppl_and_elbo_ppl_from_sums_over_tokens():
     totals = LikelihoodTotals()
-    totals.add(output([2.0, 3.0], [0.5, 0.25], [4.0, 6.0]))
-    totals.add(output([7.0], [1.0], [5.0]))
+    totals.add(output([2.0, 3.0], [0.5, 0.25], [4.0, 6.0], prior_kl=[8.0, 2.0]))
+    totals.add(output([7.0], [1.0], [5.0], prior_kl=[0.5]))
     assert (totals.nll, totals.kl, totals.tokens, totals.examples) == (12.0, 1.75, 15.0, 3)
+    assert totals.prior_kl == 10.5
     assert totals.ppl == pytest.approx(math.exp(12.0 / 15.0), rel=1e-12)
     assert totals.elbo_ppl == pytest.approx(math.exp((12.0 + 1.75) / 15.0), rel=1e-12)
 

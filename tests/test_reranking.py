@@ -66,6 +66,24 @@ def test_choose_by_fit_then_by_maximal_marginal_relevance():
     assert [c.ids for c in choose(pool, 2, RerankOptions())] == [[1, 2, 3], [1, 2, 3, 4]]
 
 
+def test_short_replies_count_as_alike():
+    # scaled fits 1, 0.8, 0.6, 0: "yeah" [5], "oh" [6], "uh - huh" [7, 8, 9], a longer reply
+    pool = [cand([5], 1.0), cand([6], 0.8), cand([7, 8, 9], 0.6), cand([1, 2, 3, 4], 0.0)]
+    # by word overlap alone the three short replies share no word and come first
+    plain = choose(pool, 3, RerankOptions("mmi", diversity=0.5))
+    assert [c.ids for c in plain] == [[5], [6], [7, 8, 9]]
+    # one token alike: [6] scores 0.4 - 0.5 < 0, [1, 2, 3, 4] scores 0 and [7, 8, 9] (3
+    # tokens: not short) 0.3
+    one = choose(pool, 3, RerankOptions("mmi", diversity=0.5, short_reply_tokens=1))
+    assert [c.ids for c in one] == [[5], [7, 8, 9], [1, 2, 3, 4]]
+    # up to 3 alike: [6] scores -0.1 and [7, 8, 9] 0.3 - 0.5, below the longer reply's 0
+    # (4 tokens: not short, no word shared with [5]); then [6] before [7, 8, 9]
+    three = choose(pool, 3, RerankOptions("mmi", diversity=0.5, short_reply_tokens=3))
+    assert [c.ids for c in three] == [[5], [1, 2, 3, 4], [6]]
+    with pytest.raises(ValueError):
+        RerankOptions(short_reply_tokens=-1)
+
+
 def test_fits():
     c = Candidate(ids=[1, 2, 3], length=3, log_prob=-2.0, finished=True, draw=0)
     c.elbo, c.kl, c.elbo_empty = -10.0, 4.0, -12.0
