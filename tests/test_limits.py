@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from benchmarks.service_process import free_port
-from service.app import create_app
+from service.app import BodyLimitMiddleware, create_app
 from service.config import ConfigError, ServiceConfig
 from service.engine import ADMIT_SHARE, DecodeCost, EngineOverloaded, GenerationRequest
 from service.schemas import MAX_LENGTH, MAX_SAMPLES, MAX_SPEAKER_CHARS, MAX_TURN_CHARS
@@ -273,3 +273,162 @@ def test_times_must_be_above_zero(tiny_checkpoint, field):  # noqa: F811
     assert getattr(ServiceConfig(checkpoint=tiny_checkpoint, **{field: 0.001}), field) == 0.001
     with pytest.raises(ConfigError, match=field):
         ServiceConfig(checkpoint=tiny_checkpoint, **{field: 0})
+
+
+# --- BodyLimitMiddleware at the ASGI level, in the test's own thread ----------------------
+# (The tests above go through Starlette's test client, which runs the app in another thread;
+# these call the middleware directly, so mutmut also maps them to it.)
+
+LIMIT = 10
+
+
+class Connection:
+    """A client's side of one request: the messages it sends (``None``: it stalls for ever),
+    and what the middleware and the app did with them. Reading past them fails the test."""
+
+    def __init__(self, messages, headers=(), path="/respond", client=None):
+        self.messages = list(messages)
+        self.headers = [(k.encode(), v.encode()) for k, v in headers]
+        self.path, self.client = path, client
+        self.received = 0  # messages the middleware took from the client
+        self.app_saw: list[dict] | None = None  # messages the inner app received
+        self.sent: list[dict] = []
+
+    async def receive(self):
+        assert self.messages, "read past what the client sent"
+        message = self.messages.pop(0)
+        if message is None:
+            await asyncio.Event().wait()  # the client stalls
+        self.received += 1
+        return message
+
+    async def send(self, message):
+        self.sent.append(message)
+
+    async def app(self, scope, receive, send):
+        self.app_saw = []
+        while True:
+            message = await receive()
+            self.app_saw.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def run(self, timeout_s: float = 5.0, scope_type: str = "http") -> None:
+        scope = {"type": scope_type, "path": self.path, "headers": self.headers}
+        if self.client is not None:
+            scope["client"] = self.client
+        middleware = BodyLimitMiddleware(self.app, max_bytes=LIMIT, timeout_s=timeout_s)
+        # a middleware that waits for ever fails here instead of hanging the suite
+        asyncio.run(asyncio.wait_for(middleware(scope, self.receive, self.send), 10))
+
+    @property
+    def status(self) -> int:
+        return self.sent[0]["status"]
+
+    @property
+    def reply(self) -> dict:
+        return json.loads(self.sent[1]["body"])
+
+
+def chunk(body: bytes, more: bool = True) -> dict:
+    return {"type": "http.request", "body": body, "more_body": more}
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_body_at_the_limit_reaches_the_app_as_one_message(declared):
+    headers = [("content-length", str(LIMIT))] if declared else [("transfer-encoding", "chunked")]
+    conn = Connection([chunk(b"a" * 4), chunk(b""), chunk(b"b" * 6, more=False)], headers)
+    conn.run()
+    assert conn.status == 200 and conn.received == 3
+    assert conn.app_saw == [{"type": "http.request", "body": b"aaaabbbbbb", "more_body": False}]
+
+
+def test_chunks_without_body_or_more_body_keys_are_read_as_asgi_defines_them():
+    # ASGI: "body" defaults to b"", "more_body" to False
+    conn = Connection(
+        [{"type": "http.request", "more_body": True}, {"type": "http.request", "body": b"ab"}],
+        [("transfer-encoding", "chunked")],
+    )
+    conn.run()
+    assert conn.app_saw == [{"type": "http.request", "body": b"ab", "more_body": False}]
+    full = Connection(
+        [{"type": "http.request", "more_body": True}, chunk(b"a" * 10, more=False)],
+        [("transfer-encoding", "chunked")],
+    )
+    full.run()
+    assert full.status == 200  # the chunk without a body counted 0 bytes
+
+
+def test_one_byte_past_the_limit_is_refused_at_the_chunk_that_crosses_it():
+    conn = Connection(
+        [chunk(b"a" * 10), chunk(b"b"), chunk(b"c", more=False)], [("transfer-encoding", "x")]
+    )
+    conn.run()
+    assert (conn.status, conn.app_saw, conn.received) == (413, None, 2)
+    assert conn.reply == {"detail": "request body larger than 10 bytes"}
+    assert (b"connection", b"close") in conn.sent[0]["headers"]
+
+
+def test_a_refusal_on_the_openai_api_has_its_error_shape():
+    conn = Connection(
+        [chunk(b"a" * 11)], [("transfer-encoding", "chunked")], path="/v1/chat/completions"
+    )
+    conn.run()
+    assert conn.status == 413
+    assert conn.reply["error"]["message"] == "request body larger than 10 bytes"
+
+
+@pytest.mark.parametrize(
+    "length, status, detail",
+    [
+        (str(LIMIT + 1), 413, "request body larger than 10 bytes"),
+        ("ten", 400, "invalid Content-Length header"),
+    ],
+)
+def test_a_declared_length_is_judged_before_anything_is_read(length, status, detail):
+    conn = Connection([chunk(b"a", more=False)], [("content-length", length)])
+    conn.run()
+    assert (conn.status, conn.reply, conn.received, conn.app_saw) == (
+        status,
+        {"detail": detail},
+        0,
+        None,
+    )
+    assert (b"connection", b"close") in conn.sent[0]["headers"]
+
+
+def test_a_request_without_a_body_goes_straight_to_the_app():
+    conn = Connection([{"type": "http.disconnect"}], [("accept", "*/*")])
+    conn.run(timeout_s=0.001)  # no read under the deadline: the app reads the connection itself
+    assert conn.status == 200 and conn.app_saw == [{"type": "http.disconnect"}]
+    for scope_type in ("lifespan", "websocket"):
+        other = Connection([{"type": "lifespan.startup"}])
+        other.run(scope_type=scope_type)
+        assert other.app_saw == [{"type": "lifespan.startup"}]
+
+
+def test_a_client_that_leaves_mid_body_is_replayed_as_it_happened():
+    conn = Connection(
+        [chunk(b"ab"), chunk(b"c"), {"type": "http.disconnect"}, {"type": "http.disconnect"}],
+        [("transfer-encoding", "chunked")],
+    )
+    conn.run()
+    assert conn.app_saw == [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert conn.received == 3  # the app's further reads would go to the connection
+
+
+@pytest.mark.parametrize("client, shown", [(("10.1.2.3", 4567), "10.1.2.3:4567"), (None, "?:0")])
+def test_a_body_stalled_past_the_deadline_gets_408(caplog, client, shown):
+    conn = Connection([chunk(b"abc"), None], [("content-length", "5")], client=client)
+    with caplog.at_level("WARNING"):
+        conn.run(timeout_s=0.05)
+    assert (conn.status, conn.app_saw) == (408, None)
+    assert conn.reply == {"detail": "request body not received within 0.05 s"}
+    assert caplog.messages == [
+        f"closed the connection from {shown}: request body not received within 0.05 s"
+    ]
