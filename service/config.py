@@ -187,8 +187,6 @@ class ServiceConfig:
             raise ConfigError(str(e)) from None
         if not self.host_patterns():
             raise ConfigError("allowed_hosts must name at least one host (or '*')")
-        if self.info_detail not in INFO_DETAILS:
-            raise ConfigError(f"info_detail must be one of {INFO_DETAILS}")
 
     def host_patterns(self) -> tuple[str, ...]:
         """``allowed_hosts`` as a tuple of lower-case names (``*`` and ``*.domain`` patterns)."""

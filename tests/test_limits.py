@@ -250,8 +250,10 @@ def test_a_request_alone_is_admitted_whatever_its_cost(tiny_checkpoint):  # noqa
     engine = admission(tiny_checkpoint, 0, 0, timeout_s=0.001)
     assert engine._admit(request_of_work(60)) == 60
     engine._backlog_units = 1
-    with pytest.raises(EngineOverloaded):
-        engine._admit(request_of_work(60))
+    for _ in range(2):
+        with pytest.raises(EngineOverloaded):
+            engine._admit(request_of_work(60))
+    assert engine.stats.rejected == 2  # each refusal counted
 
 
 def test_the_decode_cost_from_two_timed_calls():
@@ -264,6 +266,33 @@ def test_the_decode_cost_from_two_timed_calls():
     assert cost.units(256, 60) == 15_780
     noisy = DecodeCost.from_timings((1, 10, 0.02), (8, 20, 0.02))  # no slope: no fixed part
     assert (noisy.step_overhead, noisy.seconds_per_unit) == (0, pytest.approx(0.001 / 8))
+    flat = DecodeCost.from_timings((1, 10, 0.01), (8, 20, 0.02))  # a step costs the same
+    assert (flat.step_overhead, flat.seconds_per_unit) == (0, pytest.approx(0.001 / 8))
+    # a slope steeper than the narrow call's own time: a fixed part below 0, held at 0
+    steep = DecodeCost.from_timings((2, 10, 0.001), (8, 10, 0.008))
+    assert steep.step_overhead == 0.0
+    assert steep.seconds_per_unit == pytest.approx(0.0007 / 6)
+
+
+def test_the_decode_cost_follows_the_calls_forgetting_the_older_ones():
+    cost = DecodeCost(0.002, step_overhead=1.0)  # as one unit at 2 ms
+    cost.observe(0.3, rows=4, steps=10)  # 10 x (4 + 1) = 50 units
+    assert cost.seconds_per_unit == pytest.approx((0.002 * 0.9 + 0.3) / (0.9 + 50), rel=1e-12)
+    cost.observe(0.1, rows=1, steps=20)  # 40 units
+    seconds = (0.002 * 0.9 + 0.3) * 0.9 + 0.1
+    units = (0.9 + 50) * 0.9 + 40
+    assert cost.seconds_per_unit == pytest.approx(seconds / units, rel=1e-12)
+
+
+def test_hosts_and_info_detail_are_checked_with_their_messages(tiny_checkpoint):  # noqa: F811
+    with pytest.raises(
+        ConfigError, match=r"^allowed_hosts must name at least one host \(or '\*'\)$"
+    ):
+        ServiceConfig(checkpoint=tiny_checkpoint, allowed_hosts=" , ")
+    with pytest.raises(
+        ConfigError, match=r'^info_detail: got "most"; allowed: one of basic, full$'
+    ):
+        ServiceConfig(checkpoint=tiny_checkpoint, info_detail="most")
 
 
 @pytest.mark.parametrize(

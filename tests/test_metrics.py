@@ -349,3 +349,52 @@ def test_response_metrics_reports_zhao_bleu_and_degenerate_rate():
     assert scores["degenerate_rate"] == 0.5
     assert 0 <= scores["zhao_bleu3_p"] <= scores["zhao_bleu3_r"] <= 100
     assert set(m.result()) >= {"zhao_bleu3_p", "zhao_bleu4_r", "degenerate_rate"}
+
+
+def test_greedy_match_of_an_empty_sentence_is_zero_either_way():
+    empty, some = np.zeros((0, 3)), np.eye(3)
+    assert greedy_match(empty, some) == 0.0 and greedy_match(some, empty) == 0.0
+
+
+def test_split_for_lookup_edges():
+    assert split_for_lookup("y'all's") == ["y'all", "'s"]  # the last apostrophe first
+    assert split_for_lookup("i'm") == ["i", "'m"]
+    assert split_for_lookup("'cause") == []  # a leading apostrophe is part of the word
+    assert split_for_lookup("n't") == ["n", "'t"]  # too short for the n't rule
+    assert split_for_lookup("on't") == ["o", "n't"]
+
+
+def test_oov_tokens_are_split_at_most_four_levels_deep():
+    scorer = EmbeddingScorer(make_kv({"i": [1.0, 0.0], "do": [0.0, 1.0], "n't": [1.0, 1.0]}))
+    assert scorer.rows("don't") == [1, 2]
+    # one apostrophe peeled per level: "i" is looked up at depth 4, and not split further
+    assert scorer.rows("i'a'b'c'd") == [0]
+    assert scorer.rows("i'a'b'c'd'e") == []
+    assert EmbeddingScorer(scorer.kv, split_oov=False).rows("don't") == []
+
+
+def test_each_token_is_resolved_once(monkeypatch):
+    scorer = EmbeddingScorer(make_kv({"do": [0.0, 1.0], "n't": [1.0, 1.0]}))
+    assert scorer.rows("don't") == [0, 1]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("resolved again")
+
+    monkeypatch.setattr(scorer, "_resolve", refuse)
+    assert scorer.rows("don't") == [0, 1]
+
+
+def test_zero_vectors_count_in_the_average_but_not_in_greedy_matching():
+    scorer = EmbeddingScorer(make_kv({"zero": [0.0, 0.0], "a": [3.0, 4.0]}))
+    vectors = scorer.sentence(["zero", "a"])
+    np.testing.assert_array_equal(vectors.average, [1.5, 2.0])
+    np.testing.assert_array_equal(vectors.unit, [[0.6, 0.8]])
+    unknown = scorer.sentence(["unknown"])
+    assert unknown.average is None and unknown.extrema is None
+    assert unknown.unit.shape == (0, 2)
+
+
+def test_one_token_rate_is_the_share_of_one_token_samples():
+    scores = ResponseMetrics().add([["yeah"], ["i", "do"], ["no"]], ["yes", "i", "do"])
+    assert scores["one_token_rate"] == pytest.approx(2 / 3, rel=1e-12)
+    assert ResponseMetrics().add([["i", "do"]], ["yes"])["one_token_rate"] == 0.0
