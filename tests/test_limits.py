@@ -11,14 +11,17 @@ import threading
 import time
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from uvicorn.lifespan.off import LifespanOff
+from uvicorn.server import ServerState
 
 from benchmarks.service_process import free_port
 from service.app import BodyLimitMiddleware, create_app
 from service.config import ConfigError, ServiceConfig
 from service.engine import ADMIT_SHARE, DecodeCost, EngineOverloaded, GenerationRequest
 from service.schemas import MAX_LENGTH, MAX_SAMPLES, MAX_SPEAKER_CHARS, MAX_TURN_CHARS
-from service.server import build_server
+from service.server import PROBE_CONNECTIONS, LimitedHttpToolsProtocol, build_server
 from tests.test_service import make_engine, tiny_checkpoint, wait_ready  # noqa: F401
 
 BODY_LIMIT = 400
@@ -460,4 +463,233 @@ def test_a_body_stalled_past_the_deadline_gets_408(caplog, client, shown):
     assert conn.reply == {"detail": "request body not received within 0.05 s"}
     assert caplog.messages == [
         f"closed the connection from {shown}: request body not received within 0.05 s"
+    ]
+
+
+# --- LimitedHttpToolsProtocol in the test's own thread ---------------------------------------
+# (The header tests above go through a real server in another thread; these drive the protocol
+# with a scripted transport, as uvicorn's own tests do, so mutmut also maps them to it.)
+
+
+class ScriptedTransport:
+    """A socket's transport: what was written, whether it was closed; closing it tells the
+    protocol in the loop's next step, as asyncio's transports do."""
+
+    def __init__(self, port: int):
+        self.port, self.written, self.closed = port, b"", False
+        self.protocol: LimitedHttpToolsProtocol | None = None
+
+    def get_extra_info(self, name):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("10.0.0.1", self.port)}.get(name)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        if not self.closed and self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Connections:
+    """Connections to one LimitedHttpToolsProtocol server, made in the running event loop."""
+
+    def __init__(self, app=None, **limits):
+        async def answer(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        settings = {"header_timeout_s": 5.0, "max_header_bytes": 64, "max_connections": 2}
+        self.cls = type(
+            "Protocol", (LimitedHttpToolsProtocol,), {**settings, **limits, "by_age": {}}
+        )
+        self.config = uvicorn.Config(
+            app or answer, http=self.cls, ws="none", limit_concurrency=None, log_level="warning"
+        )
+        self.config.load()
+        self.state = ServerState()
+        self.opened = 0
+
+    def open(self) -> tuple[LimitedHttpToolsProtocol, ScriptedTransport]:
+        self.opened += 1
+        protocol = self.cls(
+            config=self.config,
+            server_state=self.state,
+            app_state=LifespanOff(self.config).state,
+            _loop=asyncio.get_running_loop(),
+        )
+        transport = ScriptedTransport(5000 + self.opened)
+        transport.protocol = protocol
+        protocol.connection_made(transport)
+        return protocol, transport
+
+
+def get_of(header_bytes: int, path: str = "/x") -> bytes:
+    """A GET whose request line and headers, blank line included, are ``header_bytes`` long."""
+    head = f"GET {path} HTTP/1.1\r\nHost: a\r\nX-Pad: ".encode()
+    pad = header_bytes - len(head) - 4
+    assert pad >= 0
+    return head + b"a" * pad + b"\r\n\r\n"
+
+
+def status_of(written: bytes) -> int:
+    return int(written.split(b" ", 2)[1]) if written else 0
+
+
+def test_protocol_headers_at_the_limit_are_read_and_one_byte_more_get_431(caplog):
+    async def run():
+        server = Connections()
+        at, at_t = server.open()
+        at.data_received(get_of(64))
+        past, past_t = server.open()
+        past.data_received(get_of(65))
+        # the blank line split across two reads is counted the same
+        split, split_t = server.open()
+        whole = get_of(65)
+        split.data_received(whole[:-2])
+        split.data_received(whole[-2:])
+        await asyncio.sleep(0.01)
+        return at_t, past_t, split_t
+
+    with caplog.at_level("WARNING"):
+        at_t, past_t, split_t = asyncio.run(run())
+    assert status_of(at_t.written) == 200 and not at_t.closed
+    for refused in (past_t, split_t):
+        assert status_of(refused.written) == 431 and refused.closed
+        assert b"request headers larger than 64 bytes" in refused.written
+    assert "closed the connection from 10.0.0.1:5002: request headers larger than 64 bytes" in (
+        caplog.messages
+    )
+
+
+def test_protocol_counts_each_kept_alive_requests_headers_afresh():
+    async def run():
+        server = Connections()
+        protocol, transport = server.open()
+        for _ in range(3):
+            protocol.data_received(get_of(64))
+            await asyncio.sleep(0.01)
+        return transport
+
+    transport = asyncio.run(run())
+    assert transport.written.count(b"HTTP/1.1 200 OK") == 3 and not transport.closed
+
+
+def test_protocol_closes_a_connection_without_headers_in_time(caplog):
+    async def run():
+        server = Connections(header_timeout_s=0.05, max_connections=10)
+        silent, silent_t = server.open()
+        prompt, prompt_t = server.open()
+        prompt.data_received(get_of(40))
+        slow, slow_t = server.open()
+        slow.data_received(b"GET /x HTTP/1.1\r\n")  # and nothing more
+        await asyncio.sleep(0.2)
+        return silent_t, prompt_t, slow_t
+
+    with caplog.at_level("WARNING"):
+        silent_t, prompt_t, slow_t = asyncio.run(run())
+    assert silent_t.closed and slow_t.closed and not prompt_t.closed
+    assert status_of(prompt_t.written) == 200
+    assert "closed the connection from 10.0.0.1:5001: no request headers within 0.05 s" in (
+        caplog.messages
+    )
+
+
+def test_protocol_makes_room_by_closing_the_oldest_idle_connection(caplog):
+    async def run():
+        server = Connections(max_connections=2)
+        first, first_t = server.open()
+        second, second_t = server.open()
+        third, third_t = server.open()  # one past: the oldest idle one goes
+        return server, (first, first_t), (second, second_t), (third, third_t)
+
+    with caplog.at_level("WARNING"):
+        server, first, second, third = asyncio.run(run())
+    assert first[1].closed and not second[1].closed and not third[1].closed
+    assert list(server.cls.by_age) == [second[0], third[0]]
+    assert caplog.messages == [
+        "closed the connection from 10.0.0.1:5001: making room for a new connection (3 open)"
+    ]
+
+
+def test_protocol_sheds_a_stalled_body_before_it_touches_a_request_being_answered():
+    release = None
+
+    async def slow_app(scope, receive, send):
+        if scope["path"] == "/busy":
+            await release.wait()
+        else:
+            while (await receive()).get("more_body"):
+                pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run():
+        nonlocal release
+        release = asyncio.Event()
+        server = Connections(slow_app, max_connections=2)
+        busy, busy_t = server.open()
+        busy.data_received(b"GET /busy HTTP/1.1\r\nHost: a\r\n\r\n")
+        body, body_t = server.open()
+        body.data_received(b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        await asyncio.sleep(0.01)
+        newcomer, newcomer_t = server.open()
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.sleep(0.01)
+        return busy_t, body_t, newcomer_t
+
+    busy_t, body_t, newcomer_t = asyncio.run(run())
+    assert body_t.closed and not busy_t.closed and not newcomer_t.closed
+    assert status_of(busy_t.written) == 200
+
+
+def test_protocol_keeps_a_reserve_for_the_probes_and_closes_past_it(caplog):
+    release = None
+
+    async def hold(scope, receive, send):
+        await release.wait()  # every request is being answered: none can be shed
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run():
+        nonlocal release
+        release = asyncio.Event()
+        server = Connections(hold, max_connections=1)
+        busy, _ = server.open()
+        busy.data_received(get_of(50))
+        await asyncio.sleep(0.01)
+        other, other_t = server.open()  # in the reserve: only a probe is answered
+        other.data_received(get_of(50))
+        await asyncio.sleep(0.01)  # answered 503, closed, gone
+        probes = []
+        for _ in range(PROBE_CONNECTIONS):
+            probe, probe_t = server.open()
+            probe.data_received(get_of(50, path="/health"))
+            probes.append(probe_t)
+        await asyncio.sleep(0.01)
+        held = [t.written == b"" and not t.closed for t in probes]  # the app holds them
+        past, past_t = server.open()
+        by_age = len(server.cls.by_age)
+        release.set()  # then every held request is answered
+        await asyncio.sleep(0.01)
+        return held, probes, other_t, past_t, by_age
+
+    with caplog.at_level("WARNING"):
+        held, probes, other_t, past_t, by_age = asyncio.run(run())
+    assert held == [True] * PROBE_CONNECTIONS
+    assert all(status_of(t.written) == 200 for t in probes)
+    assert status_of(other_t.written) == 503 and b"retry-after: 1" in other_t.written
+    assert past_t.closed and past_t.written == b""
+    assert by_age == 1 + PROBE_CONNECTIONS
+    assert caplog.messages == [
+        f"closed the connection from 10.0.0.1:{5003 + PROBE_CONNECTIONS}: 1 connections and the "
+        "probes' reserve in use"
     ]
