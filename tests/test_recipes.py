@@ -85,3 +85,16 @@ def test_docs_name_every_recipe():
     for recipe in RECIPES:
         name = str(recipe.relative_to(ROOT))
         assert name in text, f"docs/results.md does not name {name}"
+
+
+def test_the_learned_gamma_runs_differ_from_fixed_gamma_by_mode_seed_and_directory_only():
+    fixed = json.loads((ROOT / "recipes" / "bn-cvae-g0.3.json").read_text())
+    for seed in (0, 1, 2):
+        learned = json.loads((ROOT / "recipes" / f"bn-cvae-g0.3-learned-s{seed}.json").read_text())
+        assert learned["train"].pop("seed") == seed
+        assert learned["train"].pop("out") == f"{fixed['train']['out']}-learned-s{seed}"
+        assert learned["model"].pop("bn_gamma_mode") == "learned"
+        assert learned["train"] == {
+            k: v for k, v in fixed["train"].items() if k not in ("seed", "out")
+        }
+        assert learned["model"] == {k: v for k, v in fixed["model"].items() if k != "bn_gamma_mode"}
