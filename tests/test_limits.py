@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 from uvicorn.lifespan.off import LifespanOff
 from uvicorn.server import ServerState
 
+import service.app
+import service.server
 from benchmarks.service_process import free_port
-from service.app import BodyLimitMiddleware, create_app
+from service.app import BodyLimitMiddleware, RateLimitedLog, create_app
 from service.config import ConfigError, ServiceConfig
 from service.engine import ADMIT_SHARE, DecodeCost, EngineOverloaded, GenerationRequest
 from service.schemas import MAX_LENGTH, MAX_SAMPLES, MAX_SPEAKER_CHARS, MAX_TURN_CHARS
@@ -469,6 +471,14 @@ def test_a_body_stalled_past_the_deadline_gets_408(caplog, client, shown):
 # --- LimitedHttpToolsProtocol in the test's own thread ---------------------------------------
 # (The header tests above go through a real server in another thread; these drive the protocol
 # with a scripted transport, as uvicorn's own tests do, so mutmut also maps them to it.)
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_limits(monkeypatch):
+    """Each test's warnings counted afresh: the rate limit of the shed and slow-body logs (10 a
+    second for the whole process) would otherwise hold back a test's lines after another's."""
+    monkeypatch.setattr(service.server, "shed_log", RateLimitedLog(service.server.log))
+    monkeypatch.setattr(service.app, "slow_body_log", RateLimitedLog(service.app.log))
 
 
 class ScriptedTransport:
