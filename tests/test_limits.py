@@ -316,6 +316,12 @@ def test_times_must_be_above_zero(tiny_checkpoint, field):  # noqa: F811
 LIMIT = 10
 
 
+async def answer_ok(send) -> None:
+    """An ASGI app's answer: 200, body "ok"."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
 class Connection:
     """A client's side of one request: the messages it sends (``None``: it stalls for ever),
     and what the middleware and the app did with them. Reading past them fails the test."""
@@ -346,8 +352,7 @@ class Connection:
             self.app_saw.append(message)
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer_ok(send)
 
     def run(self, timeout_s: float = 5.0, scope_type: str = "http") -> None:
         scope = {"type": scope_type, "path": self.path, "headers": self.headers}
@@ -516,8 +521,7 @@ class Connections:
         async def answer(scope, receive, send):
             while (await receive()).get("more_body"):
                 pass  # the body, read to its end
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"ok"})
+            await answer_ok(send)
 
         settings = {"header_timeout_s": 5.0, "max_header_bytes": 64, "max_connections": 2}
         self.cls = type(
@@ -646,8 +650,7 @@ def test_protocol_sheds_a_stalled_body_before_it_touches_a_request_being_answere
         else:
             while (await receive()).get("more_body"):
                 pass
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer_ok(send)
 
     async def run():
         nonlocal release
@@ -674,8 +677,7 @@ def test_protocol_keeps_a_reserve_for_the_probes_and_closes_past_it(caplog):
 
     async def hold(scope, receive, send):
         await release.wait()  # every request is being answered: none can be shed
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await answer_ok(send)
 
     async def run():
         nonlocal release
