@@ -134,6 +134,17 @@ class EvalConfig:
     def decoding_options(self) -> DecodingOptions:
         return DecodingOptions.of(self)
 
+    def rerank_options(self) -> RerankOptions:
+        """The reranking options (the same names as the service's request fields)."""
+        return RerankOptions(
+            method=self.rerank,
+            candidates=self.candidates,
+            max_draws=self.max_draws,
+            mmi_weight=self.mmi_weight,
+            diversity=self.diversity,
+            short_reply_tokens=self.short_reply_tokens,
+        )
+
     # Reranking (model/reranking.py), reported beside the plain samples; none: not run.
     rerank: RerankMethod = field(
         default="none",
@@ -223,14 +234,7 @@ class EvalConfig:
         if self.probe_contexts < 0 or self.probe_noises < 1:
             raise EvalError("--probe-contexts must be >= 0 and --probe-noises >= 1")
         try:
-            RerankOptions(
-                self.rerank,
-                self.candidates,
-                self.max_draws,
-                self.mmi_weight,
-                self.diversity,
-                self.short_reply_tokens,
-            )
+            self.rerank_options()
         except ValueError as e:
             raise EvalError(f"reranking options: {e}") from e
         return self

@@ -37,24 +37,12 @@ def words_of(vocab: Vocabulary, ids: Sequence[int]) -> list[str]:
     return [w for w in vocab.decode(ids) if w not in SPECIALS]
 
 
-def rerank_options(config) -> RerankOptions:
-    """The reranking options of an EvalConfig (the same names as the service's request)."""
-    return RerankOptions(
-        method=config.rerank,
-        candidates=config.candidates,
-        max_draws=config.max_draws,
-        mmi_weight=config.mmi_weight,
-        diversity=config.diversity,
-        short_reply_tokens=config.short_reply_tokens,
-    )
-
-
 def reranked_samples(model, vocab, batch, config, position: int):
     """``config.samples`` distinct responses per example of ``batch`` chosen by the reranking
     method, and per example what :func:`distinct_responses` found. The z of an example's draws are
     :func:`example_noise`'s for (seed, its position), so its first ``samples`` draws are those
     of the plain samples."""
-    options = rerank_options(config)
+    options = config.rerank_options()
     budget = options.budget(config.samples)
     d = model.config.latent_dim
     noises = [

@@ -52,7 +52,7 @@ from eval.protocol import (
     paper_differences_markdown,
 )
 from eval.report import markdown_table
-from eval.responses import context_dependence, planned_batch, rerank_options, reranked_samples
+from eval.responses import context_dependence, planned_batch, reranked_samples
 from eval.samples import SamplesFile, example_noise
 from eval.significance import (
     BOOTSTRAP_RESAMPLES,
@@ -350,7 +350,7 @@ def reranked_record(
     scores = gathered.reranked_scores
     rows["reranked"] = {k: [r.get(k) for r in scores] for k in scores[0]}
     rows["random_responses"] = per_context["random_responses"]
-    options = rerank_options(config)
+    options = config.rerank_options()
     metrics = reranked_metrics.result()
     record = {
         "options": dataclasses.asdict(options),
