@@ -42,8 +42,63 @@ from service.config import DEFAULT_CHECKPOINT  # noqa: E402
 from training.batching import plan_batches  # noqa: E402
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def draw_valid(args, model, vocab, encoded: list | None = None):
+    """(references, pools, plain_rows) of the first ``args.limit`` valid examples: every
+    distinct candidate of ``args.max_candidates`` draws, scored by every fit, and the plain
+    samples; from ``args.cache`` when it holds the same draws. ``encoded``, when given,
+    receives each batch's context encodings [E, C], in order (recomputed: they are not cached)."""
+    config = EvalConfig(
+        checkpoint=args.checkpoint,
+        split="valid",
+        samples=args.samples,
+        seed=args.seed,
+        rerank="mmi",
+        candidates=args.max_candidates,
+        max_draws=args.max_candidates,
+    )
+    if args.readable:
+        config = replace(config, **asdict(READABLE))
+    dialogs, _, _ = load_dialogs(config, model.config.tokenizer)
+    turns = [d.turns() for d in dialogs]
+    batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
+    n = args.samples
+    drawn_with = [args.checkpoint, args.limit, n, args.max_candidates]
+    drawn_with += [args.seed, args.readable]
+    if args.cache is not None and args.cache.exists():
+        with args.cache.open("rb") as f:
+            cached_with, (references, pools, plain_rows) = pickle.load(f)
+        if cached_with != drawn_with:
+            raise SystemExit(f"{args.cache} holds draws made with {cached_with}, not {drawn_with}")
+        if encoded is None:
+            batches = []
+    else:
+        references, pools, plain_rows = [], [], []
+    drawing = not references
+    for spans in tqdm(batches, desc="draw and score" if drawing else "encode", unit="batch"):
+        batch = planned_batch(
+            turns, spans, vocab, model.config.max_context, model.config.max_utt_len
+        )
+        if encoded is not None:
+            with torch.no_grad():
+                encoded.append(model.encode_context(batch))
+        if not drawing:
+            continue
+        position = len(references)
+        _, chosen = reranked_samples(model, vocab, batch, config, position)
+        pools += [r.pool for r in chosen]
+        plain = sample_batch(model, batch, config, position)
+        plain_rows += [[words_of(vocab, ids) for ids in row] for row in plain.token_ids.tolist()]
+        references += [turns[i][t][1] for i, s, e in spans for t in range(s, e)]
+    if args.cache is not None and drawing:
+        with args.cache.open("wb") as f:
+            pickle.dump((drawn_with, (references, pools, plain_rows)), f)
+
+    return references, pools, plain_rows
+
+
+def sweep_parser(description: str) -> argparse.ArgumentParser:
+    """The options that say which draws are made (and cached) and which settings are tried."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--limit", type=int, default=400, help="first N valid examples")
     parser.add_argument("--samples", type=int, default=10, help="responses chosen per context")
@@ -69,52 +124,70 @@ def main(argv=None) -> int:
         help="keep the drawn and scored candidates in this file and reuse them when it exists "
         "(for the same checkpoint, --limit, --samples, --max-candidates, --seed and --readable)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+TABLE_HEADER = (
+    "| rerank | K | λ | diversity | short alike | Zhao BLEU-3 R | − shuffled | A-bow R | one-token "
+    "| distinct-2 | all distinct |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def setting_row(
+    name, options, k, pools, plain_rows, references, vocab, scorer, n, seed, fit_of=fit
+) -> tuple[str, dict]:
+    """One table row: ``options`` (None: the plain samples) choosing ``n`` of the first ``k``
+    draws of every pool, scored as the evaluation scores; the fits from ``fit_of(candidate,
+    options)``. Returns the row and the baselines' scores."""
+    chosen = []
+    for pool, row in zip(pools, plain_rows, strict=True):
+        if options is None:
+            chosen.append(row)
+            continue
+        # the first K draws, and as the service does, further ones while short of N
+        first = [c for c in pool if c.draw < k]
+        first += [c for c in pool if c.draw >= k][: max(0, n - len(first))]
+        if options.method != "none":
+            first = [replace(c, fit=fit_of(c, options)) for c in first]
+        chosen.append([words_of(vocab, c.ids) for c in choose(first, n, options)])
+    metrics = ResponseMetrics(scorer)
+    for samples, reference in zip(chosen, references, strict=True):
+        metrics.add(samples, reference)
+    m = metrics.result()
+    base = score_baselines(references, chosen, None, lambda: ResponseMetrics(scorer), n, seed)
+    shuffled = base["shuffled_context"]["zhao_bleu3_r"]
+    distinct = sum(len({tuple(s) for s in row}) == n for row in chosen) / len(chosen)
+    lam = f"{options.mmi_weight:g}" if options and options.method == "mmi" else "–"
+    div = f"{options.diversity:g}" if options and options.method != "none" else "–"
+    short = f"≤ {options.short_reply_tokens}" if options and options.short_reply_tokens else "–"
+    row = (
+        f"| {name} | {k or n} | {lam} | {div} | {short} | {m['zhao_bleu3_r']:.2f} | "
+        f"{m['zhao_bleu3_r'] - shuffled:+.2f} | {m['a_bow_r']:.2f} | "
+        f"{100 * m['one_token_rate']:.1f}% | {m['inter_distinct2']:.3f} | "
+        f"{100 * distinct:.0f}% |"
+    )
+    return row, base
+
+
+def human_line(base: dict, n: int) -> str:
+    human = base["random_responses"]
+    return (
+        f"random human responses ({n} per context): Zhao BLEU-3 R "
+        f"{human['zhao_bleu3_r']:.2f}, one-token {100 * human['one_token_rate']:.1f}%"
+    )
+
+
+def main(argv=None) -> int:
+    args = sweep_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
     model, vocab = load_pretrained(args.checkpoint)
     model.eval()
-    config = EvalConfig(
-        checkpoint=args.checkpoint,
-        split="valid",
-        samples=args.samples,
-        seed=args.seed,
-        rerank="mmi",
-        candidates=args.max_candidates,
-        max_draws=args.max_candidates,
-    )
-    if args.readable:
-        config = replace(config, **asdict(READABLE))
-    dialogs, _, _ = load_dialogs(config, model.config.tokenizer)
-    turns = [d.turns() for d in dialogs]
-    batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
-    n = args.samples
-    drawn_with = [args.checkpoint, args.limit, n, args.max_candidates]
-    drawn_with += [args.seed, args.readable]
-    if args.cache is not None and args.cache.exists():
-        with args.cache.open("rb") as f:
-            cached_with, (references, pools, plain_rows) = pickle.load(f)
-        if cached_with != drawn_with:
-            parser.error(f"{args.cache} holds draws made with {cached_with}, not {drawn_with}")
-        batches = []
-    else:
-        references, pools, plain_rows = [], [], []
-    for spans in tqdm(batches, desc="draw and score", unit="batch"):
-        batch = planned_batch(
-            turns, spans, vocab, model.config.max_context, model.config.max_utt_len
-        )
-        position = len(references)
-        _, chosen = reranked_samples(model, vocab, batch, config, position)
-        pools += [r.pool for r in chosen]
-        plain = sample_batch(model, batch, config, position)
-        plain_rows += [[words_of(vocab, ids) for ids in row] for row in plain.token_ids.tolist()]
-        references += [turns[i][t][1] for i, s, e in spans for t in range(s, e)]
-    if args.cache is not None and batches:
-        with args.cache.open("wb") as f:
-            pickle.dump((drawn_with, (references, pools, plain_rows)), f)
+    references, pools, plain_rows = draw_valid(args, model, vocab)
 
     scorer = EmbeddingScorer(load_embeddings(None))
+    n = args.samples
     ks = [int(k) for k in args.candidates.split(",")]
     settings = [("plain (first draws, duplicates kept)", None, 0)]
     settings.append(("none (distinct)", RerankOptions(), n))
@@ -136,48 +209,13 @@ def main(argv=None) -> int:
         f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}, "
         f"{'READABLE' if args.readable else 'plain'} greedy decoding; {args.checkpoint}\n"
     )
-    print(
-        "| rerank | K | λ | diversity | short alike | Zhao BLEU-3 R | − shuffled | A-bow R | one-token "
-        "| distinct-2 | all distinct |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(TABLE_HEADER)
     for name, options, k in settings:
-        chosen = []
-        for pool, row in zip(pools, plain_rows, strict=True):
-            if options is None:
-                chosen.append(row)
-                continue
-            # the first K draws, and as the service does, further ones while short of N
-            first = [c for c in pool if c.draw < k]
-            first += [c for c in pool if c.draw >= k][: max(0, n - len(first))]
-            if options.method != "none":
-                first = [replace(c, fit=fit(c, options)) for c in first]
-            chosen.append([words_of(vocab, c.ids) for c in choose(first, n, options)])
-        metrics = ResponseMetrics(scorer)
-        for samples, reference in zip(chosen, references, strict=True):
-            metrics.add(samples, reference)
-        m = metrics.result()
-        base = score_baselines(
-            references, chosen, None, lambda: ResponseMetrics(scorer), n, args.seed
+        row, base = setting_row(
+            name, options, k, pools, plain_rows, references, vocab, scorer, n, args.seed
         )
-        shuffled = base["shuffled_context"]["zhao_bleu3_r"]
-        distinct = sum(len({tuple(s) for s in row}) == n for row in chosen) / len(chosen)
-        lam = f"{options.mmi_weight:g}" if options and options.method == "mmi" else "–"
-        div = f"{options.diversity:g}" if options and options.method != "none" else "–"
-        short = f"≤ {options.short_reply_tokens}" if options and options.short_reply_tokens else "–"
-        print(
-            f"| {name} | {k or n} | {lam} | {div} | {short} | {m['zhao_bleu3_r']:.2f} | "
-            f"{m['zhao_bleu3_r'] - shuffled:+.2f} | {m['a_bow_r']:.2f} | "
-            f"{100 * m['one_token_rate']:.1f}% | {m['inter_distinct2']:.3f} | "
-            f"{100 * distinct:.0f}% |",
-            flush=True,
-        )
-    human = base["random_responses"]
-    print(
-        f"\nrandom human responses ({n} per context): Zhao BLEU-3 R "
-        f"{human['zhao_bleu3_r']:.2f}, one-token {100 * human['one_token_rate']:.1f}%; "
-        f"{time.perf_counter() - started:.0f} s"
-    )
+        print(row, flush=True)
+    print(f"\n{human_line(base, n)}; {time.perf_counter() - started:.0f} s")
     return 0
 
 
