@@ -71,8 +71,9 @@ class Stepper:
     """One model + optimizer with its backend settings; ``step(batch)`` runs a training step and
     records its duration.
 
-    ``settings``: "fp32" (torch's default kernels, for-each Adam), "fast" (fused Adam, oneDNN
-    fp32 matmuls when ``onednn``) or "bf16" (fast + bf16 autocast)."""
+    ``settings``: "fp32" (torch's default kernels, for-each Adam), "fast" (fused Adam, batched
+    GRU training, oneDNN fp32 matmuls when ``onednn``) or "bf16" (fast + bf16 autocast, under
+    which the GRUs are torch's)."""
 
     def __init__(
         self, preset: str, variant: str, vocab_size: int, per_window: bool = False,
@@ -82,6 +83,7 @@ class Stepper:
         self.model = DialogCVAE(ModelConfig.preset(preset, variant=variant, vocab_size=vocab_size))
         params = [p for p in self.model.parameters() if p.requires_grad]
         fast = settings in ("fast", "bf16")
+        self.model.use_batched_gru(fast)
         self.opt = make_adam(params, 1e-3, CPU) if fast else torch.optim.Adam(params, 1e-3)
         self.onednn = fast and onednn
         self.precision = "bf16-autocast" if settings == "bf16" else "fp32"
@@ -143,7 +145,8 @@ def main() -> None:
     print(f"oneDNN fp32 matmuls: relative error {probe.relative_error:.1e} "
           f"(float32-exact: {probe.fp32_exact}), capability {probe.capability}, "
           f"{probe.speedup:.2f}x MKL on the vocabulary projection -> "
-          f"{'on' if probe.use else 'off'} in the fast default; fused Adam: on")  # fmt: skip
+          f"{'on' if probe.use else 'off'} in the fast default; fused Adam and batched GRU "
+          "training: on")  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{len(batches)} real batches of {args.batch_segments} segments of "
           f"{args.segment_size} responses: {examples:.1f} examples from {dialogs_per_batch:.1f} "

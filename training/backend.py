@@ -13,6 +13,10 @@ the arithmetic precision. None of the defaults changes the maths beyond float32 
   docs/performance.md). The decision depends on the machine alone, not on a timing, so two runs
   with the same seed on one machine compute the same; it is logged and kept in the run's config,
   so a resumed run computes as it did.
+* Batched GRU training (``model/packed_gru.py``): the GRUs' input projections and weight
+  gradients in one matrix product per sequence batch instead of one per time step. The same
+  GRU, summed in another order; on the CPU in float32 only (a GPU has cuDNN's kernels, and
+  autocast keeps torch's).
 * ``--precision bf16-autocast``: the forward pass under ``torch.autocast`` in bfloat16 (master
   weights, optimizer and loss reductions stay float32). Opt-in: it changes the numbers.
 """
@@ -32,6 +36,7 @@ log = logging.getLogger("training")
 
 PRECISIONS = ("fp32", "bf16-autocast")
 ONEDNN_CHOICES = ("auto", "on", "off")
+BATCHED_GRU_CHOICES = ("auto", "on", "off")
 
 # The decoder's vocabulary projection at the paper preset: ~870 response tokens per batch
 # (62 responses of ~14 tokens) onto 10,005 words from a 400-d state. It is the largest matmul
@@ -142,6 +147,16 @@ def resolve_onednn(choice: str, device: torch.device) -> bool:
         probe.capability, "on" if probe.use else "off",
     )  # fmt: skip
     return probe.use
+
+
+def resolve_batched_gru(choice: str, device: torch.device, precision: str) -> bool:
+    """``auto``: batched GRU training on a CPU in float32 (where it runs at all); ``on``/``off``
+    as given (``on`` elsewhere still computes with torch's GRU: model/packed_gru.py's GRU)."""
+    if choice not in BATCHED_GRU_CHOICES:
+        raise ValueError(f"batched_gru must be one of {BATCHED_GRU_CHOICES}, not {choice!r}")
+    if choice != "auto":
+        return choice == "on"
+    return device.type == "cpu" and precision == "fp32"
 
 
 def autocast(precision: str, device: torch.device):

@@ -47,11 +47,13 @@ from model.files import (
     remove_temporaries,
 )
 from training.backend import (
+    BATCHED_GRU_CHOICES,
     ONEDNN_CHOICES,
     PRECISIONS,
     autocast,
     make_adam,
     onednn_fp32_matmul,
+    resolve_batched_gru,
     resolve_onednn,
 )
 from training.batching import Prefetcher, SegmentBatches, eval_batches
@@ -69,10 +71,11 @@ METRICS_FILE = "metrics.jsonl"
 RUN_FILES = ("best", "last", STATE_FILE, METRICS_FILE, "config.json", "summary.json", "curves.png")
 # Flags that may differ when a run is resumed: they do not change what is computed, only where
 # (epochs, max_steps: to extend a run), how fast it runs, and when it stops (the stopping rule
-# is replayed over the run's validations: Run.replay_stopping). onednn_matmul changes only
-# float32 rounding: the kernels differ, the arithmetic does not.
+# is replayed over the run's validations: Run.replay_stopping). onednn_matmul and batched_gru
+# change only float32 rounding: the kernels differ, the arithmetic does not.
 RESUMABLE_CHANGES = ("resume", "threads", "device", "epochs", "max_steps", "patience",
-                     "kl_settle_window", "kl_settle_tolerance", "onednn_matmul")  # fmt: skip
+                     "kl_settle_window", "kl_settle_tolerance", "onednn_matmul",
+                     "batched_gru")  # fmt: skip
 # Model options that shape only the training objective: a run started from a checkpoint
 # (--init-from) may set them anew; every other model field must be the checkpoint's.
 TRAINING_ONLY = (
@@ -219,6 +222,15 @@ class TrainConfig:
             "CPU float32 matmuls through oneDNN; auto: when a start-up check finds it "
             "float32-exact and faster on this CPU (logged; the run's config keeps the answer)",
             choices=ONEDNN_CHOICES,
+        ),
+    )
+    batched_gru: str = field(
+        default="auto",
+        metadata=_help(
+            "train the GRUs with model/packed_gru.py (input projections and weight gradients "
+            "in one product per batch, not per time step); auto: on a CPU in fp32 (the run's "
+            "config keeps the answer)",
+            choices=BATCHED_GRU_CHOICES,
         ),
     )
     sync_bn: bool = field(
@@ -452,6 +464,9 @@ class Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Resolved once, and written into config.json as on/off, so a resumed run keeps it.
         cfg.onednn_matmul = "on" if resolve_onednn(cfg.onednn_matmul, device) else "off"
+        batched = resolve_batched_gru(cfg.batched_gru, device, cfg.precision)
+        cfg.batched_gru = "on" if batched else "off"
+        log.info("batched GRU training (model/packed_gru.py): %s", cfg.batched_gru)
         self.out = Path(cfg.out)
         self.state_path = self.out / STATE_FILE
         if self.state_path.exists() and not cfg.resume:
@@ -476,7 +491,7 @@ class Run:
             **(model_overrides or {}),
         )
         torch.manual_seed(cfg.seed)
-        self.model = DialogCVAE(mcfg).to(device)
+        self.model = DialogCVAE(mcfg).to(device).use_batched_gru(cfg.batched_gru == "on")
         if cfg.train_only == "decoder":
             self.model.freeze_all_but_decoder()
         if cfg.sync_bn and self.world > 1:
