@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.batch import dialog_batch
 from model.packed_gru import GRU, packed_gru
@@ -115,3 +115,24 @@ def test_auto_batches_the_gru_on_a_cpu_in_float32_only():
     assert resolve_batched_gru("on", cuda, "fp32") is True
     with pytest.raises(ValueError, match="batched_gru must be one of"):
         resolve_batched_gru("fast", cpu, "fp32")
+
+
+def test_the_outputs_unpack_into_the_batch_order():
+    rnn, x, h0 = gru_and_input(True, True)
+    packed = pack_padded_sequence(x, torch.tensor(LENGTHS), batch_first=True, enforce_sorted=False)
+    with torch.enable_grad():
+        out = packed_gru(rnn, packed, h0)[0]
+        ours = pad_packed_sequence(out, batch_first=True)
+        torch_s = pad_packed_sequence(torch.nn.GRU.forward(rnn, packed, h0)[0], batch_first=True)
+    torch.testing.assert_close(ours[0], torch_s[0], rtol=0, atol=1e-12)
+    assert ours[1].tolist() == LENGTHS
+    # (the order a further GRU permutes its initial state by)
+    assert torch.equal(out.sorted_indices, packed.sorted_indices)
+
+
+@pytest.mark.parametrize("settings", [{"num_layers": 2}, {"bias": False}])
+def test_other_grus_are_refused(settings):
+    rnn = torch.nn.GRU(5, 4, **settings)
+    packed = pack_padded_sequence(torch.randn(3, 2, 5), torch.tensor([3, 2]))
+    with pytest.raises(ValueError, match="packed_gru runs one-layer GRUs with biases"):
+        packed_gru(rnn, packed)
