@@ -99,3 +99,13 @@ def test_the_learned_gamma_runs_differ_from_fixed_gamma_by_mode_seed_and_directo
             k: v for k, v in fixed["train"].items() if k not in ("seed", "out")
         }
         assert learned["model"] == {k: v for k, v in fixed["model"].items() if k != "bn_gamma_mode"}
+        # and with the posterior-variance dropout chosen by the short runs (results/short/)
+        dropped = json.loads(
+            (ROOT / "recipes" / f"bn-cvae-g0.3-learned-vardrop0.2-s{seed}.json").read_text()
+        )
+        assert dropped["model"].pop("posterior_var_dropout") == 0.2
+        assert dropped["train"].pop("out") == f"{fixed['train']['out']}-learned-vardrop0.2-s{seed}"
+        assert dropped["train"].pop("seed") == seed
+        assert dropped["train"] == learned["train"]
+        others = {k: v for k, v in learned["model"].items() if k != "posterior_var_dropout"}
+        assert dropped["model"] == {**others, "bn_gamma_mode": "learned"}
