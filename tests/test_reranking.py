@@ -13,8 +13,10 @@ from model.reranking import (
     RerankOptions,
     choose,
     distinct_responses,
+    empty_context,
     fit,
     jaccard,
+    score,
 )
 from model.vocab import Vocabulary
 
@@ -133,3 +135,23 @@ def test_response_elbo_is_the_training_objective_at_the_posterior_mean(model):
     )
     assert nll.item() == pytest.approx(expected.sum().item(), rel=1e-5)
     assert tokens.item() == 4
+
+
+def test_mmi_scores_each_candidate_under_its_context_and_the_empty_one(model):
+    dialogs = [[("A", ["do", "you", "have", "any", "pets"])], [("A", ["i", "like", "dogs"])]]
+    c = model.encode_context(context_batch(dialogs, VOCAB))
+    replies = [[["yes", "a", "dog"], ["we", "like", "cat"]], [["i", "like", "dogs", "a", "dog"]]]
+    pools = [{i: cand(VOCAB.encode(words), None) for i, words in enumerate(row)} for row in replies]
+    score(model, c, pools, RerankOptions("mmi", mmi_weight=0.5))
+    empty = empty_context(model, c.device)
+    for context, pool in enumerate(pools):
+        for candidate in pool.values():
+            words = torch.tensor([candidate.ids])
+            length = torch.tensor([candidate.length])
+            nll, kl, _ = model.response_elbo(c[context : context + 1], words, length)
+            nll_empty, kl_empty, _ = model.response_elbo(empty, words, length)
+            assert candidate.elbo == pytest.approx(-(nll + kl).item(), rel=1e-5)
+            assert candidate.kl == pytest.approx(kl.item(), rel=1e-5)
+            assert candidate.elbo_empty == pytest.approx(-(nll_empty + kl_empty).item(), rel=1e-5)
+            assert candidate.fit == pytest.approx(candidate.elbo - 0.5 * candidate.elbo_empty)
+    assert len({c.elbo for pool in pools for c in pool.values()}) == 3  # (not all alike)
