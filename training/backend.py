@@ -35,8 +35,8 @@ from torch.backends.mkldnn import MkldnnModule
 log = logging.getLogger("training")
 
 PRECISIONS = ("fp32", "bf16-autocast")
-ONEDNN_CHOICES = ("auto", "on", "off")
-BATCHED_GRU_CHOICES = ("auto", "on", "off")
+# A kernel switch (--onednn-matmul, --batched-gru): auto decides by the machine.
+SWITCH_CHOICES = ("auto", "on", "off")
 
 # The decoder's vocabulary projection at the paper preset: ~870 response tokens per batch
 # (62 responses of ~14 tokens) onto 10,005 words from a 400-d state. It is the largest matmul
@@ -134,8 +134,8 @@ def probe_onednn_matmul(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int 
 def resolve_onednn(choice: str, device: torch.device) -> bool:
     """``auto``: oneDNN for fp32 matmuls when :func:`probe_onednn_matmul` finds it float32-exact
     on a CPU of ``ONEDNN_FASTER_ON`` (logged); ``on``/``off`` as given. Only CPUs have the choice."""
-    if choice not in ONEDNN_CHOICES:
-        raise ValueError(f"onednn_matmul must be one of {ONEDNN_CHOICES}, not {choice!r}")
+    if choice not in SWITCH_CHOICES:
+        raise ValueError(f"onednn_matmul must be one of {SWITCH_CHOICES}, not {choice!r}")
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if choice != "auto":
@@ -152,8 +152,8 @@ def resolve_onednn(choice: str, device: torch.device) -> bool:
 def resolve_batched_gru(choice: str, device: torch.device, precision: str) -> bool:
     """``auto``: batched GRU training on a CPU in float32 (where it runs at all); ``on``/``off``
     as given (``on`` elsewhere still computes with torch's GRU: model/packed_gru.py's GRU)."""
-    if choice not in BATCHED_GRU_CHOICES:
-        raise ValueError(f"batched_gru must be one of {BATCHED_GRU_CHOICES}, not {choice!r}")
+    if choice not in SWITCH_CHOICES:
+        raise ValueError(f"batched_gru must be one of {SWITCH_CHOICES}, not {choice!r}")
     if choice != "auto":
         return choice == "on"
     return device.type == "cpu" and precision == "fp32"

@@ -47,9 +47,8 @@ from model.files import (
     remove_temporaries,
 )
 from training.backend import (
-    BATCHED_GRU_CHOICES,
-    ONEDNN_CHOICES,
     PRECISIONS,
+    SWITCH_CHOICES,
     autocast,
     make_adam,
     onednn_fp32_matmul,
@@ -221,7 +220,7 @@ class TrainConfig:
         metadata=_help(
             "CPU float32 matmuls through oneDNN; auto: when a start-up check finds it "
             "float32-exact and faster on this CPU (logged; the run's config keeps the answer)",
-            choices=ONEDNN_CHOICES,
+            choices=SWITCH_CHOICES,
         ),
     )
     batched_gru: str = field(
@@ -230,7 +229,7 @@ class TrainConfig:
             "train the GRUs with model/packed_gru.py (input projections and weight gradients "
             "in one product per batch, not per time step); auto: on a CPU in fp32 (the run's "
             "config keeps the answer)",
-            choices=BATCHED_GRU_CHOICES,
+            choices=SWITCH_CHOICES,
         ),
     )
     sync_bn: bool = field(
