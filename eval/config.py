@@ -136,14 +136,7 @@ class EvalConfig:
 
     def rerank_options(self) -> RerankOptions:
         """The reranking options (the same names as the service's request fields)."""
-        return RerankOptions(
-            method=self.rerank,
-            candidates=self.candidates,
-            max_draws=self.max_draws,
-            mmi_weight=self.mmi_weight,
-            diversity=self.diversity,
-            short_reply_tokens=self.short_reply_tokens,
-        )
+        return RerankOptions.of(self)
 
     # Reranking (model/reranking.py), reported beside the plain samples; none: not run.
     rerank: RerankMethod = field(

@@ -32,7 +32,7 @@ be held back too, which lost on the valid split; docs/decoding.md.)
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 import torch
@@ -73,6 +73,17 @@ class RerankOptions:
             raise ValueError("diversity must be in [0, 1]")
         if not 0.0 <= self.mmi_weight <= 1.0:
             raise ValueError("mmi_weight must be in [0, 1]")
+
+    @classmethod
+    def of(cls, settings) -> RerankOptions:
+        """The options held by ``settings`` (a request, a CLI config): the method as
+        ``rerank``, the others under their own names (as ``DecodingOptions.of``)."""
+        return cls(
+            **{
+                f.name: getattr(settings, "rerank" if f.name == "method" else f.name)
+                for f in fields(cls)
+            }
+        )
 
     def first_draws(self, n: int) -> int:
         """Draws per context at first: N without reranking (nothing to choose among)."""

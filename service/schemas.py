@@ -114,14 +114,7 @@ class RerankFields(BaseModel):
     )
 
     def rerank_options(self) -> RerankOptions:
-        return RerankOptions(
-            method=self.rerank,
-            candidates=self.candidates,
-            max_draws=self.max_draws,
-            mmi_weight=self.mmi_weight,
-            diversity=self.diversity,
-            short_reply_tokens=self.short_reply_tokens,
-        )
+        return RerankOptions.of(self)
 
 
 class RespondRequest(RerankFields, _Strict):
