@@ -137,6 +137,18 @@ class ModelConfig:
             ge=0,
         ),
     )
+    # A context-contrast term (not in the papers; in the spirit of Cai et al., Findings of EMNLP
+    # 2020, contrastive dialogue learning): each response must be likelier, per token, under its
+    # own context than under another example's with the same z (DialogCVAE.context_gap); meant
+    # for fine-tuning the decoder (--train-only decoder), training only.
+    context_contrast_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of the logistic loss on how much likelier each response is under its own "
+            "context than under another example's (0: the papers' objective)",
+            ge=0,
+        ),
+    )
     # How text becomes tokens (model/text.py); the vocabulary is made of this tokenizer's tokens.
     tokenizer: str = field(
         default=DEFAULT_TOKENIZER,

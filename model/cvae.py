@@ -19,6 +19,9 @@ Loss per example (minimised):
     any, with unlikelihood_weight > 0 (not in the papers): + w_ul * token-level unlikelihood
     any, with sequence_unlikelihood_weight > 0 (not in the papers, training only):
                + w_seq * sequence-level unlikelihood on the model's own greedy responses
+    any, with context_contrast_weight > 0 (not in the papers, training only):
+               + w_cc * softplus(-gap), gap the per-token log-likelihood of x under its own c
+               minus under another example's c, with the same z (DialogCVAE.context_gap)
 """
 
 from __future__ import annotations
@@ -529,6 +532,10 @@ class DialogCVAE(nn.Module):
         if cfg.sequence_unlikelihood_weight > 0 and self.training:  # not in the papers either
             sequence_ul, extras["repeating"] = self.sequence_unlikelihood(c, mu_p, logvar_p)
             per_example = per_example + cfg.sequence_unlikelihood_weight * sequence_ul
+        if cfg.context_contrast_weight > 0 and self.training and n > 1:  # nor this
+            gap = self.context_gap(c, z, responses, host_lengths, nll, tokens)
+            per_example = per_example + cfg.context_contrast_weight * F.softplus(-gap)
+            extras["context_gap"] = gap.detach()
         return CVAEOutput(
             loss=per_example.mean(),
             nll=nll,
@@ -566,6 +573,20 @@ class DialogCVAE(nn.Module):
         loss = loss * packed_order(looping, targets)
         per_example = loss.new_zeros(c.shape[0]).index_add_(0, owner, loss)
         return per_example, looping.any(dim=1)
+
+    def context_gap(self, c, z, responses, lengths, nll, tokens) -> torch.Tensor:
+        """Per example, how much likelier its response is, per target token, under its own
+        context than under another example's with the same z: (-log p(x|c',z) - ``nll``) /
+        ``tokens``, c' the context half the batch away (the batch rolled by E // 2, so another
+        segment of the batch's dialogs, not the next turn). The logistic loss softplus(-gap)
+        asks the decoder to tell the two contexts apart given z: for a fixed z, the reply
+        should follow the context."""
+        n = nll.shape[0]
+        other = torch.roll(torch.arange(n, device=c.device), n // 2)
+        h0 = self.decoder.initial_state(c[other], z)
+        token_nll, _, owner = self.decoder.token_nll(h0, responses, lengths)
+        nll_other = token_nll.new_zeros(n).index_add_(0, owner, token_nll)
+        return (nll_other - nll) / tokens
 
     # --- generation -----------------------------------------------------------------------
 

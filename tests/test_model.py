@@ -235,6 +235,59 @@ def test_sequence_unlikelihood_enters_the_training_objective_only(vocab):
     assert (o.sequence_unlikelihood == 0).all() and "repeating" not in o.extras
 
 
+def test_context_contrast_is_a_logistic_loss_on_the_gap_between_contexts(vocab):
+    """With its weight, the training loss adds softplus(-gap): gap the per-token -log p of each
+    response under the context half the batch away minus under its own, the same z; computed
+    here by hand from the decoder. Validation (eval mode) and the -ELBO terms do not change."""
+    batch = dialog_batch(random_dialogs(n_dialogs=4), vocab)
+    model = make_model(vocab, context_contrast_weight=2.0).train()
+    plain = make_model(vocab).train()  # the same weights
+    torch.manual_seed(5)
+    o = model(batch)
+    torch.manual_seed(5)
+    p = plain(batch)
+    torch.testing.assert_close(o.nll, p.nll)
+    torch.testing.assert_close(o.kl, p.kl)
+    assert "context_gap" not in p.extras
+
+    # by hand: the z of the forward pass (same seed), every response under context (i + E/2) % E
+    c = model.encode_context(batch)
+    torch.manual_seed(5)
+    mu_q, logvar_q = model.recognition(c, model.encode_utterances(batch)[batch.response_index])
+    z = mu_q + torch.randn_like(mu_q) * torch.exp(0.5 * logvar_q)
+    torch.testing.assert_close(mu_q, o.extras["mu_q"])
+    e = c.shape[0]
+    responses, lengths = batch.responses(), batch.utt_lengths[batch.response_index]
+    other = [(i + e - e // 2) % e for i in range(e)]  # torch.roll(arange(e), e // 2)
+    gaps = []
+    for i in range(e):
+        words = responses[i : i + 1, : lengths[i]]
+        nlls = []
+        for j in (i, other[i]):
+            h0 = model.decoder.initial_state(c[j : j + 1], z[i : i + 1])
+            nll, _, _ = model.decoder.token_nll(h0, words, lengths[i : i + 1])
+            nlls.append(nll.sum())
+        gaps.append((nlls[1] - nlls[0]) / (lengths[i] - 1))
+    gap = torch.stack(gaps).detach()
+    torch.testing.assert_close(o.extras["context_gap"], gap, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(o.loss, p.loss + 2.0 * torch.nn.functional.softplus(-gap).mean())
+    assert other[0] == e - e // 2 and len(set(other)) == e
+
+    # the contrast trains the decoder's reading of the context, not the prior
+    o.loss.backward()
+    p.loss.backward()
+    init, plain_init = model.decoder.init_state.weight.grad, plain.decoder.init_state.weight.grad
+    assert not torch.allclose(init, plain_init)
+    for mine, theirs in zip(
+        model.prior_net.parameters(), plain.prior_net.parameters(), strict=True
+    ):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
+    model.eval()
+    torch.manual_seed(5)
+    assert "context_gap" not in model(batch).extras
+
+
 def test_frozen_gamma_gets_no_gradient_and_never_changes(vocab):
     model = make_model(vocab, "bn-cvae", bn_gamma=0.6)
     bn = model.recognition.mu_bn

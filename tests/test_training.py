@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -257,6 +258,13 @@ def test_init_from_a_checkpoint_starts_from_its_weights(synthetic_prepared, tmp_
                  "--model.sequence-unlikelihood-weight", "1"]) == 0  # fmt: skip
     (train,) = records(tmp_path / "ft3", "train")
     assert 0 <= train["train_repeating"] <= 1 and train["train_sequence_ul"] >= 0
+    # with the context contrast, they log how much likelier a response is under its own context
+    assert main([*argv[:3], str(tmp_path / "ft4"), *TINY, "--init-from", str(best),
+                 "--max-steps", "10", "--eval-every", "10",
+                 "--model.context-contrast-weight", "1"]) == 0  # fmt: skip
+    (train,) = records(tmp_path / "ft4", "train")
+    assert math.isfinite(train["train_context_gap"]) and "train_repeating" not in train
+    assert "train_context_gap" not in records(tmp_path / "ft3", "train")[0]
 
 
 def test_decoder_only_fine_tune_keeps_the_latent_space(synthetic_prepared, tmp_path):

@@ -81,6 +81,7 @@ TRAINING_ONLY = (
     "dropout",
     "unlikelihood_weight",
     "sequence_unlikelihood_weight",
+    "context_contrast_weight",
     "prior_kl_weight",
     "bow_weight",
 )
@@ -411,6 +412,8 @@ class TrainingWindow:
         if "repeating" in out.extras:  # sequence-level unlikelihood: its loss, and how many
             values["sequence_ul"] = out.sequence_unlikelihood.sum()  # greedy responses
             values["repeating"] = out.extras["repeating"].sum()  # loop
+        if "context_gap" in out.extras:  # context contrast: nats per token own over other
+            values["context_gap"] = out.extras["context_gap"].sum()
         for key, value in values.items():
             value = self._scalar(value)
             self._sums[key] = value if key not in self._sums else self._sums[key] + value
@@ -434,6 +437,8 @@ class TrainingWindow:
         if "repeating" in s:
             entry["train_sequence_ul"] = s["sequence_ul"] / n
             entry["train_repeating"] = s["repeating"] / n  # share of greedy responses that loop
+        if "context_gap" in s:
+            entry["train_context_gap"] = s["context_gap"] / n
         self._sums.clear()
         return entry
 
