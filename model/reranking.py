@@ -206,11 +206,7 @@ def score(model: DialogCVAE, c: torch.Tensor, pools, rerank: RerankOptions) -> N
     ``elbo_empty``), all candidates of all contexts in one batch."""
     flat = [(i, cand) for i, pool in enumerate(pools) for cand in pool.values()]
     if rerank.method in ("posterior", "mmi"):
-        width = max(1, max(cand.length for _, cand in flat))
-        words = torch.zeros((len(flat), width), dtype=torch.long, device=c.device)
-        for row, (_, cand) in enumerate(flat):
-            words[row, : cand.length] = torch.tensor(cand.ids, dtype=torch.long)
-        lengths = torch.tensor([cand.length for _, cand in flat], device=c.device)
+        words, lengths = candidate_words([cand for _, cand in flat], c.device)
         contexts = c[torch.tensor([i for i, _ in flat], device=c.device)]
         if rerank.method == "mmi":
             # log p(x|c) and log p(x) in one pass: the candidates twice, under their contexts
@@ -227,6 +223,19 @@ def score(model: DialogCVAE, c: torch.Tensor, pools, rerank: RerankOptions) -> N
                 cand.elbo_empty = elbos[len(flat) + row]
     for _, cand in flat:
         cand.fit = fit(cand, rerank)
+
+
+def candidate_words(
+    candidates: Sequence[Candidate], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates' word ids [B, T] (0-padded) and word counts [B], as
+    :meth:`DialogCVAE.response_elbo` takes them."""
+    width = max([1, *(cand.length for cand in candidates)])
+    words = torch.zeros((len(candidates), width), dtype=torch.long, device=device)
+    for row, cand in enumerate(candidates):
+        words[row, : cand.length] = torch.tensor(cand.ids, dtype=torch.long)
+    lengths = torch.tensor([cand.length for cand in candidates], device=device)
+    return words, lengths
 
 
 def fit(cand: Candidate, rerank: RerankOptions) -> float:

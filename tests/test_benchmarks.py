@@ -107,3 +107,11 @@ def test_service_startup_benchmark_prints_the_times_and_the_servers_phases():
         assert len(row) == len(header)
         health, ready = float(row[1]), float(row[2])
         assert 0 < health <= ready
+
+
+def test_marginal_mmi_takes_p_of_r_over_every_other_context_and_never_its_own():
+    from benchmarks.marginal_mmi import other_contexts
+
+    picks = other_contexts(6, 5, seed=0).tolist()  # as many as there are others: all of them
+    assert [sorted(row) for row in picks] == [[j for j in range(6) if j != i] for i in range(6)]
+    assert other_contexts(6, 2, seed=3).tolist() == other_contexts(6, 2, seed=3).tolist()
