@@ -8,6 +8,9 @@ row, A-bow R, one-token share, distinct-2, and the share of contexts with all sa
 
     python benchmarks/rerank_sweep.py --limit 400          # prints a markdown table
 
+With ``--oracle`` it adds, for each K, the ceiling of any fit of these candidates: the N that score
+best on Zhao BLEU-3 against the reference itself (a fit that reads the answer, not a method).
+
 Only the valid split: the defaults chosen from this table are then evaluated on test once.
 """
 
@@ -18,6 +21,7 @@ import itertools
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -32,12 +36,17 @@ from eval.baselines import score_baselines  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from eval.data import load_dialogs  # noqa: E402
 from eval.embeddings import load_embeddings  # noqa: E402
-from eval.metrics import EmbeddingScorer, ResponseMetrics  # noqa: E402
+from eval.metrics import (  # noqa: E402
+    ZHAO_BLEU_WEIGHTS,
+    EmbeddingScorer,
+    ResponseMetrics,
+    zhao_bleu,
+)
 from eval.responses import planned_batch, reranked_samples, words_of  # noqa: E402
 from eval.switchboard import sample_batch  # noqa: E402
 from model.checkpoint import load_pretrained  # noqa: E402
 from model.decoding import READABLE  # noqa: E402
-from model.reranking import RerankOptions, choose, fit  # noqa: E402
+from model.reranking import Candidate, RerankOptions, choose, fit  # noqa: E402
 from service.config import DEFAULT_CHECKPOINT  # noqa: E402
 from training.batching import plan_batches  # noqa: E402
 
@@ -119,6 +128,12 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
         help="decode as the service does (model.decoding.READABLE) instead of the plain protocol",
     )
     parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="also the ceiling of any fit: rank by each candidate's Zhao BLEU-3 against the "
+        "reference (reads the answer: not a method)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         help="keep the drawn and scored candidates in this file and reuse them when it exists "
@@ -133,8 +148,12 @@ TABLE_HEADER = (
 )
 
 
+# A candidate's fit under the options (model.reranking.fit, or a probe's own).
+FitOf = Callable[[Candidate, RerankOptions], float]
+
+
 def setting_row(
-    name, options, k, pools, plain_rows, references, vocab, scorer, n, seed, fit_of=fit
+    name, options, k, pools, plain_rows, references, vocab, scorer, n, seed, fit_of: FitOf = fit
 ) -> tuple[str, dict]:
     """One table row: ``options`` (None: the plain samples) choosing ``n`` of the first ``k``
     draws of every pool, scored as the evaluation scores; the fits from ``fit_of(candidate,
@@ -169,6 +188,19 @@ def setting_row(
     return row, base
 
 
+def oracle_fit(references, pools, vocab) -> FitOf:
+    """A fit that reads the answer: each candidate's Zhao BLEU-3 against its context's reference,
+    the measure the table reports. The N it ranks first bound what any fit of these candidates
+    can reach on that measure (without a diversity weight)."""
+    weights = ZHAO_BLEU_WEIGHTS["zhao_bleu3"]
+    bleu = {
+        id(cand): zhao_bleu(words_of(vocab, cand.ids), reference, weights)
+        for reference, pool in zip(references, pools, strict=True)
+        for cand in pool
+    }
+    return lambda cand, options: bleu[id(cand)]
+
+
 def human_line(base: dict, n: int) -> str:
     human = base["random_responses"]
     return (
@@ -189,11 +221,13 @@ def main(argv=None) -> int:
     scorer = EmbeddingScorer(load_embeddings(None))
     n = args.samples
     ks = [int(k) for k in args.candidates.split(",")]
-    settings = [("plain (first draws, duplicates kept)", None, 0)]
-    settings.append(("none (distinct)", RerankOptions(), n))
+    settings: list[tuple[str, RerankOptions | None, int, FitOf]] = [
+        ("plain (first draws, duplicates kept)", None, 0, fit),
+        ("none (distinct)", RerankOptions(), n, fit),
+    ]
     for k in ks:
-        settings.append(("likelihood", RerankOptions("likelihood", k), k))
-        settings.append(("posterior", RerankOptions("posterior", k), k))
+        settings.append(("likelihood", RerankOptions("likelihood", k), k, fit))
+        settings.append(("posterior", RerankOptions("posterior", k), k, fit))
         for lam, div, short in itertools.product(
             map(float, args.mmi_weights.split(",")),
             map(float, args.diversities.split(",")),
@@ -204,15 +238,20 @@ def main(argv=None) -> int:
             options = RerankOptions(
                 "mmi", k, mmi_weight=lam, diversity=div, short_reply_tokens=short
             )
-            settings.append(("mmi", options, k))
+            settings.append(("mmi", options, k, fit))
+    if args.oracle:
+        ceiling = oracle_fit(references, pools, vocab)
+        for k in ks:  # (method "likelihood" only so that choose() ranks: the fit is the oracle's)
+            oracle = RerankOptions("likelihood", k)
+            settings.append(("oracle: Zhao BLEU-3 with the reference", oracle, k, ceiling))
     print(
         f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}, "
         f"{'READABLE' if args.readable else 'plain'} greedy decoding; {args.checkpoint}\n"
     )
     print(TABLE_HEADER)
-    for name, options, k in settings:
+    for name, options, k, fit_of in settings:
         row, base = setting_row(
-            name, options, k, pools, plain_rows, references, vocab, scorer, n, args.seed
+            name, options, k, pools, plain_rows, references, vocab, scorer, n, args.seed, fit_of
         )
         print(row, flush=True)
     print(f"\n{human_line(base, n)}; {time.perf_counter() - started:.0f} s")

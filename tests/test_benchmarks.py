@@ -115,3 +115,27 @@ def test_marginal_mmi_takes_p_of_r_over_every_other_context_and_never_its_own():
     picks = other_contexts(6, 5, seed=0).tolist()  # as many as there are others: all of them
     assert [sorted(row) for row in picks] == [[j for j in range(6) if j != i] for i in range(6)]
     assert other_contexts(6, 2, seed=3).tolist() == other_contexts(6, 2, seed=3).tolist()
+
+
+def test_the_oracle_fit_is_each_candidates_zhao_bleu3_against_its_own_contexts_reference():
+    from benchmarks.rerank_sweep import oracle_fit
+    from eval.metrics import ZHAO_BLEU_WEIGHTS, zhao_bleu
+    from model.reranking import Candidate, RerankOptions
+    from model.vocab import Vocabulary
+
+    vocab = Vocabulary.build(["we have a dog and a cat i like dogs".split()])
+
+    def candidate(text: str) -> Candidate:
+        ids = vocab.encode(text.split())
+        return Candidate(ids=ids, length=len(ids), log_prob=-1.0, finished=True, draw=0)
+
+    references = ["we have a dog".split(), "i like dogs".split()]
+    pools = [[candidate("we have a dog"), candidate("i like dogs")], [candidate("i like dogs")]]
+    ceiling = oracle_fit(references, pools, vocab)
+    options = RerankOptions("likelihood")
+    weights = ZHAO_BLEU_WEIGHTS["zhao_bleu3"]
+    assert ceiling(pools[0][0], options) == zhao_bleu(references[0], references[0], weights)
+    # the same words score against their own context's reference, not the first context's
+    assert ceiling(pools[1][0], options) == zhao_bleu(references[1], references[1], weights)
+    other = zhao_bleu(references[1], references[0], weights)
+    assert ceiling(pools[0][1], options) == other < ceiling(pools[1][0], options)
