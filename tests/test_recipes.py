@@ -31,15 +31,27 @@ def test_every_recipe_resolves_to_exactly_its_own_settings(recipe, capsys):
     assert resolved == written
 
 
+def recipe_of(config: Path) -> Path:
+    """recipes/NAME.json for results/NAME.config.json; a seed-0 run published as NAME-s0 beside
+    an older NAME (same settings) was started from NAME's recipe when there is no NAME-s0's."""
+    name = config.name.removesuffix(".config.json")
+    recipe = ROOT / "recipes" / config.relative_to(ROOT / "results").with_name(name + ".json")
+    if not recipe.exists() and name.endswith("-s0"):
+        return recipe.with_name(name.removesuffix("-s0") + ".json")
+    return recipe
+
+
+def test_a_seed_0_run_beside_an_older_one_takes_the_base_recipe_unless_it_has_its_own():
+    results = ROOT / "results"
+    assert recipe_of(results / "bn-cvae-g0.3-s0.config.json") == ROOT / "recipes/bn-cvae-g0.3.json"
+    assert recipe_of(results / "cvae-bow-s0.config.json") == ROOT / "recipes/cvae-bow.json"
+    assert recipe_of(results / "cvae-s0.config.json") == ROOT / "recipes/cvae-s0.json"
+    assert recipe_of(results / "cvae-s1.config.json") == ROOT / "recipes/cvae-s1.json"
+
+
 @pytest.mark.parametrize("config", PUBLISHED, ids=lambda p: p.name)
 def test_every_published_run_has_the_recipe_of_its_settings(config, capsys):
-    recipe = (
-        ROOT
-        / "recipes"
-        / config.relative_to(ROOT / "results").with_name(
-            config.name.removesuffix(".config.json") + ".json"
-        )
-    )
+    recipe = recipe_of(config)
     assert recipe.exists(), f"no recipe for {config.name}"
     run = json.loads(config.read_text())
     written = json.loads(recipe.read_text())
