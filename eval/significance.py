@@ -79,8 +79,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def welch(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p of Welch's t-test of A's per-seed values against B's (NaN with fewer than
-    two seeds on a side, or no variance on either)."""
-    if len(a) < 2 or len(b) < 2:
+    two seeds on a side, or when every seed on both sides has the same value: no spread to test
+    against, where scipy gives p 0 for any difference of the means, e.g. 200 active units on
+    every seed of both)."""
+    if len(a) < 2 or len(b) < 2 or (len(set(a)) == 1 and len(set(b)) == 1):
         return math.nan
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 

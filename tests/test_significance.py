@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -36,6 +37,15 @@ def test_welch_by_hand():
         stats.ttest_ind([10.1, 10.5, 9.8], [9.0, 9.4, 9.9], equal_var=False).pvalue
     )
     assert math.isnan(welch([1.0], [2.0, 3.0]))  # one seed: no test
+    # no spread on either side: no test (scipy would say p 0 for any two different values)
+    assert math.isnan(welch([200.0, 200.0, 200.0], [145.0, 145.0, 145.0]))
+    assert math.isnan(welch([0.3, 0.3], [0.3, 0.3]))
+    # spread on one side is enough: t = -3 / sqrt(1/3), Welch df = 2 (scipy warns of precision
+    # loss for the constant side, needlessly: its variance is exactly 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = welch([1, 1, 1], [3, 4, 5])
+    assert p == pytest.approx(2 * stats.t.sf(3 / math.sqrt(1 / 3), 2), rel=1e-12)
 
 
 def test_paired_bootstrap_by_hand():
@@ -112,11 +122,20 @@ def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
     assert text.count("| a_bow_r |") == 2  # the seeds table and the comparison
     seeds_row = next(r for r in text.splitlines() if r.startswith("| a_bow_r |") and "±" in r)
     assert f"{mean:.2f} ± {std:.2f}" in seeds_row
-    compared = next(r for r in text.splitlines() if r.startswith("| ppl |") and "[" in r)
+    # the sampled responses vary with the evaluation's seed, so their metrics have a spread
+    compared = next(r for r in text.splitlines() if r.startswith("| a_bow_r |") and "[" in r)
     cells = [c.strip() for c in compared.split("|")[1:-1]]
-    ppl = [[json.loads(p.read_text())["metrics"]["ppl"] for p in g] for g in (bn, cvae)]
-    assert float(cells[2]) == pytest.approx(welch(*ppl), rel=1e-2)
+    bow = [[json.loads(p.read_text())["metrics"]["a_bow_r"] for p in g] for g in (bn, cvae)]
+    assert float(cells[2]) == pytest.approx(welch(*bow), rel=1e-2)
     assert cells[4] in ("level", "bn better", "cvae better")
+    # the KL does not (closed form, one checkpoint per group, only the evaluation's seed
+    # differs): no Welch test, so level, though its bootstrap interval excludes 0
+    compared = next(r for r in text.splitlines() if r.startswith("| kl |") and "[" in r)
+    cells = [c.strip() for c in compared.split("|")[1:-1]]
+    kl = [[json.loads(p.read_text())["metrics"]["kl"] for p in g] for g in (bn, cvae)]
+    assert len(set(kl[0])) == len(set(kl[1])) == 1 and kl[0] != kl[1]
+    low, high = map(float, cells[3].strip("[]").split(","))
+    assert (low > 0 or high < 0) and cells[2] == "–" and cells[4] == "level"
     assert "**bn − cvae**" in text and "paired bootstrap" in text
 
     # a result without per-context scores: no CI, so level, and said so
