@@ -116,23 +116,29 @@ def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
     argv = ["--group", "bn", *map(str, bn), "--group", "cvae", *map(str, cvae)]
     assert report_main([*argv, "--bootstrap-resamples", "300"]) == 0
     text = capsys.readouterr().out
-    values = [json.loads(p.read_text())["metrics"]["a_bow_r"] for p in bn]
-    mean, std = mean_std(values)
+
+    def per_seed(metric: str, group: list) -> list[float]:
+        return [json.loads(p.read_text())["metrics"][metric] for p in group]
+
+    def comparison_cells(metric: str) -> list[str]:  # | metric | A − B | p | CI | verdict |
+        row = next(r for r in text.splitlines() if r.startswith(f"| {metric} |") and "[" in r)
+        return [c.strip() for c in row.split("|")[1:-1]]
+
+    mean, std = mean_std(per_seed("a_bow_r", bn))
     assert text.splitlines()[0] == "| metric | bn (2 seeds) | cvae (2 seeds) |"
     assert text.count("| a_bow_r |") == 2  # the seeds table and the comparison
     seeds_row = next(r for r in text.splitlines() if r.startswith("| a_bow_r |") and "±" in r)
     assert f"{mean:.2f} ± {std:.2f}" in seeds_row
     # the sampled responses vary with the evaluation's seed, so their metrics have a spread
-    compared = next(r for r in text.splitlines() if r.startswith("| a_bow_r |") and "[" in r)
-    cells = [c.strip() for c in compared.split("|")[1:-1]]
-    bow = [[json.loads(p.read_text())["metrics"]["a_bow_r"] for p in g] for g in (bn, cvae)]
-    assert float(cells[2]) == pytest.approx(welch(*bow), rel=1e-2)
+    cells = comparison_cells("a_bow_r")
+    assert float(cells[2]) == pytest.approx(
+        welch(per_seed("a_bow_r", bn), per_seed("a_bow_r", cvae)), rel=1e-2
+    )
     assert cells[4] in ("level", "bn better", "cvae better")
     # the KL does not (closed form, one checkpoint per group, only the evaluation's seed
     # differs): no Welch test, so level, though its bootstrap interval excludes 0
-    compared = next(r for r in text.splitlines() if r.startswith("| kl |") and "[" in r)
-    cells = [c.strip() for c in compared.split("|")[1:-1]]
-    kl = [[json.loads(p.read_text())["metrics"]["kl"] for p in g] for g in (bn, cvae)]
+    cells = comparison_cells("kl")
+    kl = [per_seed("kl", bn), per_seed("kl", cvae)]
     assert len(set(kl[0])) == len(set(kl[1])) == 1 and kl[0] != kl[1]
     low, high = map(float, cells[3].strip("[]").split(","))
     assert (low > 0 or high < 0) and cells[2] == "–" and cells[4] == "level"
