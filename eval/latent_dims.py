@@ -17,6 +17,11 @@ dimension i:
 The picture shows each quantity sorted from the largest down, one line per checkpoint, and each
 dimension's KL to the prior against its gamma_i; the printed table gives the totals (sum over i of KL and bound, active units, the sum of the
 per-dimension MIs and the MI of the whole z).
+
+A ``.json`` file written by ``--json-out`` stands in for its checkpoints (``label=FILE`` renames
+a file's only record), so a plot can be drawn again after the checkpoints are gone:
+
+    python -m eval.latent_dims learned=results/learned-s1.dims.json fixed=results/fixed.dims.json
 """
 
 from __future__ import annotations
@@ -130,6 +135,29 @@ PANELS = (
 )
 
 
+def read_records(path: Path, label: str) -> dict[str, dict]:
+    """The records of a ``--json-out`` file, the only one of them renamed ``label`` if given;
+    CheckpointError (one line naming the file) when it is not such a file."""
+    try:
+        records = json.loads(path.read_text())
+        if (
+            not isinstance(records, dict)
+            or not records
+            or not all(
+                isinstance(r, dict) and "totals" in r and "split" in r for r in records.values()
+            )
+        ):
+            raise ValueError("not a record written by --json-out")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if label:
+        if len(records) != 1:
+            raise CheckpointError(f"{path}: {len(records)} records ({', '.join(records)}); "
+                                  f"label=FILE renames a file's only record")  # fmt: skip
+        records = {label: next(iter(records.values()))}
+    return records
+
+
 def plot(results: dict[str, dict], path: Path) -> None:
     """One panel per quantity, each checkpoint's values sorted from the largest down; the
     Eq. 6 per-dimension bounds, sorted the same way, dashed in the KL(q || N(0,1)) panel."""
@@ -194,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories, or label=dir")
+    parser.add_argument(
+        "checkpoints", nargs="+",
+        help="checkpoint directories or --json-out files, each as PATH or label=PATH",
+    )  # fmt: skip
     parser.add_argument("--data", default="runs/data/switchboard", help="a prepared corpus")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
     parser.add_argument("--limit", type=int, default=0, help="about this many examples (0: all)")
@@ -203,26 +234,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="also the per-dimension values as JSON")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    named = {}
-    for spec in args.checkpoints:
-        label, _, directory = spec.rpartition("=")
-        named[label or Path(directory).name] = directory
+    named = [spec.rpartition("=")[::2] for spec in args.checkpoints]  # (label or "", path)
+    results: dict[str, dict] = {}
     try:
-        results = {
-            label: latent_dimensions(
-                d, args.data, args.split, args.limit, args.seed, progress=not args.no_progress
-            )  # fmt: skip
-            for label, d in named.items()
-        }
+        for label, d in named:
+            if d.endswith(".json"):
+                results.update(read_records(Path(d), label))
+            else:
+                results[label or Path(d).name] = latent_dimensions(
+                    d, args.data, args.split, args.limit, args.seed, progress=not args.no_progress
+                )  # fmt: skip
     except (CheckpointError, CorpusError) as e:
         print(f"python -m eval.latent_dims: {e}", file=sys.stderr)
+        return 2
+    splits = {r["split"] for r in results.values()}
+    if len(splits) > 1:
+        print(f"python -m eval.latent_dims: records of different splits ({', '.join(sorted(splits))})",
+              file=sys.stderr)  # fmt: skip
         return 2
     plot(results, args.out)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(results, indent=1) + "\n")
     print(totals_table(results))
-    print(f"\n{args.split}: {next(iter(results.values()))['examples']} examples; wrote {args.out}")
+    first = next(iter(results.values()))
+    print(f"\n{first['split']}: {first['examples']} examples; wrote {args.out}")
     return 0
 
 

@@ -67,3 +67,55 @@ def test_latent_dims_plot_json_and_totals(synthetic_prepared, tmp_path, capsys):
 def test_missing_checkpoint_is_one_line(synthetic_prepared, tmp_path, capsys):
     assert main([str(tmp_path / "nope"), "--data", str(synthetic_prepared)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_json_record_stands_in_for_its_checkpoints(synthetic_prepared, tmp_path, capsys):
+    corpus = load_prepared(synthetic_prepared)
+    checkpoint(corpus, tmp_path / "learned", bn_gamma_mode="learned")
+    checkpoint(corpus, tmp_path / "fixed")
+    data = ["--data", str(synthetic_prepared), "--split", "valid", "--no-progress"]
+    both, one = tmp_path / "both.json", tmp_path / "one.json"
+    assert main([f"learned={tmp_path / 'learned'}", f"fixed={tmp_path / 'fixed'}", *data,
+                 "--out", str(tmp_path / "a.png"), "--json-out", str(both)]) == 0  # fmt: skip
+    table = capsys.readouterr().out.split("\n\nvalid")[0]
+    assert main([str(tmp_path / "fixed"), *data, "--out", str(tmp_path / "b.png"),
+                 "--json-out", str(one)]) == 0  # fmt: skip
+    capsys.readouterr()
+    # the two-record file redrawn as it is, then its fixed model again from a one-record file
+    # renamed as in the first call: the same table, with no corpus at all
+    png = tmp_path / "c.png"
+    argv = [str(both), f"fixed={one}", "--data", str(tmp_path / "no-corpus"), "--out", str(png),
+            "--json-out", str(tmp_path / "again.json")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n\nvalid")[0] == table
+    assert png.stat().st_size > 20_000
+    records = json.loads((tmp_path / "again.json").read_text())
+    assert list(records) == ["learned", "fixed"]
+    assert records == json.loads(both.read_text())
+    # a label names the only record; a two-record file cannot take one
+    assert main([f"x={both}", "--out", str(png)]) == 2
+    assert "2 records (learned, fixed)" in capsys.readouterr().err
+
+
+def test_bad_records_are_one_line(synthetic_prepared, tmp_path, capsys):
+    corpus = load_prepared(synthetic_prepared)
+    checkpoint(corpus, tmp_path / "fixed")
+    valid = tmp_path / "valid.json"
+    assert main([str(tmp_path / "fixed"), "--data", str(synthetic_prepared), "--split", "valid",
+                 "--no-progress", "--out", str(tmp_path / "a.png"), "--json-out", str(valid)]) == 0  # fmt: skip
+    record = json.loads(valid.read_text())
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps({"other": {**record["fixed"], "split": "test"}}))
+    capsys.readouterr()
+    assert main([str(valid), str(test), "--out", str(tmp_path / "b.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m eval.latent_dims: records of different splits (test, valid)"
+    )
+    for text in ("{", "[1, 2]", '{"a": {"split": "test"}}'):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        assert main([str(bad), "--out", str(tmp_path / "c.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(bad) in err, text
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Train recipes one after another, then evaluate and publish each finished run, so that what a
+# run leaves in results/ does not depend on its checkpoints surviving (they stay in the run
+# directory, outside the repository).
+#
+#   bash scripts/paper_runs.sh NAME=RECIPE [NAME=RECIPE ...]
+#   bash scripts/paper_runs.sh bn-cvae-g0.3-learned-s1=recipes/bn-cvae-g0.3-learned-s1.json
+#
+# For each pair, from the repository root and in the virtual environment:
+#   1. trains RECIPE into its "out" directory; a run with a saved training state is resumed,
+#      a finished run (its summary.json exists) is not trained again;
+#   2. evaluates the run's best checkpoint on test with the project's protocol
+#      (results/NAME.json, .contexts.json) and the paper's (results/NAME.paper.json);
+#   3. writes the per-dimension latent record results/NAME.dims.json (eval.latent_dims), which
+#      draws the per-dimension plots later without the checkpoint;
+#   4. publishes the run's config, summary, metrics and curves as results/NAME.*.
+# Nothing is committed: commit each finished run's results yourself. Stop it with
+# `pkill -f paper_runs.sh; pkill -TERM -f training.switchboard` (the state is saved on SIGTERM)
+# and start the same command again to go on. Each step logs to RUN/paper_runs.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NICE=${NICE:-19}
+
+for pair in "$@"; do
+  name=${pair%%=*}
+  recipe=${pair#*=}
+  if [ "$name" = "$pair" ] || [ ! -f "$recipe" ]; then
+    echo "paper_runs.sh: expected NAME=RECIPE with an existing recipe file, got '$pair'" >&2
+    exit 2
+  fi
+  run=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["out"])' "$recipe")
+  mkdir -p "$run"
+  log=$run/paper_runs.log
+  echo "$(date -u +%FT%TZ) $name: $recipe -> $run" >>"$log"
+  if [ ! -f "$run/summary.json" ]; then
+    if [ -f "$run/training_state.pt" ]; then
+      nice -n "$NICE" python -m training.switchboard --out "$run" --resume >>"$run/nohup.log" 2>&1
+    else
+      nice -n "$NICE" python -m training.switchboard --config "$recipe" >>"$run/nohup.log" 2>&1
+    fi
+  fi
+  for step in \
+    "eval.switchboard --checkpoint $run/best --split test --samples 10 --seed 0 --out results/$name.json" \
+    "eval.switchboard --checkpoint $run/best --protocol paper --out results/$name.paper.json" \
+    "eval.latent_dims $name=$run/best --split test --no-progress --out $run/dims.png --json-out results/$name.dims.json" \
+    "training.publish $run --name $name"; do
+    echo "$(date -u +%FT%TZ) python -m $step" >>"$log"
+    # shellcheck disable=SC2086  # the step is a list of words
+    nice -n "$NICE" python -m $step >>"$log" 2>&1
+  done
+  echo "$(date -u +%FT%TZ) $name: done" >>"$log"
+done
