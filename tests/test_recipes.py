@@ -60,6 +60,9 @@ def test_every_published_run_has_the_recipe_of_its_settings(config, capsys):
         for key, value in run[section].items():
             if key in ("resume", "variant", "vocab_size", "tokenizer"):
                 continue
+            if key == "threads":  # the last leg's: a run may resume on more (float rounding only)
+                assert value >= 1, recipe.name
+                continue
             auto = (section, key, written[section][key])
             if auto in (("train", "onednn_matmul", "auto"), ("train", "batched_gru", "auto")):
                 assert value in ("on", "off"), recipe.name  # what auto chose on that machine
