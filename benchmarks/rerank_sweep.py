@@ -67,12 +67,13 @@ def draw_valid(args, model, vocab, encoded: list | None = None):
     )
     if args.readable:
         config = replace(config, **asdict(READABLE))
+    config = replace(config, anti_lm_weight=args.anti_lm_weight)
     dialogs, _, _ = load_dialogs(config, model.config.tokenizer)
     turns = [d.turns() for d in dialogs]
     batches = plan_batches([len(t) for t in turns], config.batch_dialogs, 256, args.limit)
     n = args.samples
     drawn_with = [args.checkpoint, args.limit, n, args.max_candidates]
-    drawn_with += [args.seed, args.readable]
+    drawn_with += [args.seed, args.readable, args.anti_lm_weight]
     if args.cache is not None and args.cache.exists():
         with args.cache.open("rb") as f:
             cached_with, (references, pools, plain_rows) = pickle.load(f)
@@ -128,6 +129,13 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
         help="decode as the service does (model.decoding.READABLE) instead of the plain protocol",
     )
     parser.add_argument(
+        "--anti-lm-weight",
+        type=float,
+        default=0.0,
+        help="draw the candidates (and the plain samples) with MMI-antiLM decoding at this "
+        "weight (model.decoding.DecodingOptions.anti_lm_weight; 0: off)",
+    )
+    parser.add_argument(
         "--oracle",
         action="store_true",
         help="also the ceiling of any fit: rank by each candidate's Zhao BLEU-3 against the "
@@ -137,7 +145,8 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
         "--cache",
         type=Path,
         help="keep the drawn and scored candidates in this file and reuse them when it exists "
-        "(for the same checkpoint, --limit, --samples, --max-candidates, --seed and --readable)",
+        "(for the same checkpoint, --limit, --samples, --max-candidates, --seed, --readable "
+        "and --anti-lm-weight)",
     )
     return parser
 
@@ -228,6 +237,12 @@ def main(argv=None) -> int:
     for k in ks:
         settings.append(("likelihood", RerankOptions("likelihood", k), k, fit))
         settings.append(("posterior", RerankOptions("posterior", k), k, fit))
+        for div, short in itertools.product(
+            map(float, args.diversities.split(",")), map(int, args.short_reply_tokens.split(","))
+        ):
+            if div:  # (diversity 0 is the row above; alike only counts with a diversity weight)
+                options = RerankOptions("likelihood", k, diversity=div, short_reply_tokens=short)
+                settings.append(("likelihood", options, k, fit))
         for lam, div, short in itertools.product(
             map(float, args.mmi_weights.split(",")),
             map(float, args.diversities.split(",")),
@@ -246,7 +261,8 @@ def main(argv=None) -> int:
             settings.append(("oracle: Zhao BLEU-3 with the reference", oracle, k, ceiling))
     print(
         f"valid, first {len(references)} examples, {n} responses per context, seed {args.seed}, "
-        f"{'READABLE' if args.readable else 'plain'} greedy decoding; {args.checkpoint}\n"
+        f"{'READABLE' if args.readable else 'plain'} greedy decoding, anti-LM weight "
+        f"{args.anti_lm_weight:g}; {args.checkpoint}\n"
     )
     print(TABLE_HEADER)
     for name, options, k, fit_of in settings:

@@ -10,7 +10,7 @@ from pathlib import Path
 from eval.paper import SAMPLES_PER_CONTEXT as PAPER_SAMPLES
 from model.cli import ConfigValueError, check
 from model.cvae import DECODE_DTYPES
-from model.decoding import MAX_REPETITION_PENALTY, DecodingOptions
+from model.decoding import MAX_ANTI_LM_WEIGHT, MAX_REPETITION_PENALTY, DecodingOptions
 from model.files import repo_relative
 from model.reranking import RERANK_METHODS, RerankMethod, RerankOptions
 from training.prepare import DEFAULT_DATA
@@ -130,6 +130,14 @@ class EvalConfig:
         default=1.0, metadata={"help": "nucleus sampling mass (1.0: all)", "gt": 0, "le": 1}
     )
     allow_unk: bool = field(default=True, metadata={"help": "let samples contain <unk>"})
+    anti_lm_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "MMI-antiLM decoding: minus this times log p(word | empty context) (0: off)",
+            "ge": 0,
+            "le": MAX_ANTI_LM_WEIGHT,
+        },
+    )
 
     def decoding_options(self) -> DecodingOptions:
         return DecodingOptions.of(self)

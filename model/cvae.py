@@ -446,6 +446,18 @@ class DialogCVAE(nn.Module):
             utt_vecs = self.encode_utterances(batch)
         return self._context_from(utt_vecs, batch)
 
+    def encode_empty_context(self) -> torch.Tensor:
+        """The encoding [1, C] of an empty conversation: the begin-of-dialog marker alone."""
+        marker = [Vocabulary.bos_id, Vocabulary.bod_id, Vocabulary.eos_id]
+        batch = DialogBatch(
+            utterances=torch.tensor([marker]),
+            utt_lengths=torch.tensor([len(marker)]),
+            context_index=torch.tensor([[0]]),
+            context_lengths=torch.tensor([1]),
+            context_floor=torch.tensor([[0]]),
+        )
+        return self.encode_context(batch.to(next(self.parameters()).device))
+
     def posterior(self, batch: DialogBatch, c=None, utt_vecs=None):
         if utt_vecs is None:
             utt_vecs = self.encode_utterances(batch)
@@ -655,9 +667,13 @@ class DialogCVAE(nn.Module):
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + noise.reshape(mu.shape).to(mu) * torch.exp(0.5 * logvar)
         h = self.decoder.initial_state(c, z).squeeze(0)  # [E*N, H]
+        h_empty = None
+        if options.anti_lm_weight:  # the same z after an empty conversation
+            empty = self.encode_empty_context().expand(c.shape[0], -1)
+            h_empty = self.decoder.initial_state(empty, z).squeeze(0)
 
         out, lengths, log_probs = self._decode(
-            h, max_length, decoding, temperature, generator, options, stop
+            h, max_length, decoding, temperature, generator, options, stop, h_empty
         )
         b = e * n
         width = int(out.ne(0).sum(1).max().item()) if b else 0
@@ -707,10 +723,13 @@ class DialogCVAE(nn.Module):
         generator: torch.Generator | None = None,
         options: DecodingOptions = PLAIN,
         stop: Callable[[], bool] | None = None,
+        h_empty: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode from the initial states ``h`` [B, H]: the tokens [B, max_length] (words, then
         ``</s>`` unless cut at max_length, then 0), the lengths [B] (words, excluding ``</s>``)
-        and the sum of the chosen tokens' log-probabilities [B]. Call it without gradients."""
+        and the sum of the chosen tokens' log-probabilities [B]. ``h_empty`` [B, H], the same
+        z's states after an empty conversation, is fed the same tokens for
+        ``options.anti_lm_weight``. Call it without gradients."""
         b = h.shape[0]
         bos, eos = Vocabulary.bos_id, Vocabulary.eos_id
         out = torch.zeros((b, max_length), dtype=torch.long, device=h.device)
@@ -728,10 +747,19 @@ class DialogCVAE(nn.Module):
         for t in range(max_length):
             if stop is not None and stop():
                 break
-            h = self.decoder.step(token, h)
-            logits = self.decoder.logits(h)
+            if h_empty is None:
+                h = self.decoder.step(token, h)
+                logits = self.decoder.logits(h)
+            else:  # both contexts' rows in one step: one call's overhead
+                both = self.decoder.step(torch.cat([token, token]), torch.cat([h, h_empty]))
+                h, h_empty = both.chunk(2)
+                logits, logits_empty = self.decoder.logits(both).chunk(2)
             logits[:, banned] = float("-inf")
             logp = F.log_softmax(logits, dim=-1)
+            if h_empty is not None:  # MMI-antiLM: log p(y|c,z) - λ log p(y|empty,z)
+                generic = F.log_softmax(logits_empty, dim=-1)
+                generic[:, banned] = 0.0  # banned stays -inf (-inf minus -inf would be NaN)
+                logits = logp - options.anti_lm_weight * generic
             if not options.is_plain:  # logits may change from here on, logp stays the model's
                 _restrict(logits, out[rows, :t], options)
             if decoding == "greedy":
@@ -752,6 +780,8 @@ class DialogCVAE(nn.Module):
                 break
             keep = ~ended
             rows, token, h = rows[keep], token[keep], h[keep]
+            if h_empty is not None:
+                h_empty = h_empty[keep]
         return out, lengths, log_probs
 
 

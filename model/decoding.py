@@ -17,6 +17,9 @@ from dataclasses import dataclass, fields
 import torch
 
 MAX_REPETITION_PENALTY = 1000.0
+# At weight 1 the score is the pointwise mutual information of each token alone, and greedy
+# decoding picks rare words the empty context never says: word salad.
+MAX_ANTI_LM_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class DecodingOptions:
     # temperature, adds up to top_p (Holtzman et al. 2020, nucleus sampling; 1.0: all).
     top_p: float = 1.0
     allow_unk: bool = True
+    # MMI-antiLM (Li et al., NAACL 2016, Sec. 4.2): at every step, subtract this times the
+    # log-probability that the same decoder, with the same z, gives the token after an empty
+    # conversation, so that words which would follow any context lose to words that follow
+    # this one. The penalties and top-k/top-p then act on that score. 0: off; near 1 the replies
+    # fall apart (docs/decoding.md).
+    anti_lm_weight: float = 0.0
 
     def __post_init__(self):
         if self.no_repeat_ngram_size < 0:
@@ -45,6 +54,8 @@ class DecodingOptions:
             raise ValueError("top_k must be >= 0 (0: off)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be in (0, 1]")
+        if not 0.0 <= self.anti_lm_weight <= MAX_ANTI_LM_WEIGHT:
+            raise ValueError(f"anti_lm_weight must be in [0, {MAX_ANTI_LM_WEIGHT:g}] (0: off)")
 
     @classmethod
     def of(cls, settings) -> DecodingOptions:

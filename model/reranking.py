@@ -211,7 +211,7 @@ def score(model: DialogCVAE, c: torch.Tensor, pools, rerank: RerankOptions) -> N
         if rerank.method == "mmi":
             # log p(x|c) and log p(x) in one pass: the candidates twice, under their contexts
             # and under the empty one (one call's overhead instead of two: a request's latency)
-            empty = empty_context(model, c.device).expand(len(flat), -1)
+            empty = model.encode_empty_context().expand(len(flat), -1)
             contexts = torch.cat([contexts, empty])
             words, lengths = torch.cat([words, words]), torch.cat([lengths, lengths])
         nll, kl, _ = model.response_elbo(contexts, words, lengths)
@@ -273,19 +273,6 @@ def choose(pool: list[Candidate], n: int, rerank: RerankOptions) -> list[Candida
             alike = 1.0 if short[j] and short[best] else jaccard(words[j], words[best])
             closest[j] = max(closest[j], alike)
     return [pool[j] for j in chosen]
-
-
-def empty_context(model: DialogCVAE, device: torch.device) -> torch.Tensor:
-    """The encoding [1, C] of an empty conversation: the begin-of-dialog marker alone."""
-    marker = [Vocabulary.bos_id, Vocabulary.bod_id, Vocabulary.eos_id]
-    batch = DialogBatch(
-        utterances=torch.tensor([marker]),
-        utt_lengths=torch.tensor([len(marker)]),
-        context_index=torch.tensor([[0]]),
-        context_lengths=torch.tensor([1]),
-        context_floor=torch.tensor([[0]]),
-    ).to(device)
-    return model.encode_context(batch)
 
 
 def jaccard(a: set, b: set) -> float:

@@ -10,7 +10,7 @@ How the chat maps onto this model:
 * ``n`` choices each draw their own latent z, like ``num_samples`` of ``/respond``: pairwise
   distinct, best fit first, chosen as ``/respond`` chooses them; its reranking fields
   (``rerank``, ``candidates``, ``max_draws``, ``mmi_weight``, ``diversity``,
-  ``short_reply_tokens``) are extra body fields here (``extra_body`` in the ``openai``
+  ``short_reply_tokens``) and ``anti_lm_weight`` are extra body fields here (``extra_body`` in the ``openai``
   package). Fewer choices come back only when the draws ran out, and ``sampling.warning`` says
   so.
 * Decoding: ``temperature`` 0 (or ``top_p`` 0) is greedy; a temperature above 0 samples at it,
@@ -284,16 +284,17 @@ async def chat_completions(body: ChatCompletionRequest, engine: ReadyEngine):
 
 def decoding_of(body: ChatCompletionRequest) -> dict:
     """OpenAI's temperature and top_p as this service's decoding, temperature and options."""
+    options = replace(READABLE, anti_lm_weight=body.anti_lm_weight)
     if body.temperature is None and body.top_p is None:
-        return {"decoding": "greedy", "options": READABLE}
+        return {"decoding": "greedy", "options": options}
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = READABLE.top_p if body.top_p is None else body.top_p
     if temperature < MIN_TEMPERATURE or top_p == 0.0:  # the limit of both is the argmax
-        return {"decoding": "greedy", "options": READABLE}
+        return {"decoding": "greedy", "options": options}
     return {
         "decoding": "sample",
         "temperature": temperature,
-        "options": replace(READABLE, top_p=top_p),
+        "options": replace(options, top_p=top_p),
     }
 
 

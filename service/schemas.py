@@ -11,7 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from model.decoding import MAX_REPETITION_PENALTY, READABLE, DecodingOptions
+from model.decoding import (
+    MAX_ANTI_LM_WEIGHT,
+    MAX_REPETITION_PENALTY,
+    READABLE,
+    DecodingOptions,
+)
 from model.reranking import RANKED, RerankMethod, RerankOptions
 
 MAX_TURN_CHARS = 1000
@@ -40,6 +45,21 @@ Speaker = Annotated[
         max_length=MAX_SPEAKER_CHARS,
         description='Who said the turn ("A", "B", or any other name).',
         examples=["A"],
+    ),
+]
+
+
+# One field on /respond and, as an extra body field, on /v1/chat/completions.
+AntiLMWeight = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=MAX_ANTI_LM_WEIGHT,
+        allow_inf_nan=False,
+        description="MMI-antiLM decoding (Li et al. 2016): at every word, subtract this times "
+        "the log-probability of the word after an empty conversation, so that words which "
+        "would follow anything lose to words that follow this conversation (0: off; near "
+        f"{MAX_ANTI_LM_WEIGHT:g} the replies fall apart). Decodes twice the rows.",
     ),
 ]
 
@@ -185,6 +205,7 @@ class RespondRequest(RerankFields, _Strict):
         default=READABLE.allow_unk,
         description="Whether a response may contain <unk> (a word outside the vocabulary).",
     )
+    anti_lm_weight: AntiLMWeight = READABLE.anti_lm_weight
 
     model_config = ConfigDict(
         extra="forbid",
@@ -405,6 +426,7 @@ class ChatCompletionRequest(RerankFields, _OpenAIRequest):
         allow_inf_nan=False,
         description=f"Nucleus sampling (omitted: {READABLE.top_p} when sampling). 0: greedy.",
     )
+    anti_lm_weight: AntiLMWeight = READABLE.anti_lm_weight
     max_tokens: TokenCount | None = Field(
         default=None,
         description=f"Most tokens per choice; this model stops at {MAX_LENGTH} whatever the "

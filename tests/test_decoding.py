@@ -336,7 +336,13 @@ def test_repetition_penalty_discourages_repeats():
 
 
 @pytest.mark.parametrize(
-    "options", [DecodingOptions(top_k=1), DecodingOptions(top_p=1e-6), READABLE]
+    "options",
+    [
+        DecodingOptions(top_k=1),
+        DecodingOptions(top_p=1e-6),
+        READABLE,
+        DecodingOptions(top_k=1, anti_lm_weight=0.5),
+    ],
 )
 def test_sampling_from_one_candidate_equals_greedy(options):
     if options is READABLE:
@@ -433,6 +439,9 @@ def test_unk_is_never_generated_when_not_allowed(decoding):
         ({"top_k": -1}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
+        ({"anti_lm_weight": -0.1}, "anti_lm_weight"),
+        ({"anti_lm_weight": 1.5}, "anti_lm_weight"),
+        ({"anti_lm_weight": float("nan")}, "anti_lm_weight"),
     ],
 )
 def test_invalid_options_are_refused(fields, message):
@@ -451,3 +460,63 @@ def test_top_p_below_float32_keeps_the_most_likely_token():
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     keep_top_p(logits, 5e-324)  # found by the API fuzzer: a NaN softmax before the fix
     assert torch.isfinite(logits).tolist() == [[False, True, False]]
+
+
+# --- MMI-antiLM -----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def anti_lm_greedy(model, batch, num_samples, max_length, weight, gen):
+    """Greedy MMI-antiLM decoding written out one row at a time: at each step the token with
+    the largest log p(y|c,z) - weight * log p(y|empty,z), both decoders fed the same tokens."""
+    c = model.encode_context(batch).repeat_interleave(num_samples, dim=0)
+    mu, logvar = model.prior_net(c)
+    z = mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar)
+    empty = model.encode_empty_context()
+    banned = [Vocabulary.pad_id, Vocabulary.bos_id, Vocabulary.bod_id]
+    rows = []
+    for i in range(c.shape[0]):
+        h = model.decoder.initial_state(c[i : i + 1], z[i : i + 1]).squeeze(0)
+        h_empty = model.decoder.initial_state(empty, z[i : i + 1]).squeeze(0)
+        token, words, log_prob = torch.tensor([Vocabulary.bos_id]), [], 0.0
+        for _ in range(max_length):
+            h, h_empty = model.decoder.step(token, h), model.decoder.step(token, h_empty)
+            logp = model.decoder.logits(h)[0]
+            generic = model.decoder.logits(h_empty)[0]
+            logp[banned] = float("-inf")
+            generic[banned] = float("-inf")
+            logp, generic = logp.log_softmax(0), generic.log_softmax(0)
+            best = max(
+                (i for i in range(len(logp)) if i not in banned),
+                key=lambda i: (logp[i] - weight * generic[i]).item(),
+            )
+            log_prob += logp[best].item()
+            if best == Vocabulary.eos_id:
+                break
+            words.append(best)
+            token = torch.tensor([best])
+        rows.append((words, log_prob))
+    return rows
+
+
+@pytest.mark.parametrize("weight", [0.3, 0.9])
+def test_anti_lm_decoding_picks_the_tokens_a_plain_loop_picks(weight):
+    model = make_model()
+    for seed in range(2):
+        out = sample(model, DecodingOptions(anti_lm_weight=weight), "greedy", seed, n=3)
+        expected = anti_lm_greedy(
+            model, contexts(), 3, 20, weight, torch.Generator().manual_seed(seed)
+        )
+        assert responses(out) == [words for words, _ in expected]
+        assert out.log_probs.flatten().tolist() == pytest.approx(
+            [log_prob for _, log_prob in expected], abs=1e-4
+        )
+
+
+def test_anti_lm_changes_the_responses_and_reports_the_models_own_log_probs():
+    model = make_model()
+    plain = sample(model, seed=1, n=5)
+    anti = sample(model, DecodingOptions(anti_lm_weight=0.9), seed=1, n=5)
+    assert responses(anti) != responses(plain)
+    # The reported log-probability is the model's, not the MMI score: never above 0.
+    assert (anti.log_probs <= 0).all()

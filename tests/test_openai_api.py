@@ -249,6 +249,9 @@ def test_decoding_of_temperature_and_top_p():
     assert summary(top_p=0.5) == ("sample", 1.0, 0.5)
     assert summary(temperature=1.3, top_p=1) == ("sample", 1.3, 1.0)
     assert not decoding_of(request(temperature=0.7))["options"].allow_unk
+    assert decoding_of(request())["options"].anti_lm_weight == 0.0
+    for fields in ({}, {"temperature": 0.7}, {"top_p": 0}):
+        assert decoding_of(request(anti_lm_weight=0.3, **fields))["options"].anti_lm_weight == 0.3
 
 
 def test_cut_at_stop():

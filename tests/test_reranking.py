@@ -13,7 +13,6 @@ from model.reranking import (
     RerankOptions,
     choose,
     distinct_responses,
-    empty_context,
     fit,
     jaccard,
     score,
@@ -143,7 +142,7 @@ def test_mmi_scores_each_candidate_under_its_context_and_the_empty_one(model):
     replies = [[["yes", "a", "dog"], ["we", "like", "cat"]], [["i", "like", "dogs", "a", "dog"]]]
     pools = [{i: cand(VOCAB.encode(words), None) for i, words in enumerate(row)} for row in replies]
     score(model, c, pools, RerankOptions("mmi", mmi_weight=0.5))
-    empty = empty_context(model, c.device)
+    empty = model.encode_empty_context()
     for context, pool in enumerate(pools):
         for candidate in pool.values():
             words = torch.tensor([candidate.ids])

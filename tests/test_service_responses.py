@@ -3,6 +3,7 @@ the input (unknown words, unreadable text), and conversations of any length."""
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 
@@ -121,12 +122,45 @@ def test_sampling_from_the_top_token_equals_greedy(client):
         ({"top_p": 1.01}, "top_p"),
         ({"allow_unk": "yes"}, "allow_unk"),
         ({"allow_unk": 1}, "allow_unk"),
+        ({"anti_lm_weight": -0.1}, "anti_lm_weight"),
+        ({"anti_lm_weight": 1.5}, "anti_lm_weight"),
+        ({"anti_lm_weight": "high"}, "anti_lm_weight"),
     ],
 )
 def test_invalid_decoding_options_get_422_naming_the_field(client, fields, field):
     r = client.post("/respond", json={"conversation": CONVERSATION, **fields})
     assert r.status_code == 422, r.text
     assert any(field in map(str, err["loc"]) for err in r.json()["detail"]), r.text
+
+
+def test_anti_lm_weight_reaches_the_model_on_both_endpoints(client):
+    model = client.app.state.engine.model
+    original = model.sample_given_context
+    weights: list[float] = []
+
+    def recording(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        weights.append(bound.arguments["options"].anti_lm_weight)
+        return original(*args, **kwargs)
+
+    model.sample_given_context = recording
+    try:
+        plain = respond(client, num_samples=3, seed=1, rerank="none")
+        anti = respond(client, num_samples=3, seed=1, rerank="none", anti_lm_weight=0.9)
+        r = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": client.app.state.engine.name,
+                "messages": [{"role": "user", "content": "do you have any pets"}],
+                "n": 2,
+                "anti_lm_weight": 0.4,
+            },
+        )
+    finally:
+        model.sample_given_context = original
+    assert r.status_code == 200, r.text
+    assert set(weights) == {0.0, 0.9, 0.4}
+    assert [x["text"] for x in anti["responses"]] != [x["text"] for x in plain["responses"]]
 
 
 # --- readable output ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 const PLAIN_DECODING = {  // the papers' protocol; omitted fields take the service's defaults
   no_repeat_ngram_size: 0, repetition_penalty: 1.0, top_k: 0, top_p: 1.0, allow_unk: true,
+  anti_lm_weight: 0,
 };
 
 const turns = [];  // {speaker, text}, oldest first
