@@ -10,8 +10,8 @@ How the chat maps onto this model:
 * ``n`` choices each draw their own latent z, like ``num_samples`` of ``/respond``: pairwise
   distinct, best fit first, chosen as ``/respond`` chooses them; its reranking fields
   (``rerank``, ``candidates``, ``max_draws``, ``mmi_weight``, ``diversity``,
-  ``short_reply_tokens``) and ``anti_lm_weight`` are extra body fields here (``extra_body`` in the ``openai``
-  package). Fewer choices come back only when the draws ran out, and ``sampling.warning`` says
+  ``short_reply_tokens``) and ``anti_lm_weight`` are extra body fields here (``extra_body``
+  in the ``openai`` package). Fewer choices come back only when the draws ran out, and ``sampling.warning`` says
   so.
 * Decoding: ``temperature`` 0 (or ``top_p`` 0) is greedy; a temperature above 0 samples at it,
   with ``top_p`` (default 0.9). With neither given, the service's default: greedy decoding given
