@@ -345,6 +345,18 @@ def test_sample_responses_shapes_and_seed(vocab):
             assert not banned & set(words)
 
 
+def test_empty_context_is_what_a_conversation_without_turns_encodes_to(vocab):
+    """encode_empty_context (the p(r) of MMI and the anti-LM) is the begin-of-dialog marker as
+    context_batch builds it for a conversation with no turns, floor flag and all."""
+    model = make_model(vocab).eval()
+    with torch.no_grad():
+        expected = model.encode_context(context_batch([[]], vocab))
+        assert torch.equal(model.encode_empty_context(), expected)
+        flags_differ = context_batch([[]], vocab)
+        flags_differ.context_floor.fill_(1)  # the other speaker's marker: another encoding
+        assert not torch.allclose(model.encode_context(flags_differ), expected)
+
+
 def test_greedy_samples_differ_through_z(vocab):
     model = make_model(vocab).eval()
     with torch.no_grad():  # a prior with a large variance, so different z give different words
