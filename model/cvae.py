@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from model.batch import DialogBatch
+from model.batch import DialogBatch, context_batch
 from model.config import ModelConfig
 from model.decoding import (
     PLAIN,
@@ -48,7 +48,7 @@ from model.decoding import (
     run_mask,
 )
 from model.packed_gru import GRU
-from model.vocab import Vocabulary
+from model.vocab import SPECIALS, Vocabulary
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p=None, logvar_p=None) -> torch.Tensor:
@@ -447,15 +447,10 @@ class DialogCVAE(nn.Module):
         return self._context_from(utt_vecs, batch)
 
     def encode_empty_context(self) -> torch.Tensor:
-        """The encoding [1, C] of an empty conversation: the begin-of-dialog marker alone."""
-        marker = [Vocabulary.bos_id, Vocabulary.bod_id, Vocabulary.eos_id]
-        batch = DialogBatch(
-            utterances=torch.tensor([marker]),
-            utt_lengths=torch.tensor([len(marker)]),
-            context_index=torch.tensor([[0]]),
-            context_lengths=torch.tensor([1]),
-            context_floor=torch.tensor([[0]]),
-        )
+        """The encoding [1, C] of an empty conversation: the begin-of-dialog marker alone, as
+        context_batch builds it for a conversation with no turns (no word is looked up, so a
+        vocabulary of the special tokens serves)."""
+        batch = context_batch([[]], Vocabulary(list(SPECIALS)))
         return self.encode_context(batch.to(next(self.parameters()).device))
 
     def posterior(self, batch: DialogBatch, c=None, utt_vecs=None):
