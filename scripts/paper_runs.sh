@@ -3,13 +3,16 @@
 # run leaves in results/ does not depend on its checkpoints surviving (they stay in the run
 # directory, outside the repository).
 #
-#   bash scripts/paper_runs.sh NAME=RECIPE [NAME=RECIPE ...]
+#   bash scripts/paper_runs.sh NAME=RECIPE[@last] [NAME=RECIPE[@last] ...]
 #   bash scripts/paper_runs.sh bn-cvae-g0.3-learned-s1=recipes/bn-cvae-g0.3-learned-s1.json
+#
+# A run is evaluated at its best checkpoint; with @last, at its last one (a fine-tuning stage
+# of a fixed length, which is compared with another of the same length).
 #
 # For each pair, from the repository root and in the virtual environment:
 #   1. trains RECIPE into its "out" directory; a run with a saved training state is resumed,
 #      a finished run (its summary.json exists) is not trained again;
-#   2. evaluates the run's best checkpoint on test with the project's protocol
+#   2. evaluates the run's checkpoint on test with the project's protocol
 #      (results/NAME.json, .contexts.json) and the paper's (results/NAME.paper.json);
 #   3. writes the per-dimension latent record results/NAME.dims.json (eval.latent_dims), which
 #      draws the per-dimension plots later without the checkpoint;
@@ -17,32 +20,52 @@
 # Nothing is committed: commit each finished run's results yourself. Stop it with
 # `pkill -f paper_runs.sh; pkill -TERM -f training.switchboard` (the state is saved on SIGTERM)
 # and start the same command again to go on. Each step logs to RUN/paper_runs.log.
+# NICE (default 19) is the niceness of every step; THREADS, when set, trains with that many
+# torch threads instead of the recipe's (one run alone on 2 cores goes faster with 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NICE=${NICE:-19}
+threads=()
+if [ -n "${THREADS:-}" ]; then
+  threads=(--threads "$THREADS")
+fi
+
+# Every pair is checked before the first one trains: a typo in the last must not wait hours.
+parse() {  # NAME=RECIPE[@last] -> name, recipe, checkpoint
+  name=${1%%=*}
+  recipe=${1#*=}
+  checkpoint=best
+  if [ "${recipe%@last}" != "$recipe" ]; then
+    recipe=${recipe%@last}
+    checkpoint=last
+  fi
+}
 
 for pair in "$@"; do
-  name=${pair%%=*}
-  recipe=${pair#*=}
+  parse "$pair"
   if [ "$name" = "$pair" ] || [ ! -f "$recipe" ]; then
-    echo "paper_runs.sh: expected NAME=RECIPE with an existing recipe file, got '$pair'" >&2
+    echo "paper_runs.sh: expected NAME=RECIPE[@last] with an existing recipe file, got '$pair'" >&2
     exit 2
   fi
+done
+
+for pair in "$@"; do
+  parse "$pair"
   run=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["train"]["out"])' "$recipe")
   mkdir -p "$run"
   log=$run/paper_runs.log
   echo "$(date -u +%FT%TZ) $name: $recipe -> $run" >>"$log"
   if [ ! -f "$run/summary.json" ]; then
     if [ -f "$run/training_state.pt" ]; then
-      nice -n "$NICE" python -m training.switchboard --out "$run" --resume >>"$run/nohup.log" 2>&1
+      nice -n "$NICE" python -m training.switchboard --out "$run" --resume "${threads[@]}" >>"$run/nohup.log" 2>&1
     else
-      nice -n "$NICE" python -m training.switchboard --config "$recipe" >>"$run/nohup.log" 2>&1
+      nice -n "$NICE" python -m training.switchboard --config "$recipe" "${threads[@]}" >>"$run/nohup.log" 2>&1
     fi
   fi
   for step in \
-    "eval.switchboard --checkpoint $run/best --split test --samples 10 --seed 0 --out results/$name.json" \
-    "eval.switchboard --checkpoint $run/best --protocol paper --out results/$name.paper.json" \
-    "eval.latent_dims $name=$run/best --split test --no-progress --out $run/dims.png --json-out results/$name.dims.json" \
+    "eval.switchboard --checkpoint $run/$checkpoint --split test --samples 10 --seed 0 --out results/$name.json" \
+    "eval.switchboard --checkpoint $run/$checkpoint --protocol paper --out results/$name.paper.json" \
+    "eval.latent_dims $name=$run/$checkpoint --split test --no-progress --out $run/dims.png --json-out results/$name.dims.json" \
     "training.publish $run --name $name"; do
     echo "$(date -u +%FT%TZ) python -m $step" >>"$log"
     # shellcheck disable=SC2086  # the step is a list of words

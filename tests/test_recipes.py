@@ -83,7 +83,7 @@ def test_the_planned_seed_runs_differ_from_seed_0_by_seed_and_directory_only():
         zero = json.loads((ROOT / "recipes" / f"{base}.json").read_text())
         if base == "cvae":
             # The CVAE's seeds, seed 0 again among them, stop only once its valid KL has
-            # settled (issue 22): recipes/cvae.json is the earlier run, which stopped before.
+            # settled: recipes/cvae.json is the earlier run, which stopped before.
             zero = json.loads((ROOT / "recipes" / "cvae-s0.json").read_text())
             assert zero["train"].pop("seed") == 0
             assert zero["train"]["kl_settle_window"] == 3
