@@ -30,7 +30,6 @@ if [ -n "${THREADS:-}" ]; then
   threads=(--threads "$THREADS")
 fi
 
-# Every pair is checked before the first one trains: a typo in the last must not wait hours.
 parse() {  # NAME=RECIPE[@last] -> name, recipe, checkpoint
   name=${1%%=*}
   recipe=${1#*=}
@@ -41,6 +40,7 @@ parse() {  # NAME=RECIPE[@last] -> name, recipe, checkpoint
   fi
 }
 
+# Every pair is checked before the first one trains: a typo in the last must not wait hours.
 for pair in "$@"; do
   parse "$pair"
   if [ "$name" = "$pair" ] || [ ! -f "$recipe" ]; then
