@@ -51,6 +51,7 @@ def test_without_a_window_patience_stops_while_the_kl_still_falls(
     assert main(["--data", str(synthetic_prepared), "--out", str(run), *TINY]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_early"] and summary["step"] == 6  # validations at 4 and 6 count
+    assert not (run / "best-before-kl-settled").exists()
 
 
 def test_patience_counts_once_the_kl_has_settled_and_resume_keeps_the_rule(
@@ -74,6 +75,10 @@ def test_patience_counts_once_the_kl_has_settled_and_resume_keeps_the_rule(
     assert len(scripted_validation) == 8
     best = json.loads((run / "best" / "config.json").read_text())["metadata"]
     assert best["step"] == 12 and best["valid_kl"] == 0.5
+    # what plain early stopping would have kept (the first validation: -ELBO never improved
+    # after it) is kept aside, made by the resumed process
+    aside = json.loads((run / "best-before-kl-settled" / "config.json").read_text())["metadata"]
+    assert aside["step"] == 2 and aside["valid_kl"] == 4.0
 
 
 def test_bad_settle_settings_are_refused(synthetic_prepared, tmp_path, capsys):

@@ -5,7 +5,8 @@
 
 The run directory gets the resolved ``config.json``, ``metrics.jsonl`` (train and validation
 records), ``curves.png``, the best checkpoint in ``best/`` (by validation -ELBO), the final one
-in ``last/``, and ``training_state.pt`` (weights, optimizer, step, data position and RNG state)
+in ``last/`` (with ``--kl-settle-window``, also the best from before the KL settled in
+``best-before-kl-settled/``), and ``training_state.pt`` (weights, optimizer, step, data position and RNG state)
 from which ``--resume`` continues exactly where the run was, even after SIGKILL. Ctrl-C or SIGTERM
 stops a run after its current step with its state saved; a second one stops it at once.
 
@@ -67,7 +68,9 @@ STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.jsonl"
 # What a run directory holds; a kill while one was being written leaves a ".<name>.*" temporary,
 # which the next start of the run removes.
-RUN_FILES = ("best", "last", STATE_FILE, METRICS_FILE, "config.json", "summary.json", "curves.png")
+BEST_BEFORE_KL_SETTLED = "best-before-kl-settled"
+RUN_FILES = ("best", BEST_BEFORE_KL_SETTLED, "last", STATE_FILE, METRICS_FILE, "config.json",
+             "summary.json", "curves.png")  # fmt: skip
 # Flags that may differ when a run is resumed: they do not change what is computed, only where
 # (epochs, max_steps: to extend a run), how fast it runs, and when it stops (the stopping rule
 # is replayed over the run's validations: Run.replay_stopping). onednn_matmul and batched_gru
@@ -635,7 +638,11 @@ class Run:
             self.record({"step": progress.step, "split": "valid", **v})
             log.info("step %d valid: %s", progress.step,
                      " ".join(f"{k}={x:.3f}" for k, x in v.items()))  # fmt: skip
-            if stopping_update(progress, cfg, v["valid_loss"], self.valid_kls()):
+            settled_before = progress.kl_settled_step
+            is_best = stopping_update(progress, cfg, v["valid_loss"], self.valid_kls())
+            if progress.kl_settled_step and not settled_before:
+                self.keep_best_before_kl_settled()
+            if is_best:
                 meta = {"step": progress.step, **v, "train_config": dataclasses.asdict(cfg)}
                 save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
             stop = progress.bad_rounds >= cfg.patience
@@ -649,6 +656,16 @@ class Run:
             stop, progress.best, progress.bad_rounds, progress.best_step = shared[:4]
             progress.kl_settled_step = shared[4]
         return stop
+
+    def keep_best_before_kl_settled(self) -> None:
+        """Move best/ (the best by -ELBO alone, what plain early stopping keeps) aside when the
+        KL has just settled, so the model the rule passed over can be evaluated beside the one
+        it keeps (the next best/)."""
+        best, aside = self.out / "best", self.out / BEST_BEFORE_KL_SETTLED
+        # Already aside: this validation is replayed by a run resumed from before it, and
+        # best/ may hold what it kept then (the same settled model, training being exact).
+        if best.exists() and not aside.exists():
+            best.rename(aside)
 
     def valid_kls(self) -> list[float]:
         return [r["valid_kl"] for r in self.history if r.get("split") == "valid"]
