@@ -6,8 +6,8 @@
 The run directory gets the resolved ``config.json``, ``metrics.jsonl`` (train and validation
 records), ``curves.png``, the best checkpoint in ``best/`` (by validation -ELBO), the final one
 in ``last/`` (with ``--kl-settle-window``, also the best from before the KL settled in
-``best-before-kl-settled/``), and ``training_state.pt`` (weights, optimizer, step, data position and RNG state)
-from which ``--resume`` continues exactly where the run was, even after SIGKILL. Ctrl-C or SIGTERM
+``best-before-kl-settled/``), and ``training_state.pt`` (weights, optimizer, step, data
+position and RNG state) from which ``--resume`` continues exactly where the run was, even after SIGKILL. Ctrl-C or SIGTERM
 stops a run after its current step with its state saved; a second one stops it at once.
 
 Several processes: ``torchrun --nproc_per_node N -m training.switchboard ...`` trains with
@@ -290,7 +290,7 @@ def stopping_update(progress: Progress, cfg: TrainConfig, valid_loss: float,
     )
     if cfg.kl_settle_window and settled and not progress.kl_settled_step:
         # The model the run converges to is one whose KL has settled: the checkpoints from
-        # before compete no more (best/ is replaced by the next one kept).
+        # before compete no more (Run.keep_best_before_kl_settled moves best/ aside).
         progress.kl_settled_step, progress.best = progress.step, math.inf
         log.info("step %d: the valid KL has settled", progress.step)
     if valid_loss < progress.best:
