@@ -7,8 +7,9 @@ The run directory gets the resolved ``config.json``, ``metrics.jsonl`` (train an
 records), ``curves.png``, the best checkpoint in ``best/`` (by validation -ELBO), the final one
 in ``last/`` (with ``--kl-settle-window``, also the best from before the KL settled in
 ``best-before-kl-settled/``), and ``training_state.pt`` (weights, optimizer, step, data
-position and RNG state) from which ``--resume`` continues exactly where the run was, even after SIGKILL. Ctrl-C or SIGTERM
-stops a run after its current step with its state saved; a second one stops it at once.
+position and RNG state) from which ``--resume`` continues exactly where the run was, even after
+SIGKILL. Ctrl-C or SIGTERM stops a run after its current step with its state saved; a second
+one stops it at once.
 
 Several processes: ``torchrun --nproc_per_node N -m training.switchboard ...`` trains with
 DistributedDataParallel (gloo on CPU, nccl on GPUs); each batch's segments are split between
