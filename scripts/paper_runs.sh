@@ -16,7 +16,9 @@
 #      (results/NAME.json, .contexts.json) and the paper's (results/NAME.paper.json);
 #   3. writes the per-dimension latent record results/NAME.dims.json (eval.latent_dims), which
 #      draws the per-dimension plots later without the checkpoint;
-#   4. publishes the run's config, summary, metrics and curves as results/NAME.*.
+#   4. publishes the run's config, summary, metrics and curves as results/NAME.*;
+#   5. if the KL-settle rule set a checkpoint aside (RUN/best-before-kl-settled), evaluates it
+#      both ways as results/NAME-before-kl-settled.json and .paper.json, unless already done.
 # Nothing is committed: commit each finished run's results yourself. Stop it with
 # `pkill -f paper_runs.sh; pkill -TERM -f training.switchboard` (the state is saved on SIGTERM)
 # and start the same command again to go on. Each step logs to RUN/paper_runs.log.
@@ -71,5 +73,18 @@ for pair in "$@"; do
     # shellcheck disable=SC2086  # the step is a list of words
     nice -n "$NICE" python -m $step >>"$log" 2>&1
   done
+  # A run whose KL settled under the KL-settle rule also left the best model by -ELBO alone (what
+  # plain early stopping keeps) in best-before-kl-settled/: scored too, once (it is never changed
+  # after the move).
+  aside=$run/best-before-kl-settled
+  if [ "$checkpoint" = best ] && [ -d "$aside" ] && [ ! -f "results/$name-before-kl-settled.json" ]; then
+    for step in \
+      "eval.switchboard --checkpoint $aside --split test --samples 10 --seed 0 --out results/$name-before-kl-settled.json" \
+      "eval.switchboard --checkpoint $aside --protocol paper --out results/$name-before-kl-settled.paper.json"; do
+      echo "$(date -u +%FT%TZ) python -m $step" >>"$log"
+      # shellcheck disable=SC2086  # the step is a list of words
+      nice -n "$NICE" python -m $step >>"$log" 2>&1
+    done
+  fi
   echo "$(date -u +%FT%TZ) $name: done" >>"$log"
 done

@@ -115,3 +115,31 @@ def test_at_last_evaluates_the_last_checkpoint_instead_of_the_best(tmp_path):
     evaluated = [c[c.index("--checkpoint") + 1] for c in calls if "--checkpoint" in c]
     assert evaluated == ["../runs/stage/last", "../runs/stage/last"]
     assert calls[3][2] == "stage=../runs/stage/last"
+
+
+def test_a_checkpoint_set_aside_when_the_kl_settled_is_evaluated_both_ways_once(tmp_path):
+    write_recipe(tmp_path, "cvae")
+    run = tmp_path / "runs" / "cvae"
+    (run / "best-before-kl-settled").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    calls = run_script(tmp_path, "cvae=recipes/cvae.json")
+    aside = "../runs/cvae/best-before-kl-settled"
+    assert calls[4:] == [
+        ["-m", "eval.switchboard", "--checkpoint", aside, "--split", "test", "--samples", "10",
+         "--seed", "0", "--out", "results/cvae-before-kl-settled.json"],
+        ["-m", "eval.switchboard", "--checkpoint", aside, "--protocol", "paper",
+         "--out", "results/cvae-before-kl-settled.paper.json"],
+    ]  # fmt: skip
+    # Already scored: only the run's own four steps again.
+    (tmp_path / "repo" / "results").mkdir()
+    (tmp_path / "repo" / "results" / "cvae-before-kl-settled.json").write_text("{}")
+    (tmp_path / "calls.jsonl").unlink()
+    assert len(run_script(tmp_path, "cvae=recipes/cvae.json")) == 4
+
+
+def test_no_aside_is_evaluated_without_one_or_for_a_run_scored_at_its_last_checkpoint(tmp_path):
+    write_recipe(tmp_path, "plain")
+    write_recipe(tmp_path, "stage")
+    (tmp_path / "runs" / "stage" / "best-before-kl-settled").mkdir(parents=True)
+    calls = run_script(tmp_path, "plain=recipes/plain.json", "stage=recipes/stage.json@last")
+    assert not [c for c in calls if any("before-kl-settled" in word for word in c)]
