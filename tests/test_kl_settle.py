@@ -7,7 +7,7 @@ import json
 import pytest
 
 import training.switchboard as switchboard
-from training.switchboard import KL_SETTLED_NATS, kl_settled, main
+from training.switchboard import KL_SETTLED_NATS, kl_settled, main, stopping_update
 
 TINY = ["--preset", "tiny", "--threads", "1", "--segment-size", "4", "--batch-segments", "4",
         "--kl-anneal-steps", "2", "--eval-every", "2", "--log-every", "2", "--patience", "2"]  # fmt: skip
@@ -89,3 +89,24 @@ def test_bad_settle_settings_are_refused(synthetic_prepared, tmp_path, capsys):
     # the same check for a TrainConfig built in code
     with pytest.raises(ValueError, match="kl_settle_tolerance"):
         switchboard.TrainConfig(kl_settle_tolerance=-0.1)
+
+
+def test_once_settled_every_later_validation_counts_even_when_the_kl_moves_again():
+    """Settled at the 6th validation (0.5, 0.5, 0.5); the KL then moves by 20% (0.6), which
+    breaks the window, and the -ELBO never improves: patience 2 stops at the 8th validation."""
+    cfg = switchboard.TrainConfig(
+        kl_settle_window=2, kl_settle_tolerance=0.05, kl_anneal_steps=0, patience=2
+    )
+    valid_kls = [4.0, 2.0, 1.0, 0.5, 0.5, 0.5, 0.6, 0.5, 0.5]
+    valid_losses = [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 4.5, 4.2, 4.1]
+    progress, kls, new_best = switchboard.Progress(), [], []
+    for step, (kl, loss) in enumerate(zip(valid_kls, valid_losses, strict=True), 1):
+        progress.step = step
+        kls.append(kl)
+        new_best.append(stopping_update(progress, cfg, loss, kls))
+        if progress.bad_rounds >= cfg.patience:
+            break
+    assert progress.kl_settled_step == 6 and progress.best_step == 6
+    assert new_best == [True, True, True, True, True, True, False, False]
+    assert progress.step == 8 and progress.bad_rounds == 2
+    assert not kl_settled(kls, 2, 0.05)  # the last window itself is not settled

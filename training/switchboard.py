@@ -178,8 +178,8 @@ class TrainConfig:
         metadata=_help("stop after this many validations in a row without a better -ELBO", ge=1),
     )
     # A model whose KL is still moving (the CVAE's falls for long after the annealing) is not
-    # yet the model it converges to: with a window, patience counts only validations at which
-    # the valid KL has settled (kl_settled).
+    # yet the model it converges to: with a window, patience counts only the validations from
+    # the first one at which the valid KL has settled (kl_settled) on.
     kl_settle_window: int = field(
         default=0,
         metadata=_help(
@@ -297,7 +297,9 @@ def stopping_update(progress: Progress, cfg: TrainConfig, valid_loss: float,
     if valid_loss < progress.best:
         progress.best, progress.best_step, progress.bad_rounds = valid_loss, progress.step, 0
         return True
-    if settled:
+    # Once settled, every later validation counts, as for best/: a KL that then moves by a few
+    # percent between validations (noise, at ~0.3 nats) must not keep the run going to the cap.
+    if settled or progress.kl_settled_step:
         progress.bad_rounds += 1
     return False
 
@@ -389,7 +391,8 @@ class Progress:
     train_seconds: float = 0.0
     stopped_early: bool = False
     # With --kl-settle-window: the step of the first validation at which the valid KL had
-    # settled (0: not yet); from there on only such validations compete for best/.
+    # settled (0: not yet); only the validations from there on compete for best/ and count
+    # towards the patience.
     kl_settled_step: int = 0
 
 
