@@ -70,6 +70,7 @@ def test_patience_counts_once_the_kl_has_settled_and_resume_keeps_the_rule(
     # which is then the best (the earlier ones compete no more); the validations at 14 and 16
     # are the two without improvement that count
     assert summary["kl_settled_step"] == 12 and summary["best_step"] == 12
+    assert summary["best_step_before_kl_settled"] == 2
     assert summary["stopped_early"] and summary["step"] == 16
     assert "once the valid KL had settled" in summary["stop_reason"]
     assert len(scripted_validation) == 8
@@ -107,6 +108,7 @@ def test_once_settled_every_later_validation_counts_even_when_the_kl_moves_again
         if progress.bad_rounds >= cfg.patience:
             break
     assert progress.kl_settled_step == 6 and progress.best_step == 6
+    assert progress.best_step_before_kl_settled == 5
     assert new_best == [True, True, True, True, True, True, False, False]
     assert progress.step == 8 and progress.bad_rounds == 2
     assert not kl_settled(kls, 2, 0.05)  # the last window itself is not settled

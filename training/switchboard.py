@@ -284,14 +284,15 @@ def kl_settled(valid_kls: list[float], window: int, tolerance: float) -> bool:
 def stopping_update(progress: Progress, cfg: TrainConfig, valid_loss: float,
                     valid_kls: list[float]) -> bool:  # fmt: skip
     """One validation's effect on when the run stops: its -ELBO ``valid_loss`` and the valid
-    KLs so far (its own last) update ``progress``'s best, bad_rounds and kl_settled_step; True
-    when it is the new best (to keep in best/)."""
+    KLs so far (its own last) update ``progress``'s best, bad_rounds, kl_settled_step and
+    best_step_before_kl_settled; True when it is the new best (to keep in best/)."""
     settled = progress.step >= cfg.kl_anneal_steps and kl_settled(
         valid_kls, cfg.kl_settle_window, cfg.kl_settle_tolerance
     )
     if cfg.kl_settle_window and settled and not progress.kl_settled_step:
         # The model the run converges to is one whose KL has settled: the checkpoints from
         # before compete no more (Run.keep_best_before_kl_settled moves best/ aside).
+        progress.best_step_before_kl_settled = progress.best_step
         progress.kl_settled_step, progress.best = progress.step, math.inf
         log.info("step %d: the valid KL has settled", progress.step)
     if valid_loss < progress.best:
@@ -392,8 +393,9 @@ class Progress:
     stopped_early: bool = False
     # With --kl-settle-window: the step of the first validation at which the valid KL had
     # settled (0: not yet); only the validations from there on compete for best/ and count
-    # towards the patience.
+    # towards the patience. best_step_before_kl_settled: the step of the model then moved aside.
     kl_settled_step: int = 0
+    best_step_before_kl_settled: int = 0
 
 
 class TrainingWindow:
@@ -651,14 +653,20 @@ class Run:
                 save_pretrained(self.model, self.vocab, self.out / "best", metadata=meta)
             stop = progress.bad_rounds >= cfg.patience
             title = f"{self.model_config.variant} ({cfg.preset})"
-            plot_curves(self.history, self.out / "curves.png", title=title)
+            marks = {
+                "best/": progress.best_step,
+                "KL settled": progress.kl_settled_step,
+                BEST_BEFORE_KL_SETTLED + "/": progress.best_step_before_kl_settled,
+            }
+            plot_curves(self.history, self.out / "curves.png", title=title, marks=marks)
         if self.world > 1:
             # (Any: broadcast_object_list replaces the items with rank 0's objects)
             shared: list[Any] = [stop, progress.best, progress.bad_rounds, progress.best_step,
-                                 progress.kl_settled_step]  # fmt: skip
+                                 progress.kl_settled_step,
+                                 progress.best_step_before_kl_settled]  # fmt: skip
             dist.broadcast_object_list(shared, src=0)
             stop, progress.best, progress.bad_rounds, progress.best_step = shared[:4]
-            progress.kl_settled_step = shared[4]
+            progress.kl_settled_step, progress.best_step_before_kl_settled = shared[4:]
         return stop
 
     def keep_best_before_kl_settled(self) -> None:
@@ -698,6 +706,7 @@ class Run:
                      progress.step)  # fmt: skip
         progress.best, progress.bad_rounds = replay.best, replay.bad_rounds
         progress.kl_settled_step, progress.stopped_early = replay.kl_settled_step, stop
+        progress.best_step_before_kl_settled = replay.best_step_before_kl_settled
 
     def save_state(self) -> None:
         """``training_state.pt``: what :meth:`resume` needs to go on exactly from here (with
