@@ -374,7 +374,8 @@ def groups_report(
         f"Welch: scipy.stats.ttest_ind(equal_var=False) over the seeds' values. CI: paired "
         f"bootstrap over the test contexts ({resamples} resamples, seed {seed}), percentile "
         "95% interval of A − B, each model's value averaged over its seeds. A model is better "
-        "only when p < 0.05 and the CI excludes 0; otherwise level. degenerate_rate in %."
+        'only when p < 0.05 and the CI excludes 0; otherwise level ("seeds only": no '
+        "per-context scores, so never better or worse). degenerate_rate in %."
     )
     return "\n\n".join(parts)
 

@@ -178,9 +178,15 @@ class Comparison:
         return self.ci[0] > 0 < self.difference or self.ci[1] < 0 > self.difference
 
     def verdict(self, a: str, b: str) -> str:
+        higher = self.difference > 0
+        if self.ci is None:
+            # No per-context scores (active units, MI): only the seeds speak, and a claim needs
+            # both tests, so the verdict says which one it rests on instead of "level".
+            if not self.p < ALPHA:
+                return "seeds only: level"
+            return f"seeds only: {a if higher else b} higher"
         if not self.significant:
             return "level"
-        higher = self.difference > 0
         direction = better_direction(self.metric)
         if direction == 0:
             return f"{a} {'higher' if higher else 'lower'}"

@@ -72,7 +72,12 @@ def test_verdict_needs_both_tests():
     assert Comparison("a_bow_r", 1.0, 0.01, (0.2, 1.5)).verdict("A", "B") == "A better"
     assert Comparison("a_bow_r", 1.0, 0.20, (0.2, 1.5)).verdict("A", "B") == "level"  # p
     assert Comparison("a_bow_r", 1.0, 0.01, (-0.1, 1.5)).verdict("A", "B") == "level"  # CI
-    assert Comparison("a_bow_r", 1.0, 0.01, None).verdict("A", "B") == "level"  # no CI
+    # no CI over contexts: never "better", but what the seeds say is not hidden behind "level"
+    assert (
+        Comparison("active_units", 144.0, 0.003, None).verdict("A", "B") == "seeds only: A higher"
+    )
+    assert Comparison("a_bow_r", -1.0, 0.01, None).verdict("A", "B") == "seeds only: B higher"
+    assert Comparison("a_bow_r", 1.0, 0.20, None).verdict("A", "B") == "seeds only: level"
     assert Comparison("a_bow_r", 1.0, math.nan, (0.2, 1.5)).verdict("A", "B") == "level"
     assert Comparison("ppl", -2.0, 0.01, (-3.0, -1.0)).verdict("A", "B") == "A better"
     assert Comparison("ppl", 2.0, 0.01, (1.0, 3.0)).verdict("A", "B") == "B better"
