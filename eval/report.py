@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from eval.protocol import (
     PAPER_TABLE4,
     PPL_NOTE,
@@ -15,10 +17,12 @@ from eval.significance import (
     BOOTSTRAP_RESAMPLES,
     Comparison,
     aligned,
+    baseline_column,
     has_per_context,
     mean_std,
     paired_bootstrap,
     read_contexts,
+    reference_metric,
     welch,
 )
 
@@ -334,6 +338,57 @@ def compare(
     return out
 
 
+def baseline_table(
+    contexts: dict[str, list[dict | None]],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    row: str = "random_responses",
+) -> str | None:
+    """Each group against the baseline ``row`` (random test responses) on the reference
+    metrics: the row's value, and the group's margin over it (its seeds' mean) with the 95%
+    paired bootstrap CI over the contexts. The row's per-context scores come from any result
+    that carries them (they do not depend on the model); None when none does. A margin is a
+    claim when its CI excludes 0 (the row has no training seeds, so no Welch test)."""
+    source = next(
+        (c for cs in contexts.values() for c in cs
+         if c is not None and any(k.startswith(row + ":") for k in c["scores"])),
+        None,
+    )  # fmt: skip
+    if source is None:
+        return None
+    cells: dict[str, dict[str, str]] = {}
+    values: dict[str, float] = {}
+    for name, group in contexts.items():
+        scored = [c for c in group if c is not None]
+        if len(scored) < len(group):
+            continue
+        base_run, *runs = aligned([source, *scored])
+        for metric in SEED_KEYS:
+            column = baseline_column(row, metric)
+            if not reference_metric(metric) or column not in base_run:
+                continue
+            if not has_per_context(metric, runs):
+                continue
+            base = {metric: base_run[column]}
+            diff, low, high = paired_bootstrap(metric, runs, [base], resamples, seed)
+            side = "above" if low > 0 else "below" if high < 0 else "level"
+            values.setdefault(metric, float(np.nanmean(base_run[column])))
+            cells.setdefault(metric, {})[name] = f"{diff:+.2f} [{low:.2f}, {high:.2f}] {side}"
+    if not cells:
+        return None
+    names = [n for n in contexts if any(n in c for c in cells.values())]
+    lines = [
+        f"**Against the baseline row {row}** (margin, 95% CI over contexts, side)",
+        "",
+        f"| metric | {row} | " + " | ".join(f"{n} − {row}" for n in names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+    for metric, by_name in cells.items():
+        lines.append(f"| {metric} | {values[metric]:.2f} | "
+                     + " | ".join(by_name.get(n, "–") for n in names) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def comparison_table(name_a: str, name_b: str, comparisons: list[Comparison]) -> str:
     """A against B, metric by metric: the difference of the seed means, Welch's p, the 95%
     bootstrap CI of A - B over contexts, and the verdict (a win needs p < 0.05 and a CI that
@@ -363,6 +418,9 @@ def groups_report(
         for b in names[i + 1 :]:
             comparisons = compare(groups[a], groups[b], contexts[a], contexts[b], resamples, seed)
             parts.append(comparison_table(a, b, comparisons))
+    against_baseline = baseline_table(contexts, resamples, seed)
+    if against_baseline is not None:
+        parts.append(against_baseline)
     missing = [
         p for n, ps in paths.items() for p, c in zip(ps, contexts[n], strict=True) if c is None
     ]

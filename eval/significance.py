@@ -36,6 +36,18 @@ LOWER_IS_BETTER = {"ppl", "elbo_ppl", "degenerate_rate"}
 HIGHER_IS_BETTER_PREFIXES = ("bleu", "zhao_bleu", "a_bow", "e_bow", "g_bow")
 
 
+def reference_metric(metric: str) -> bool:
+    """Whether the metric scores responses against the reference (BLEU, bag-of-words), so that
+    a baseline row of responses has it too."""
+    return metric.startswith(HIGHER_IS_BETTER_PREFIXES)
+
+
+def baseline_column(row: str, metric: str) -> str:
+    """The per-context column of a baseline row's metric (``random_responses:a_bow_r``), kept in
+    the model's contexts file beside its own columns."""
+    return f"{row}:{metric}"
+
+
 def contexts_path(result_path: str | Path) -> Path:
     """Where the per-context scores of the result ``X.json`` are: ``X.contexts.json``."""
     path = Path(result_path)

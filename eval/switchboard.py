@@ -56,8 +56,10 @@ from eval.responses import context_dependence, planned_batch, reranked_samples
 from eval.samples import SamplesFile, example_noise
 from eval.significance import (
     BOOTSTRAP_RESAMPLES,
+    baseline_column,
     contexts_path,
     paired_bootstrap,
+    reference_metric,
     write_contexts,
 )
 from model.checkpoint import load_config, load_pretrained
@@ -222,9 +224,17 @@ def evaluate(config: EvalConfig) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", out)
+        # The random test responses' scores too: they do not depend on the model (a seeded draw
+        # of references), and with them a margin over that row gets a bootstrap CI.
+        random_responses = {
+            baseline_column("random_responses", k): v
+            for k, v in per_context.get("random_responses", {}).items()
+            if reference_metric(k)
+        }
         columns: dict[str, Sequence[float | None]] = {
             **gathered.likelihood,
             **gathered.per_context,
+            **random_responses,
         }
         write_contexts(contexts_path(out), gathered.context_keys, columns)
         log.info("wrote %s", contexts_path(out))

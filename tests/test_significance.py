@@ -107,6 +107,14 @@ def test_evaluation_writes_per_context_scores_that_give_its_metrics(setup):  # n
     assert elbo == pytest.approx(m["elbo_ppl"], rel=1e-5)
     for key in ("kl", "bleu4_r", "zhao_bleu3_p", "a_bow_r", "e_bow_p", "degenerate_rate"):
         assert np.mean(scores[key]) == pytest.approx(m[key], rel=1e-5, abs=1e-9), key
+    # the random test responses' reference metrics are there too, and give that baseline row
+    random_rows = result["baselines"]["random_responses"]
+    columns = sorted(k.split(":")[1] for k in scores if k.startswith("random_responses:"))
+    assert columns == sorted(k for k in scores if k.startswith(("bleu", "zhao_bleu", "a_bow",
+                                                                 "e_bow", "g_bow")))  # fmt: skip
+    for key in ("bleu4_r", "zhao_bleu3_r", "a_bow_r", "e_bow_r"):
+        mean = np.mean(scores[f"random_responses:{key}"])
+        assert mean == pytest.approx(random_rows[key], rel=1e-5, abs=1e-9), key
 
 
 def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
@@ -131,7 +139,7 @@ def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
 
     mean, std = mean_std(per_seed("a_bow_r", bn))
     assert text.splitlines()[0] == "| metric | bn (2 seeds) | cvae (2 seeds) |"
-    assert text.count("| a_bow_r |") == 2  # the seeds table and the comparison
+    assert text.count("| a_bow_r |") == 3  # the seeds table, the comparison, the baseline row
     seeds_row = next(r for r in text.splitlines() if r.startswith("| a_bow_r |") and "±" in r)
     assert f"{mean:.2f} ± {std:.2f}" in seeds_row
     # the sampled responses vary with the evaluation's seed, so their metrics have a spread
@@ -148,10 +156,28 @@ def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
     low, high = map(float, cells[3].strip("[]").split(","))
     assert (low > 0 or high < 0) and cells[2] == "–" and cells[4] == "level"
     assert "**bn − cvae**" in text and "paired bootstrap" in text
+    # each group against the random test responses: the row's value, the margin of the seeds'
+    # mean over it, and a CI around that margin
+    random_row = json.loads(bn[0].read_text())["baselines"]["random_responses"]["a_bow_r"]
+    header = "| metric | random_responses | bn − random_responses | cvae − random_responses |"
+    table = text[text.index(header) :].split("\n\n")[0].splitlines()
+    cells = [c.strip() for c in next(r for r in table if r.startswith("| a_bow_r |")).split("|")]
+    cells = cells[1:-1]
+    assert float(cells[1]) == pytest.approx(random_row, abs=0.006)
+    for group, cell in zip((bn, cvae), cells[2:], strict=True):
+        margin, low, high, side = cell.replace("[", "").replace("]", "").replace(",", "").split()
+        assert float(margin) == pytest.approx(mean_std(per_seed("a_bow_r", group))[0] - random_row,
+                                              abs=0.006)  # fmt: skip
+        assert float(low) <= float(margin) <= float(high)
+        assert side == ("above" if float(low) > 0 else "below" if float(high) < 0 else "level")
 
     # a result without per-context scores: no CI, so level, and said so
     contexts_path(cvae[1]).unlink()
     assert report_main([*argv, "--bootstrap-resamples", "50"]) == 0
     text = capsys.readouterr().out
     assert "No per-context scores" in text and str(cvae[1]) in text
-    assert all(r.rstrip().endswith("| level |") for r in text.splitlines() if "| – | level" in r)
+    compared = [r for r in text.splitlines() if r.count("|") == 6 and "±" not in r]
+    without_ci = [r for r in compared if r.split("|")[4].strip() == "–"]
+    assert without_ci and all("| seeds only: " in r for r in without_ci)
+    # the group without every contexts file is left out of the table against the baseline row
+    assert "| metric | random_responses | bn − random_responses |\n" in text
