@@ -411,6 +411,9 @@ def groups_report(
     """The seeds table of the groups (name -> result files, one per seed) and every pair's
     comparison table."""
     groups = {n: [json.loads(Path(p).read_text()) for p in ps] for n, ps in paths.items()}
+    # (the paper protocol scores a subset of the project's contexts: mixed, they would pair)
+    if len({protocol_name(r) for rs in groups.values() for r in rs}) > 1:
+        raise ValueError("results of the paper and the project protocol go in separate reports")
     contexts = {n: [read_contexts(p) for p in ps] for n, ps in paths.items()}
     parts = [seeds_table(groups)]
     names = list(groups)

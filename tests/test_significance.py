@@ -171,6 +171,14 @@ def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
         assert float(low) <= float(margin) <= float(high)
         assert side == ("above" if float(low) > 0 else "below" if float(high) < 0 else "level")
 
+    # results of the two protocols are not compared
+    paper = base / "bn-paper.json"
+    paper.write_text(json.dumps({**json.loads(bn[0].read_text()), "protocol": "paper"}))
+    with pytest.raises(SystemExit) as stopped:
+        report_main([*argv, "--group", "paper", str(paper)])
+    assert stopped.value.code == 2
+    assert "the paper and the project protocol go in separate" in capsys.readouterr().err
+
     # a result without per-context scores: no CI, so level, and said so
     contexts_path(cvae[1]).unlink()
     assert report_main([*argv, "--bootstrap-resamples", "50"]) == 0
