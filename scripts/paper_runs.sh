@@ -11,7 +11,8 @@
 #
 # For each pair, from the repository root and in the virtual environment:
 #   1. trains RECIPE into its "out" directory; a run with a saved training state is resumed,
-#      a finished run (its summary.json exists) is not trained again;
+#      a finished run (its summary.json exists) is not trained again, and not evaluated again
+#      either when results/NAME.json and .paper.json are newer than its summary.json;
 #   2. evaluates the run's checkpoint on test with the project's protocol
 #      (results/NAME.json, .contexts.json) and the paper's (results/NAME.paper.json);
 #   3. writes the per-dimension latent record results/NAME.dims.json (eval.latent_dims), which
@@ -64,11 +65,19 @@ for pair in "$@"; do
       nice -n "$NICE" python -m training.switchboard --config "$recipe" "${threads[@]}" >>"$run/nohup.log" 2>&1
     fi
   fi
-  for step in \
-    "eval.switchboard --checkpoint $run/$checkpoint --split test --samples 10 --seed 0 --out results/$name.json" \
-    "eval.switchboard --checkpoint $run/$checkpoint --protocol paper --out results/$name.paper.json" \
-    "eval.latent_dims $name=$run/$checkpoint --split test --no-progress --out $run/dims.png --json-out results/$name.dims.json" \
-    "training.publish $run --name $name"; do
+  steps=(
+    "eval.switchboard --checkpoint $run/$checkpoint --split test --samples 10 --seed 0 --out results/$name.json"
+    "eval.switchboard --checkpoint $run/$checkpoint --protocol paper --out results/$name.paper.json"
+    "eval.latent_dims $name=$run/$checkpoint --split test --no-progress --out $run/dims.png --json-out results/$name.dims.json"
+    "training.publish $run --name $name"
+  )
+  if [ "results/$name.json" -nt "$run/summary.json" ] && [ -f "results/$name.paper.json" ]; then
+    # Evaluated since it finished (the queue started again): not again. Delete
+    # results/NAME.json to have it evaluated anew.
+    echo "$(date -u +%FT%TZ) $name: already evaluated" >>"$log"
+    steps=()
+  fi
+  for step in "${steps[@]}"; do
     echo "$(date -u +%FT%TZ) python -m $step" >>"$log"
     # shellcheck disable=SC2086  # the step is a list of words
     nice -n "$NICE" python -m $step >>"$log" 2>&1

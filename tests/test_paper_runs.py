@@ -143,3 +143,28 @@ def test_no_aside_is_evaluated_without_one_or_for_a_run_scored_at_its_last_check
     (tmp_path / "runs" / "stage" / "best-before-kl-settled").mkdir(parents=True)
     calls = run_script(tmp_path, "plain=recipes/plain.json", "stage=recipes/stage.json@last")
     assert not [c for c in calls if any("before-kl-settled" in word for word in c)]
+
+
+def test_a_finished_run_evaluated_since_is_not_evaluated_again(tmp_path):
+    write_recipe(tmp_path, "done")
+    run = tmp_path / "runs" / "done"
+    (run / "best-before-kl-settled").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    results = tmp_path / "repo" / "results"
+    results.mkdir()
+    for name in ("done.json", "done.paper.json"):
+        (results / name).write_text("{}")
+    os.utime(run / "summary.json", (1_000_000, 1_000_000))  # finished before the evaluation
+    calls = run_script(tmp_path, "done=recipes/done.json")
+    # only the aside, which was not scored yet
+    assert [c[c.index("--checkpoint") + 1] for c in calls] == [
+        "../runs/done/best-before-kl-settled", "../runs/done/best-before-kl-settled",
+    ]  # fmt: skip
+    # a summary newer than the result (the run trained again, say): evaluated again
+    (tmp_path / "calls.jsonl").unlink()
+    os.utime(results / "done.json", (1_000_000, 1_000_000))
+    os.utime(run / "summary.json", None)
+    calls = run_script(tmp_path, "done=recipes/done.json")
+    assert [c[1] for c in calls][:4] == [
+        "eval.switchboard", "eval.switchboard", "eval.latent_dims", "training.publish",
+    ]  # fmt: skip
