@@ -349,9 +349,10 @@ def baseline_table(
     paired bootstrap CI over the contexts. The row's per-context scores come from any result
     that carries them (they do not depend on the model); None when none does. A margin is a
     claim when its CI excludes 0 (the row has no training seeds, so no Welch test)."""
+    prefix = baseline_column(row, "")
     source = next(
         (c for cs in contexts.values() for c in cs
-         if c is not None and any(k.startswith(row + ":") for k in c["scores"])),
+         if c is not None and any(k.startswith(prefix) for k in c["scores"])),
         None,
     )  # fmt: skip
     if source is None:

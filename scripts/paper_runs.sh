@@ -43,6 +43,16 @@ parse() {  # NAME=RECIPE[@last] -> name, recipe, checkpoint
   fi
 }
 
+run_step() {  # python -m ARGS..., logged to the run's paper_runs.log
+  echo "$(date -u +%FT%TZ) python -m $*" >>"$log"
+  nice -n "$NICE" python -m "$@" >>"$log" 2>&1
+}
+
+evaluate() {  # NAME CHECKPOINT: the test split, both protocols, as results/NAME.json, .paper.json
+  run_step eval.switchboard --checkpoint "$2" --split test --samples 10 --seed 0 --out "results/$1.json"
+  run_step eval.switchboard --checkpoint "$2" --protocol paper --out "results/$1.paper.json"
+}
+
 # Every pair is checked before the first one trains: a typo in the last must not wait hours.
 for pair in "$@"; do
   parse "$pair"
@@ -65,35 +75,22 @@ for pair in "$@"; do
       nice -n "$NICE" python -m training.switchboard --config "$recipe" "${threads[@]}" >>"$run/nohup.log" 2>&1
     fi
   fi
-  steps=(
-    "eval.switchboard --checkpoint $run/$checkpoint --split test --samples 10 --seed 0 --out results/$name.json"
-    "eval.switchboard --checkpoint $run/$checkpoint --protocol paper --out results/$name.paper.json"
-    "eval.latent_dims $name=$run/$checkpoint --split test --no-progress --out $run/dims.png --json-out results/$name.dims.json"
-    "training.publish $run --name $name"
-  )
   if [ "results/$name.json" -nt "$run/summary.json" ] && [ -f "results/$name.paper.json" ]; then
     # Evaluated since it finished (the queue started again): not again. Delete
     # results/NAME.json to have it evaluated anew.
     echo "$(date -u +%FT%TZ) $name: already evaluated" >>"$log"
-    steps=()
+  else
+    evaluate "$name" "$run/$checkpoint"
+    run_step eval.latent_dims "$name=$run/$checkpoint" --split test --no-progress \
+      --out "$run/dims.png" --json-out "results/$name.dims.json"
+    run_step training.publish "$run" --name "$name"
   fi
-  for step in "${steps[@]}"; do
-    echo "$(date -u +%FT%TZ) python -m $step" >>"$log"
-    # shellcheck disable=SC2086  # the step is a list of words
-    nice -n "$NICE" python -m $step >>"$log" 2>&1
-  done
   # A run whose KL settled under the KL-settle rule also left the best model by -ELBO alone (what
   # plain early stopping keeps) in best-before-kl-settled/: scored too, once (it is never changed
   # after the move).
   aside=$run/best-before-kl-settled
   if [ "$checkpoint" = best ] && [ -d "$aside" ] && [ ! -f "results/$name-before-kl-settled.json" ]; then
-    for step in \
-      "eval.switchboard --checkpoint $aside --split test --samples 10 --seed 0 --out results/$name-before-kl-settled.json" \
-      "eval.switchboard --checkpoint $aside --protocol paper --out results/$name-before-kl-settled.paper.json"; do
-      echo "$(date -u +%FT%TZ) python -m $step" >>"$log"
-      # shellcheck disable=SC2086  # the step is a list of words
-      nice -n "$NICE" python -m $step >>"$log" 2>&1
-    done
+    evaluate "$name-before-kl-settled" "$aside"
   fi
   echo "$(date -u +%FT%TZ) $name: done" >>"$log"
 done
