@@ -3,8 +3,15 @@
     python -m eval.compare_runs runs/cvae-cpu runs/cvae-bow-cpu runs/bn-cvae-cpu \
         --out docs/img/curves.png
 
-Each run directory is a ``training.switchboard`` output (``metrics.jsonl``, ``config.json``,
-``summary.json`` when finished). Also prints each run's steps and training wall time.
+Each run is a ``training.switchboard`` output directory (``metrics.jsonl``, ``config.json``,
+``summary.json`` when finished) or a run's published record, named by its stem
+(``results/cvae-s0`` for ``results/cvae-s0.metrics.ndjson``, ``.config.json``, ``.summary.json``;
+``training.publish`` writes them), so a committed run is plotted after its directory is gone:
+
+    python -m eval.compare_runs results/cvae-s0 results/cvae-s1 results/cvae-s2 --out kl.png
+
+Runs of the same variant are told apart by their seed. Also prints each run's steps and
+training wall time.
 """
 
 from __future__ import annotations
@@ -28,26 +35,45 @@ PANELS = (
 )
 
 
+def run_file(run: Path, name: str) -> Path:
+    """``name`` (config.json, metrics.jsonl, summary.json) of a run directory, or its twin in a
+    published record ``STEM.config.json``, ``STEM.metrics.ndjson``, ``STEM.summary.json``."""
+    if run.is_dir():
+        return run / name
+    published = name.replace("metrics.jsonl", "metrics.ndjson")
+    return run.with_name(f"{run.name}.{published}")
+
+
 def run_label(run: Path) -> str:
-    cfg = json.loads((run / "config.json").read_text())
-    model = cfg["model"]
+    model = json.loads(run_file(run, "config.json").read_text())["model"]
     label = model["variant"]
     if model["variant"] == "bn-cvae":
         label += f" (γ={model['bn_gamma']})"
     return label
 
 
+def run_labels(runs: list[Path]) -> list[str]:
+    """Each run's label; runs that would share one are told apart by their seed."""
+    labels = [run_label(run) for run in runs]
+    return [
+        f"{label}, seed {json.loads(run_file(run, 'config.json').read_text())['train']['seed']}"
+        if labels.count(label) > 1
+        else label
+        for run, label in zip(runs, labels, strict=True)
+    ]
+
+
 def load_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
+    path = run_file(run, "metrics.jsonl")
     if not path.exists():
-        raise SystemExit(f"{path}: missing (is {run} a training run directory?)")
+        raise SystemExit(f"{path}: missing (is {run} a run directory or a published record?)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_runs(runs: list[Path], out: Path) -> None:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
-    for run in runs:
-        history, label = load_metrics(run), run_label(run)
+    histories = [load_metrics(run) for run in runs]
+    for history, label in zip(histories, run_labels(runs), strict=True):
         for ax, (key, _, _) in zip(axes, PANELS, strict=True):
             pts = [(r["step"], r[key]) for r in history if key in r]
             if pts:
@@ -77,14 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     plot_runs(args.runs, args.out)
     print("| run | steps | training time (min) | best valid -ELBO (step) |")
     print("|---|---|---|---|")
-    for run in args.runs:
-        summary_path = run / "summary.json"
+    for run, label in zip(args.runs, run_labels(args.runs), strict=True):
+        summary_path = run_file(run, "summary.json")
         if summary_path.exists():
             s = json.loads(summary_path.read_text())
-            print(f"| {run_label(run)} | {s['step']} | {s['train_seconds'] / 60:.1f} | "
+            print(f"| {label} | {s['step']} | {s['train_seconds'] / 60:.1f} | "
                   f"{s['best']:.2f} ({s['best_step']}) |")  # fmt: skip
         else:
-            print(f"| {run_label(run)} | unfinished | | |")
+            print(f"| {label} | unfinished | | |")
     print(f"wrote {args.out}")
 
 

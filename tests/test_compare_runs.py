@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 from eval.compare_runs import main as compare_main
@@ -20,3 +24,26 @@ def test_compare_runs_plots_every_run_and_reports_times(synthetic_prepared, tmp_
     assert out.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "| cvae | 20 |" in printed and "| bn-cvae (γ=0.6) | 20 |" in printed
+
+
+def test_compare_runs_reads_published_records_and_tells_seeds_apart(tmp_path, capsys):
+    # results/cvae-s0.* is a committed record whose run directory is gone; a second record of
+    # the same variant, another seed, must get a label of its own.
+    results = Path(__file__).resolve().parents[1] / "results"
+    for seed in (0, 1):
+        for suffix in ("config.json", "metrics.ndjson", "summary.json"):
+            shutil.copyfile(results / f"cvae-s0.{suffix}", tmp_path / f"cvae-s{seed}.{suffix}")
+    config = json.loads((tmp_path / "cvae-s1.config.json").read_text())
+    config["train"]["seed"] = 1
+    (tmp_path / "cvae-s1.config.json").write_text(json.dumps(config))
+    out = tmp_path / "kl.png"
+    compare_main([str(tmp_path / "cvae-s0"), str(tmp_path / "cvae-s1"), "--out", str(out)])
+    assert out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "| cvae, seed 0 | 32248 | 299.2 | 61.86 (28000) |" in printed
+    assert "| cvae, seed 1 | 32248 | 299.2 | 61.86 (28000) |" in printed
+
+
+def test_compare_runs_names_a_missing_record(tmp_path):
+    with pytest.raises(SystemExit, match="cvae-s9.metrics.ndjson: missing"):
+        compare_main([str(tmp_path / "cvae-s9"), "--out", str(tmp_path / "kl.png")])
