@@ -292,7 +292,11 @@ def _seed_values(results: list[dict], key: str) -> list[float] | None:
 def seeds_table(groups: dict[str, list[dict]]) -> str:
     """Per metric, each model's mean ± std (sample std) over its results (one per seed)."""
     names = list(groups)
-    lines = ["| metric | " + " | ".join(f"{n} ({len(groups[n])} seeds)" for n in names) + " |"]
+    lines = [
+        "| metric | "
+        + " | ".join(f"{n} ({len(groups[n])} seed{'s' * (len(groups[n]) != 1)})" for n in names)
+        + " |"
+    ]
     lines.append("|---|" + "---:|" * len(names))
     for key in SEED_KEYS:
         cells = []

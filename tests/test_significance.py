@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from eval.report import main as report_main
+from eval.report import seeds_table
 from eval.significance import (
     Comparison,
     aligned,
@@ -189,3 +190,9 @@ def test_report_groups_mean_std_p_and_ci(setup, capsys):  # noqa: F811
     assert without_ci and all("| seeds only: " in r for r in without_ci)
     # the group without every contexts file is left out of the table against the baseline row
     assert "| metric | random_responses | bn − random_responses |\n" in text
+
+
+def test_seeds_table_counts_one_seed_as_one():
+    result = {"metrics": {"ppl": 33.0}}
+    header = seeds_table({"bn": [result, result], "cvae": [result]}).splitlines()[0]
+    assert header == "| metric | bn (2 seeds) | cvae (1 seed) |"
