@@ -70,6 +70,8 @@ def test_fixed_mode_reproduces_mains_outputs_bit_for_bit():
     fixture = fixture_path()
     if not fixture.exists():  # pinned on AVX2 and AVX512 machines (tests/fixtures/fixed_gamma.py)
         pytest.skip(f"no outputs pinned for {torch.backends.cpu.get_cpu_capability()} kernels")
+    if "amx_bf16" in Path("/proc/cpuinfo").read_text():  # AMX CPUs run other oneDNN kernels
+        pytest.skip("outputs were pinned on AVX512 CPUs without AMX; this CPU has AMX")
     pinned = load_file(str(fixture))
     now = reference_outputs()
     assert sorted(now) == sorted(pinned)
