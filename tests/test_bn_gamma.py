@@ -18,7 +18,7 @@ from model.checkpoint import load_config, load_pretrained, save_pretrained
 from model.config import ModelConfig
 from model.cvae import VAR_FLOOR, DialogCVAE, RMSScaledBatchNorm, gaussian_kl
 from model.vocab import Vocabulary
-from tests.fixtures.fixed_gamma import fixture_path, reference_outputs
+from tests.fixtures.fixed_gamma import fixture_path, kernel_family, reference_outputs
 from training.switchboard import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +68,8 @@ def test_fixed_mode_reproduces_mains_outputs_bit_for_bit():
     """Every tensor of tests/fixtures/fixed_gamma.py (a training pass and its gradients, three
     Adam steps, an eval pass, greedy samples, the weights) equals what main's code wrote."""
     fixture = fixture_path()
-    if not fixture.exists():  # pinned on AVX2 and AVX512 machines (tests/fixtures/fixed_gamma.py)
-        pytest.skip(f"no outputs pinned for {torch.backends.cpu.get_cpu_capability()} kernels")
-    if "amx_bf16" in Path("/proc/cpuinfo").read_text():  # AMX CPUs run other oneDNN kernels
-        pytest.skip("outputs were pinned on AVX512 CPUs without AMX; this CPU has AMX")
+    if not fixture.exists():  # pinned for AVX2, AVX512 and AVX512 with AMX (fixed_gamma.py)
+        pytest.skip(f"no outputs pinned for {kernel_family()} kernels")
     pinned = load_file(str(fixture))
     now = reference_outputs()
     assert sorted(now) == sorted(pinned)

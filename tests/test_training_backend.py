@@ -15,7 +15,9 @@ from torch import nn
 
 from model.batch import dialog_batch
 from model.cvae import RecognitionNetwork
+from tests.fixtures.fixed_gamma import kernel_family
 from training.backend import (
+    FP32_TOLERANCE,
     OneDNNProbe,
     autocast,
     make_adam,
@@ -100,6 +102,9 @@ def test_fused_adam_takes_the_same_steps_as_the_for_each_kernel():
 def test_onednn_probe_decides_by_exactness_and_cpu():
     probe = probe_onednn_matmul(shape=(64, 32, 128), repeats=3)
     assert probe.relative_error < 1e-2  # float32, or bf16 arithmetic (AMX: 2.7e-3 measured)
+    assert probe.fp32_exact == (probe.relative_error < FP32_TOLERANCE)
+    if kernel_family() == "AVX512_AMX":  # oneDNN computes "fp32" products in bf16 on AMX
+        assert not probe.fp32_exact and not probe.use
     assert probe.speedup is not None and probe.speedup > 0
     assert probe.capability == torch.backends.cpu.get_cpu_capability()
     assert probe_onednn_matmul(shape=(64, 32, 128), repeats=0).speedup is None

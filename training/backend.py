@@ -43,7 +43,7 @@ SWITCH_CHOICES = ("auto", "on", "off")
 # of a step (28% of a bn-cvae step, benchmarks/train_throughput.py).
 PROBE_SHAPE = (870, 400, 10005)
 # float32 rounding of a 400-term dot product stays well below this relative error; bfloat16
-# arithmetic (8 mantissa bits) is ~1e-3.
+# arithmetic (8 mantissa bits) is 1e-3 or more (2.7e-3 on an Intel Xeon with AMX).
 FP32_TOLERANCE = 1e-5
 # The CPU capabilities (torch.backends.cpu.get_cpu_capability()) on which oneDNN's float32
 # matmuls were measured faster than MKL's (benchmarks/train_throughput.py, docs/performance.md).
