@@ -24,12 +24,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from model.files import atomic_path  # noqa: E402
 
+# KL on a log scale: whether a CVAE's KL has settled at 0.3 nats or is still falling shows there.
 PANELS = (
-    ("train_kl", "KL(q||p), train (nats)", False),
-    ("valid_kl", "KL(q||p), valid (nats)", False),
+    ("train_kl", "KL(q||p), train (nats)", True),
+    ("valid_kl", "KL(q||p), valid (nats)", True),
     ("valid_ppl", "reconstruction perplexity, valid", True),
     ("valid_loss", "-ELBO per example, valid (nats)", False),
 )
@@ -70,15 +72,28 @@ def load_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_runs(runs: list[Path], out: Path) -> None:
+def best_step(run: Path) -> int | None:
+    """The step of a finished run's ``best/`` checkpoint (its summary), None while it trains."""
+    path = run_file(run, "summary.json")
+    return json.loads(path.read_text())["best_step"] if path.exists() else None
+
+
+def draw_runs(runs: list[Path]) -> Figure:
+    """One panel per :data:`PANELS` entry, a line per run; on the valid panels a star marks
+    the validation a finished run kept as ``best/``."""
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
     histories = [load_metrics(run) for run in runs]
-    for history, label in zip(histories, run_labels(runs), strict=True):
+    for run, history, label in zip(runs, histories, run_labels(runs), strict=True):
+        best = best_step(run)
         for ax, (key, _, _) in zip(axes, PANELS, strict=True):
             pts = [(r["step"], r[key]) for r in history if key in r]
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, "-" if key.startswith("train") else "o-", label=label, markersize=3)
+                line = "-" if key.startswith("train") else "o-"
+                (drawn,) = ax.plot(xs, ys, line, label=label, markersize=3)
+                if best in xs and not key.startswith("train"):
+                    y = ys[xs.index(best)]
+                    ax.plot([best], [y], "*", color=drawn.get_color(), markersize=12)
     for ax, (_, title, log) in zip(axes, PANELS, strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -87,6 +102,11 @@ def plot_runs(runs: list[Path], out: Path) -> None:
         if log:
             ax.set_yscale("log")
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(runs: list[Path], out: Path) -> None:
+    fig = draw_runs(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=90)

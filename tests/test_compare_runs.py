@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.compare_runs import draw_runs
 from eval.compare_runs import main as compare_main
 from training.switchboard import main as train_main
 
@@ -47,3 +48,25 @@ def test_compare_runs_reads_published_records_and_tells_seeds_apart(tmp_path, ca
 def test_compare_runs_names_a_missing_record(tmp_path):
     with pytest.raises(SystemExit, match="cvae-s9.metrics.ndjson: missing"):
         compare_main([str(tmp_path / "cvae-s9"), "--out", str(tmp_path / "kl.png")])
+
+
+def test_kl_panels_are_log_scaled_and_a_star_marks_the_kept_checkpoint(tmp_path):
+    # cvae-s0 kept step 28,000 (valid KL 0.289, -ELBO 61.86) once its KL had settled; a run
+    # still training (no summary) has no star.
+    results = Path(__file__).resolve().parents[1] / "results"
+    for suffix in ("config.json", "metrics.ndjson"):
+        shutil.copyfile(results / f"cvae-s0.{suffix}", tmp_path / f"training.{suffix}")
+    fig = draw_runs([results / "cvae-s0", tmp_path / "training"])
+    axes = fig.axes
+    assert [ax.get_yscale() for ax in axes] == ["log", "log", "log", "linear"]
+    stars = [
+        (ax.get_title(), line.get_xdata().tolist(), line.get_ydata().tolist())
+        for ax in axes
+        for line in ax.get_lines()
+        if line.get_marker() == "*"
+    ]
+    assert stars == [
+        ("KL(q||p), valid (nats)", [28000], [0.2893887802003103]),
+        ("reconstruction perplexity, valid", [28000], [91.13019091125142]),
+        ("-ELBO per example, valid (nats)", [28000], [61.861193521393545]),
+    ]
