@@ -46,8 +46,9 @@ def run_file(run: Path, name: str) -> Path:
     return run.with_name(f"{run.name}.{published}")
 
 
-def run_label(run: Path) -> str:
-    model = json.loads(run_file(run, "config.json").read_text())["model"]
+def run_label(config: dict) -> str:
+    """A run's variant, with its γ for a BN-CVAE, from its ``config.json``."""
+    model = config["model"]
     label = model["variant"]
     if model["variant"] == "bn-cvae":
         label += f" (γ={model['bn_gamma']})"
@@ -56,12 +57,11 @@ def run_label(run: Path) -> str:
 
 def run_labels(runs: list[Path]) -> list[str]:
     """Each run's label; runs that would share one are told apart by their seed."""
-    labels = [run_label(run) for run in runs]
+    configs = [json.loads(run_file(run, "config.json").read_text()) for run in runs]
+    labels = [run_label(config) for config in configs]
     return [
-        f"{label}, seed {json.loads(run_file(run, 'config.json').read_text())['train']['seed']}"
-        if labels.count(label) > 1
-        else label
-        for run, label in zip(runs, labels, strict=True)
+        f"{label}, seed {config['train']['seed']}" if labels.count(label) > 1 else label
+        for config, label in zip(configs, labels, strict=True)
     ]
 
 
