@@ -72,10 +72,17 @@ def load_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def best_step(run: Path) -> int | None:
-    """The step of a finished run's ``best/`` checkpoint (its summary), None while it trains."""
+def load_summary(run: Path) -> dict | None:
+    """A finished run's summary (steps, training time, best valid -ELBO and its step); None
+    while it trains."""
     path = run_file(run, "summary.json")
-    return json.loads(path.read_text())["best_step"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def best_step(run: Path) -> int | None:
+    """The step of a finished run's ``best/`` checkpoint, None while it trains."""
+    summary = load_summary(run)
+    return summary["best_step"] if summary else None
 
 
 def draw_runs(runs: list[Path]) -> Figure:
@@ -124,9 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| run | steps | training time (min) | best valid -ELBO (step) |")
     print("|---|---|---|---|")
     for run, label in zip(args.runs, run_labels(args.runs), strict=True):
-        summary_path = run_file(run, "summary.json")
-        if summary_path.exists():
-            s = json.loads(summary_path.read_text())
+        s = load_summary(run)
+        if s:
             print(f"| {label} | {s['step']} | {s['train_seconds'] / 60:.1f} | "
                   f"{s['best']:.2f} ({s['best_step']}) |")  # fmt: skip
         else:
