@@ -79,19 +79,22 @@ def load_summary(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def best_step(run: Path) -> int | None:
-    """The step of a finished run's ``best/`` checkpoint, None while it trains."""
-    summary = load_summary(run)
-    return summary["best_step"] if summary else None
-
-
-def draw_runs(runs: list[Path]) -> Figure:
-    """One panel per :data:`PANELS` entry, a line per run; on the valid panels a star marks
-    the validation a finished run kept as ``best/``."""
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
+def load_runs(runs: list[Path]) -> tuple[list[list[dict]], list[str], list[dict | None]]:
+    """Each run's metrics, label and summary, every file read once (a missing metrics file
+    is named first)."""
     histories = [load_metrics(run) for run in runs]
-    for run, history, label in zip(runs, histories, run_labels(runs), strict=True):
-        best = best_step(run)
+    return histories, run_labels(runs), [load_summary(run) for run in runs]
+
+
+def draw_runs(
+    histories: list[list[dict]], labels: list[str], summaries: list[dict | None]
+) -> Figure:
+    """One panel per :data:`PANELS` entry, a line per run (from :func:`load_runs`); on the
+    valid panels a star marks the validation a finished run kept as ``best/`` (its summary's
+    ``best_step``)."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
+    for history, label, summary in zip(histories, labels, summaries, strict=True):
+        best = summary["best_step"] if summary else None
         for ax, (key, _, _) in zip(axes, PANELS, strict=True):
             pts = [(r["step"], r[key]) for r in history if key in r]
             if pts:
@@ -112,8 +115,7 @@ def draw_runs(runs: list[Path]) -> Figure:
     return fig
 
 
-def plot_runs(runs: list[Path], out: Path) -> None:
-    fig = draw_runs(runs)
+def save_figure(fig: Figure, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=90)
@@ -127,11 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/img/curves.png"))
     args = parser.parse_args(argv)
-    plot_runs(args.runs, args.out)
+    histories, labels, summaries = load_runs(args.runs)
+    save_figure(draw_runs(histories, labels, summaries), args.out)
     print("| run | steps | training time (min) | best valid -ELBO (step) |")
     print("|---|---|---|---|")
-    for run, label in zip(args.runs, run_labels(args.runs), strict=True):
-        s = load_summary(run)
+    for label, s in zip(labels, summaries, strict=True):
         if s:
             print(f"| {label} | {s['step']} | {s['train_seconds'] / 60:.1f} | "
                   f"{s['best']:.2f} ({s['best_step']}) |")  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.compare_runs import draw_runs
+from eval.compare_runs import draw_runs, load_runs
 from eval.compare_runs import main as compare_main
 from training.switchboard import main as train_main
 
@@ -56,7 +56,8 @@ def test_kl_panels_are_log_scaled_and_a_star_marks_the_kept_checkpoint(tmp_path)
     results = Path(__file__).resolve().parents[1] / "results"
     for suffix in ("config.json", "metrics.ndjson"):
         shutil.copyfile(results / f"cvae-s0.{suffix}", tmp_path / f"training.{suffix}")
-    fig = draw_runs([results / "cvae-s0", tmp_path / "training"])
+    runs = [results / "cvae-s0", tmp_path / "training"]
+    fig = draw_runs(*load_runs(runs))
     axes = fig.axes
     assert [ax.get_yscale() for ax in axes] == ["log", "log", "log", "linear"]
     stars = [
