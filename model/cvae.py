@@ -817,6 +817,12 @@ def decode_dtype(name: str, device: torch.device | str) -> torch.dtype:
         raise ValueError(f"decode dtype must be auto or one of {list(DECODE_DTYPES)}") from None
 
 
+def cpu_supports(check: str) -> bool:
+    """Whether torch's CPU capability check ``check`` (``"_is_amx_tile_supported"``, ...) says
+    yes. The checks are private to torch.cpu: one missing in this torch release means no."""
+    return bool(getattr(torch.cpu, check, lambda: False)())
+
+
 def fast_decode_dtype(device: torch.device | str) -> torch.dtype:
     """The fastest dtype for the vocabulary projection on ``device`` (``set_decode_dtype``).
 
@@ -828,9 +834,7 @@ def fast_decode_dtype(device: torch.device | str) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        # torch.cpu's capability checks are private: treat a missing one as "no".
-        if any(getattr(torch.cpu, name, lambda: False)() for name in native):
+        if cpu_supports("_is_avx512_bf16_supported") or cpu_supports("_is_amx_tile_supported"):
             return torch.bfloat16
     return torch.float32
 
